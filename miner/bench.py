@@ -129,7 +129,7 @@ def load_times() -> tuple[float, float]:
 
 
 def run_bench(seconds: float = 10.0, threads: int | None = None, measure_compile: bool = True,
-              rounds: int = 3) -> BenchResult:
+              rounds: int = 5) -> BenchResult:
     """Rates are medians over `rounds` interleaved rounds, so a burst of noise (turbo, a
     neighbour on the host) hits one round of one figure, not a whole ratio."""
     threads = threads or kscan.default_threads()
