@@ -1,0 +1,59 @@
+"""Every Prometheus metric gridminer exports, in one place.
+
+Components take a `Metrics` (default: one with a private registry, so tests and
+libraries never collide on the global one). Labels are bounded sets: a site, a worker
+group, a reason or a method name; never a client address or a job id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+
+        # Node RPC and notifications
+        self.rpc_calls = Counter("gridminer_rpc_calls_total", "JSON-RPC calls to the node, by method",
+                                 ["method"], registry=r)
+        self.rpc_errors = Counter("gridminer_rpc_errors_total",
+                                  "JSON-RPC failures, by kind (unavailable, warming_up, auth, rpc_<code>)",
+                                  ["kind"], registry=r)
+        self.node_up = Gauge("gridminer_node_up", "1 while the node answers RPC, else 0", registry=r)
+        self.node_height = Gauge("gridminer_node_height", "Height of the node's best block", registry=r)
+        self.zmq_messages = Counter("gridminer_zmq_messages_total", "ZMQ notifications received, by topic",
+                                    ["topic"], registry=r)
+        self.zmq_malformed = Counter("gridminer_zmq_malformed_total",
+                                     "ZMQ messages that could not be parsed (wrong frames, bad sequence)",
+                                     registry=r)
+        self.zmq_gaps = Counter("gridminer_zmq_sequence_gaps_total",
+                                "ZMQ sequence-number gaps (lost notifications)", registry=r)
+        self.tip_changes = Counter("gridminer_tip_changes_total", "New tips seen, by the tier that saw them first",
+                                   ["via"], registry=r)
+
+        # Jobs
+        self.jobs = Counter("gridminer_jobs_total", "Jobs made, by source and whether clean (new tip)",
+                            ["source", "clean"], registry=r)
+        self.job_created = Gauge("gridminer_job_created_timestamp_seconds",
+                                 "Unix time the current job was made", registry=r)
+        self.tip_to_job = Histogram("gridminer_new_tip_to_job_seconds",
+                                    "From noticing a new tip to the new job reaching the workers",
+                                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+        self.template_errors = Counter("gridminer_template_errors_total",
+                                       "Templates refused, by reason", ["reason"], registry=r)
+
+        # Hashing
+        self.hashes = Counter("gridminer_hashes_total", "Nonces hashed (rate: PromQL rate())",
+                              ["worker_group"], registry=r)
+        self.workers = Gauge("gridminer_workers", "Hashing threads running", ["worker_group"], registry=r)
+
+        # Blocks
+        self.blocks = Counter("gridminer_blocks_total",
+                              "Blocks by stage: found, submitted, accepted, rejected, stale",
+                              ["stage"], registry=r)
+        self.block_rejects = Counter("gridminer_block_rejects_total", "Blocks the node rejected, by its reason",
+                                     ["reason"], registry=r)
+        self.journal_pending = Gauge("gridminer_journal_pending_blocks",
+                                     "Found blocks in the journal with no final answer from the node", registry=r)
