@@ -162,7 +162,7 @@ def _check_range(start: int, count: int) -> None:
 
 
 def scan(job: ScanJob, target: int, start: int, count: int, out: np.ndarray | None = None,
-         chunk: int = SEARCH_CHUNK, should_stop=None) -> list[int]:
+         chunk: int = SEARCH_CHUNK) -> list[int]:
     """Every nonce in [start, start+count) meeting `target`, in order, on this thread."""
     _check_range(start, count)
     tw = target_words(target)
@@ -171,13 +171,22 @@ def scan(job: ScanJob, target: int, start: int, count: int, out: np.ndarray | No
     found: list[int] = []
     pos, end = start, start + count
     while pos < end:
-        if should_stop is not None and should_stop():
-            break
-        n_out, consumed = scan_range(job.job_words, job.midstate, job.tail, np.int64(pos),
-                                     np.int64(min(chunk, end - pos)), tw, out)
-        found.extend(out[:n_out].tolist())
-        pos += int(consumed)
+        hits, consumed = scan_chunk(job, tw, pos, min(chunk, end - pos), out)
+        found.extend(hits)
+        pos += consumed
     return found
+
+
+def scan_chunk(job: ScanJob, target_be: np.ndarray, start: int, count: int, out: np.ndarray) -> tuple[list[int], int]:
+    """(hits, nonces consumed) from [start, start+count): stops early once `out` is full.
+
+    For callers that want the first few hits of an easy target (a regtest block, a
+    low-difficulty share) without hashing a whole chunk's worth of them.
+    """
+    _check_range(start, count)
+    n_out, consumed = scan_range(job.job_words, job.midstate, job.tail, np.int64(start), np.int64(count),
+                                 target_be, out)
+    return out[:n_out].tolist(), int(consumed)
 
 
 def split_range(start: int, count: int, parts: int) -> list[tuple[int, int]]:
