@@ -1,6 +1,6 @@
 # gridminer: `make run` runs the main job, `make test` runs the test suite.
 # Both create or update the local virtual environment first, so a fresh clone needs
-# nothing but Python >= 3.11 (and, from the solo-mining issue on, Node.js + npm).
+# nothing but Python >= 3.11 and Node.js + npm (for the pinned regtest node).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -28,8 +28,9 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed-run
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
+# The regtest node is installed by `miner run` itself (npm ci into ~/.cache) on first use.
 run: $(VENV)/.installed-run
-	$(BIN)/miner bench $(ARGS)
+	$(BIN)/miner run $(ARGS)
 
 bench: $(VENV)/.installed-run
 	$(BIN)/miner bench $(ARGS)

@@ -40,7 +40,54 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also compile the lane loop afresh and count its vector instructions")
     bench.add_argument("--no-compile", action="store_true",
                        help="skip the cold-compile and cached-load timing (two fresh processes)")
+    run = sub.add_parser("run", help="mine: solo on a node (default: start the pinned regtest node)",
+                         description="Solo-mine with getblocktemplate/submitblock. With no node given, "
+                                     "starts the pinned regtest node and mines to a new address of its "
+                                     "wallet. RPC user/password come from the config file or "
+                                     "GRIDMINER_RPC_USER / GRIDMINER_RPC_PASSWORD, never from here.")
+    run.add_argument("-c", "--config", metavar="FILE", help="TOML config file (see README: Configuration)")
+    run.add_argument("--node", metavar="URL", help="node RPC URL, http://HOST:PORT (node.url)")
+    run.add_argument("--rpc-cookie", metavar="FILE", help="node's RPC cookie file (node.cookie_file)")
+    run.add_argument("--zmq", metavar="URL", help="node's zmqpubhashblock endpoint, tcp://HOST:PORT (node.zmq)")
+    run.add_argument("--address", metavar="ADDR", help="payout address (mining.address)")
+    run.add_argument("--threads", type=int, metavar="N", help="CPU hashing threads (mining.threads)")
+    run.add_argument("--blocks", type=int, metavar="N", help="stop after N accepted blocks (mining.blocks)")
+    run.add_argument("--journal", metavar="FILE", help="found-block journal (mining.journal)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log.level")
     return parser
+
+
+def _run(args) -> int:
+    import asyncio
+    import logging
+
+    from miner import config as cfg
+    from miner.controller import SoloMiner
+
+    try:
+        config = cfg.load(args.config, {
+            "node": {"url": args.node, "cookie_file": args.rpc_cookie, "zmq": args.zmq},
+            "mining": {"address": args.address, "threads": args.threads, "blocks": args.blocks,
+                       "journal": args.journal},
+            "log": {"level": args.log_level},
+        })
+    except cfg.ConfigError as e:
+        print(f"miner run: configuration error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from miner.node.regtest import RegtestError
+
+    try:
+        return asyncio.run(SoloMiner(config).run())
+    except cfg.ConfigError as e:
+        print(f"miner run: configuration error: {e}", file=sys.stderr)
+        return 2
+    except RegtestError as e:
+        print(f"miner run: cannot start the regtest node: {e}\n"
+              "  (install Node.js and npm, or give a node: miner run --node URL --address ADDR)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         from miner import bench
 
         return bench.main(args)
+    if args.command == "run":
+        return _run(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

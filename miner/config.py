@@ -1,0 +1,155 @@
+"""One validated configuration, built at start from a TOML file and command-line options.
+
+A bad setting fails fast with the key's name and what was expected. Secrets (RPC
+user/password) come from the file or the environment, never from the command line.
+
+    [node]                      # omit `url` to start the pinned regtest node
+    url = "http://127.0.0.1:18443"
+    cookie_file = "~/.bitcoin/regtest/.cookie"   # or user/password here, or
+    user = "..."                                 # GRIDMINER_RPC_USER / GRIDMINER_RPC_PASSWORD
+    password = "..."
+    zmq = "tcp://127.0.0.1:28332"                # optional: bitcoind's zmqpubhashblock
+    poll_interval = 0.5                          # seconds between getbestblockhash polls
+    longpoll = true                              # use GBT long-poll when offered
+    template_refresh = 30                        # seconds between template refreshes
+    timeout = 30                                 # seconds per RPC call
+
+    [mining]
+    address = "bcrt1q..."       # payout; checked against the node's network
+    threads = 2                 # CPU hashing threads (default: every CPU)
+    blocks = 0                  # stop after this many accepted blocks (0: never)
+    coinbase_tag = "/gridminer/"
+    journal = "~/.local/share/gridminer/found-blocks.jsonl"
+
+    [log]
+    level = "info"
+    status_interval = 5         # seconds between status lines
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    url: str | None = None
+    cookie_file: str | None = None
+    user: str | None = None
+    password: str | None = None
+    zmq: str | None = None
+    poll_interval: float = 0.5
+    longpoll: bool = True
+    template_refresh: float = 30.0
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    address: str | None = None
+    threads: int | None = None  # None: every CPU this process may use
+    blocks: int = 0
+    coinbase_tag: str = "/gridminer/"
+    journal: str | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    status_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeConfig = NodeConfig()
+    mining: MiningConfig = MiningConfig()
+    log: LogConfig = LogConfig()
+
+    def default_journal_path(self) -> Path:
+        base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+        return Path(base) / "gridminer" / "found-blocks.jsonl"
+
+
+_SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "log": LogConfig}
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _check_type(key: str, value: Any, expected: type) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _section(name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}]: expected a table")
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{name}.{key}: unknown key (known: {', '.join(sorted(known))})")
+    values = {}
+    for key, value in raw.items():
+        annotation = str(known[key].type)
+        expected = float if "float" in annotation else int if "int" in annotation else \
+            bool if "bool" in annotation else str
+        values[key] = _check_type(f"{name}.{key}", value, expected)
+    return cls(**values)
+
+
+def validate(config: Config) -> Config:
+    n, m, lg = config.node, config.mining, config.log
+    if n.url is not None and not n.url.startswith(("http://", "https://")):
+        raise ConfigError(f"node.url: expected http://HOST:PORT, got {n.url!r}")
+    if n.zmq is not None and not n.zmq.startswith(("tcp://", "ipc://")):
+        raise ConfigError(f"node.zmq: expected tcp://HOST:PORT, got {n.zmq!r}")
+    for key in ("poll_interval", "template_refresh", "timeout"):
+        if getattr(n, key) <= 0:
+            raise ConfigError(f"node.{key}: must be > 0 seconds, got {getattr(n, key)}")
+    if n.url is not None and m.address is None:
+        raise ConfigError("mining.address: required with node.url (the payout address)")
+    if m.threads is not None and not 0 <= m.threads <= 256:
+        raise ConfigError(f"mining.threads: expected 0..256, got {m.threads}")
+    if m.blocks < 0:
+        raise ConfigError(f"mining.blocks: expected >= 0, got {m.blocks}")
+    if len(m.coinbase_tag.encode()) > 60:
+        raise ConfigError("mining.coinbase_tag: at most 60 bytes (the coinbase scriptSig holds 100)")
+    if lg.level not in _LEVELS:
+        raise ConfigError(f"log.level: expected one of {', '.join(_LEVELS)}, got {lg.level!r}")
+    if lg.status_interval <= 0:
+        raise ConfigError(f"log.status_interval: must be > 0 seconds, got {lg.status_interval}")
+    return config
+
+
+def load(path: str | os.PathLike | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Config from a TOML file (optional) with command-line overrides applied, validated."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+    for key in raw:
+        if key not in _SECTIONS:
+            raise ConfigError(f"[{key}]: unknown section (known: {', '.join(_SECTIONS)})")
+    sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    for name, values in (overrides or {}).items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            sections[name] = replace(sections[name], **{k: _check_type(f"{name}.{k}", v, type(v))
+                                                         for k, v in given.items()})
+    return validate(Config(**sections))

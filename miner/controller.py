@@ -1,0 +1,187 @@
+"""Wires one run from a validated Config: the only module that knows the concrete classes.
+
+    node (given, or the pinned regtest node started here)
+      └─ NodeRPC ─► GBTWorkSource ─► jobs ─► WorkerPool (CPU threads)
+                        ▲                        │ solutions (worker threads)
+                        └── submit ◄─────────────┘  via the event loop
+    BlockSubmitter: journal (fsync) ─► submitblock, retried until the node answers
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from miner.chain.address import AddressError, address_to_script
+from miner.chain.networks import get_network
+from miner.config import Config, ConfigError
+from miner.metrics import Metrics
+from miner.node.rpc import NodeRPC, load_auth
+from miner.work.gbt import GBTSettings, GBTWorkSource
+from miner.work.job import Job, Solution
+from miner.work.journal import Journal
+from miner.work.submit import BlockSubmitter
+
+log = logging.getLogger(__name__)
+
+# The local CPU pool's extranonce1: stratum clients get other, unique values.
+LOCAL_EXTRANONCE1 = bytes(4)
+EXTRANONCE_SIZE = 8
+# Core's getblockchaininfo "chain" names -> our network table's names.
+CHAIN_TO_NETWORK = {"main": "mainnet", "test": "testnet", "testnet3": "testnet", "testnet4": "testnet4",
+                    "signet": "signet", "regtest": "regtest"}
+
+
+@dataclass
+class RunStats:
+    found: int = 0
+    accepted: int = 0
+    rejected: int = 0
+
+
+class SoloMiner:
+    def __init__(self, config: Config, *, metrics: Metrics | None = None, out: TextIO = sys.stdout) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.out = out
+        self.stats = RunStats()
+        self._stop = asyncio.Event()
+        self._node = None  # the regtest node when this run started it
+        self._submissions: set[asyncio.Task] = set()
+        self.source: GBTWorkSource | None = None  # set while mining (for status and tests)
+        self.pool = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            rpc, address, zmq_url = await self._connect()
+            return await self._mine(rpc, address, zmq_url)
+        finally:
+            if self._node is not None:
+                self._print("stopping the regtest node")
+                await asyncio.to_thread(self._node.close)  # stops it and removes its temp datadir
+
+    async def _connect(self) -> tuple[NodeRPC, str, str | None]:
+        n, m = self.config.node, self.config.mining
+        if n.url is None:
+            from miner.node.regtest import RegtestNode
+
+            self._print("no node given: starting the pinned regtest node")
+            self._node = RegtestNode()
+            await asyncio.to_thread(self._node.start)
+            address = m.address or await asyncio.to_thread(self._node.new_address, "bech32")
+            self._print(f"regtest node at {self._node.rpc_url}; mining to {address}"
+                        f"{'' if m.address else ' (a new address of the node wallet, for this run)'}")
+            rpc = NodeRPC(self._node.rpc_url, self._node.auth, timeout=n.timeout, metrics=self.metrics)
+            return rpc, address, n.zmq or self._node.zmq_url
+        auth = load_auth(cookie_file=n.cookie_file, user=n.user, password=n.password)
+        return NodeRPC(n.url, auth, timeout=n.timeout, metrics=self.metrics), m.address, n.zmq
+
+    async def _payout_script(self, rpc: NodeRPC, address: str) -> bytes:
+        info = await rpc.call_with_retry("getblockchaininfo")
+        chain = info.get("chain")
+        network = CHAIN_TO_NETWORK.get(chain)
+        if network is None:
+            raise ConfigError(f"node reports chain {chain!r}, which gridminer does not know")
+        try:
+            return address_to_script(address, get_network(network))
+        except AddressError as e:
+            raise ConfigError(f"mining.address: {e}") from None
+
+    async def _mine(self, rpc: NodeRPC, address: str, zmq_url: str | None) -> int:
+        n, m = self.config.node, self.config.mining
+        payout_script = await self._payout_script(rpc, address)
+        with Journal(Path(m.journal).expanduser() if m.journal else self.config.default_journal_path()) as journal:
+            return await self._mine_with(rpc, journal, payout_script, zmq_url)
+
+    async def _mine_with(self, rpc: NodeRPC, journal: Journal, payout_script: bytes, zmq_url: str | None) -> int:
+        n, m = self.config.node, self.config.mining
+        submitter = BlockSubmitter(rpc, journal, self.metrics)
+        source = GBTWorkSource(rpc, submitter, GBTSettings(
+            payout_script=payout_script, extranonce_size=EXTRANONCE_SIZE, coinbase_tag=m.coinbase_tag.encode(),
+            poll_interval=n.poll_interval, template_refresh=n.template_refresh, longpoll=n.longpoll,
+            zmq_url=zmq_url), self.metrics)
+        from miner.hashing.pool import WorkerPool
+        from kernels.scan import default_threads, warm_up
+
+        threads = default_threads() if m.threads is None else m.threads
+        await asyncio.to_thread(warm_up)  # compile or load the kernel before the clock matters
+        loop = asyncio.get_running_loop()
+
+        def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
+            if is_block:
+                loop.call_soon_threadsafe(self._submit, source, pool, solution)
+
+        pool = WorkerPool(threads, on_solution, extranonce_prefix=LOCAL_EXTRANONCE1, metrics=self.metrics)
+        self.source, self.pool = source, pool
+        pool.start()
+        self._print(f"mining with {threads} CPU thread(s); journal {journal.path}")
+        tasks = [asyncio.create_task(source.run(), name="gbt"),
+                 asyncio.create_task(self._feed(source, pool), name="feed"),
+                 asyncio.create_task(self._status(source, pool), name="status")]
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopper and t.exception() is not None:
+                    raise t.exception()
+        finally:
+            pool.stop()
+            if self._submissions:
+                # Give in-flight submissions a moment; anything unanswered stays journaled.
+                await asyncio.wait(self._submissions, timeout=5.0)
+            for t in [*tasks, stopper, *self._submissions]:
+                t.cancel()
+            await asyncio.gather(*tasks, stopper, *self._submissions, return_exceptions=True)
+        self._print(f"stopped: {self.stats.found} found, {self.stats.accepted} accepted, "
+                    f"{self.stats.rejected} rejected")
+        return 0
+
+    def _submit(self, source: GBTWorkSource, pool, solution: Solution) -> None:
+        self.stats.found += 1
+        task = asyncio.ensure_future(self._submit_one(source, pool, solution))
+        self._submissions.add(task)
+        task.add_done_callback(self._submissions.discard)
+
+    async def _submit_one(self, source: GBTWorkSource, pool, solution: Solution) -> None:
+        outcome = await source.submit(solution)  # the submitter logs the node's answer
+        if outcome is None:
+            return
+        if not outcome.accepted:
+            self.stats.rejected += 1
+            pool.retry_tip()  # the tip is still open to us: our block on it did not count
+            return
+        self.stats.accepted += 1
+        blocks = self.config.mining.blocks
+        if blocks and self.stats.accepted >= blocks and not self._stop.is_set():
+            self._print(f"{blocks} block(s) accepted: done")
+            self.stop()
+
+    async def _feed(self, source: GBTWorkSource, pool) -> None:
+        async for job in source.jobs():
+            pool.set_job(job)
+
+    async def _status(self, source: GBTWorkSource, pool) -> None:
+        while True:
+            await asyncio.sleep(self.config.log.status_interval)
+            job = source.current
+            age = f"{time.monotonic() - job.created_monotonic:.1f}s" if job else "-"
+            self._print(f"{pool.rate() / 1e6:8.2f} MH/s | height {source.height if source.height is not None else '-'}"
+                        f" | blocks found {self.stats.found} accepted {self.stats.accepted}"
+                        f" rejected {self.stats.rejected} | job age {age}")
+
+    def _print(self, text: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)

@@ -1,0 +1,259 @@
+"""Solo work from a node: getblocktemplate -> Jobs, solutions -> journal -> submitblock.
+
+New tips are noticed by three tiers, whichever is first:
+  1. ZMQ `hashblock` (when configured): pushed by the node, milliseconds;
+  2. GBT long-poll (when the template offers `longpollid`): the node answers the held
+     call when its template changes;
+  3. polling `getbestblockhash` every `poll_interval` (default 0.5 s): always on, the
+     fallback that needs nothing from the node.
+A new tip makes a clean job at once; otherwise the template is refreshed every
+`template_refresh` seconds (default 30) to pick up new fees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+from miner.metrics import Metrics
+from miner.node.rpc import NodeRPC, RPCError
+from miner.work.job import Job, Solution
+from miner.work.submit import BlockSubmitter, SubmitOutcome
+from miner.work.template import TemplateError, job_from_template
+
+log = logging.getLogger(__name__)
+
+GBT_PARAMS = {"rules": ["segwit"]}
+# Jobs kept for late solutions (stratum shares name a job id); older ones are unknown.
+RECENT_JOBS = 16
+# Upper bound on one long-poll call (seconds): the node should answer well before.
+LONGPOLL_TIMEOUT = 600.0
+# Pause after a failed long-poll (seconds), doubling up to the cap while failures last.
+LONGPOLL_RETRY_MIN = 0.25
+LONGPOLL_RETRY_MAX = 10.0
+
+
+@dataclass(frozen=True)
+class GBTSettings:
+    payout_script: bytes
+    extranonce_size: int = 8
+    coinbase_tag: bytes = b"/gridminer/"
+    poll_interval: float = 0.5
+    template_refresh: float = 30.0
+    longpoll: bool = True
+    zmq_url: str | None = None
+
+
+class JobChannel:
+    """Latest-value fan-out: each subscriber gets the newest job; a job it never saw
+    folds its `clean` flag into the next one, so nobody misses a new tip."""
+
+    def __init__(self) -> None:
+        self._queues: list[asyncio.Queue[Job]] = []
+        self.latest: Job | None = None
+
+    def publish(self, job: Job) -> None:
+        self.latest = job
+        for q in self._queues:
+            _offer(q, job)
+
+    def subscribe(self) -> JobSubscription:
+        """Registered now (not at the first read), starting with the current job."""
+        q: asyncio.Queue[Job] = asyncio.Queue(maxsize=1)
+        if self.latest is not None:
+            q.put_nowait(self.latest)
+        self._queues.append(q)
+        return JobSubscription(q, lambda: self._queues.remove(q))
+
+
+def _offer(q: asyncio.Queue[Job], job: Job) -> None:
+    if not q.empty():
+        missed = q.get_nowait()
+        if missed.clean and not job.clean:
+            job = replace(job, clean=True)
+    q.put_nowait(job)
+
+
+class JobSubscription:
+    """`async for job in subscription`; aclose() (or leaving the loop by break) unsubscribes."""
+
+    def __init__(self, queue: asyncio.Queue[Job], unsubscribe) -> None:
+        self._queue, self._unsubscribe = queue, unsubscribe
+
+    def __aiter__(self) -> JobSubscription:
+        return self
+
+    async def __anext__(self) -> Job:
+        return await self._queue.get()
+
+    async def aclose(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+
+class GBTWorkSource:
+    def __init__(self, rpc: NodeRPC, submitter: BlockSubmitter, settings: GBTSettings,
+                 metrics: Metrics | None = None) -> None:
+        self.rpc, self.submitter, self.settings = rpc, submitter, settings
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.channel = JobChannel()
+        self.current: Job | None = None
+        self.tip_hex_display: str | None = None
+        self.height: int | None = None
+        self._recent: OrderedDict[str, Job] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._refresh_lock = asyncio.Lock()
+        self._tip_seen_at: float | None = None
+        self._longpoll_id: str | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.ready = asyncio.Event()
+
+    # -- WorkSource interface -------------------------------------------------------------
+
+    def jobs(self) -> JobSubscription:
+        return self.channel.subscribe()
+
+    def job(self, job_id: str) -> Job | None:
+        return self._recent.get(job_id)
+
+    async def submit(self, solution: Solution) -> SubmitOutcome | None:
+        job = self._recent.get(solution.job_id)
+        if job is None:
+            log.warning("solution for unknown job %s dropped (older than %d jobs)", solution.job_id, RECENT_JOBS)
+            return None
+        outcome = await self.submitter.submit(job, solution)
+        # Our own block moved the tip: fetch the next template now, not at the next poll.
+        self._spawn(self.refresh(clean_if_new_tip=True, via="submit"))
+        return outcome
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Fetch the first template, resubmit journaled blocks, then watch for tips."""
+        await self.refresh(clean_if_new_tip=True, via="start")
+        if self.tip_hex_display is not None:
+            await self.submitter.resubmit_pending(self.tip_hex_display)
+        loops = [self._poll_loop(), self._refresh_loop()]
+        if self.settings.longpoll:
+            loops.append(self._longpoll_loop())
+        if self.settings.zmq_url:
+            loops.append(self._zmq_loop())
+        self._tasks += [asyncio.create_task(c) for c in loops]
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def refresh(self, *, clean_if_new_tip: bool, via: str, template: dict | None = None) -> None:
+        """Fetch a template (or use the one given) and publish its job."""
+        async with self._refresh_lock:
+            if template is None:
+                try:
+                    template = await self.rpc.call_with_retry("getblocktemplate", GBT_PARAMS)
+                except RPCError as e:
+                    log.error("getblocktemplate failed: %s", e)
+                    self.metrics.template_errors.labels("rpc").inc()
+                    return
+            prev = template.get("previousblockhash")
+            new_tip = prev != (self.current.prev_hash_hex_display if self.current else None)
+            job_id = f"{next(self._ids):x}"
+            try:
+                # Parsing a full mainnet template takes ~0.5 s: keep it off the event loop.
+                job = await asyncio.to_thread(
+                    job_from_template, template, payout_script=self.settings.payout_script, job_id=job_id,
+                    extranonce_size=self.settings.extranonce_size, tag=self.settings.coinbase_tag,
+                    clean=new_tip and clean_if_new_tip)
+            except TemplateError as e:
+                log.error("template refused (%s): %s", e.reason, e)
+                self.metrics.template_errors.labels(e.reason).inc()
+                return
+            if template.get("longpollid"):
+                self._longpoll_id = template["longpollid"]
+            self._publish(job, via if new_tip else None)
+
+    def _publish(self, job: Job, new_tip_via: str | None) -> None:
+        self.current = job
+        self.tip_hex_display = job.prev_hash_hex_display
+        self.height = job.height
+        self._recent[job.job_id] = job
+        while len(self._recent) > RECENT_JOBS:
+            self._recent.popitem(last=False)
+        self.metrics.jobs.labels("gbt", str(job.clean).lower()).inc()
+        self.metrics.job_created.set(time.time())
+        if job.height is not None:
+            self.metrics.node_height.set(job.height - 1)
+        if new_tip_via is not None:
+            self.metrics.tip_changes.labels(new_tip_via).inc()
+            if self._tip_seen_at is not None:
+                self.metrics.tip_to_job.observe(time.monotonic() - self._tip_seen_at)
+            self._tip_seen_at = None
+        log.debug("job %s height %s clean=%s (%d txs)", job.job_id, job.height, job.clean, len(job.transactions))
+        self.channel.publish(job)
+        self.ready.set()
+
+    async def on_tip_hint(self, tip_hex_display: str | None, via: str) -> None:
+        """A tier says the tip may have moved; refresh when it did (or when we can't tell)."""
+        if tip_hex_display is not None and tip_hex_display == self.tip_hex_display:
+            return
+        if self._tip_seen_at is None:
+            self._tip_seen_at = time.monotonic()
+        await self.refresh(clean_if_new_tip=True, via=via)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                best = await self.rpc.call("getbestblockhash")
+            except RPCError:
+                continue  # the RPC client logs and counts; the next poll tries again
+            await self.on_tip_hint(best, "poll")
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.template_refresh)
+            await self.refresh(clean_if_new_tip=True, via="refresh")
+
+    async def _longpoll_loop(self) -> None:
+        delay = LONGPOLL_RETRY_MIN
+        while True:
+            if not self._longpoll_id:
+                await asyncio.sleep(LONGPOLL_RETRY_MIN)
+                continue
+            params = dict(GBT_PARAMS, longpollid=self._longpoll_id)
+            try:
+                template = await self.rpc.call("getblocktemplate", params, timeout=LONGPOLL_TIMEOUT)
+            except RPCError:
+                # The client logs and counts it; polling covers the gap meanwhile.
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, LONGPOLL_RETRY_MAX)
+                continue
+            delay = LONGPOLL_RETRY_MIN
+            if self._tip_seen_at is None:
+                self._tip_seen_at = time.monotonic()
+            await self.refresh(clean_if_new_tip=True, via="longpoll", template=template)
+
+    async def _zmq_loop(self) -> None:
+        from miner.node.zmq import ZMQSubscriber
+
+        async def on_block(topic: str, hash_hex_display: str, sequence: int) -> None:
+            await self.on_tip_hint(hash_hex_display, "zmq")
+
+        async def on_gap(topic: str, expected: int, got: int) -> None:
+            await self.on_tip_hint(None, "zmq-gap")
+
+        sub = ZMQSubscriber(self.settings.zmq_url, on_message=on_block, on_gap=on_gap, metrics=self.metrics)
+        with contextlib.suppress(asyncio.CancelledError):
+            await sub.run()
