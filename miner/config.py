@@ -112,6 +112,10 @@ def validate(config: Config) -> Config:
     n, m, lg = config.node, config.mining, config.log
     if n.url is not None and not n.url.startswith(("http://", "https://")):
         raise ConfigError(f"node.url: expected http://HOST:PORT, got {n.url!r}")
+    if n.url is not None and "@" in n.url.split("//", 1)[-1].split("/", 1)[0]:
+        # The URL may come from the command line, where every local user can read it.
+        raise ConfigError("node.url: no credentials in the URL; use node.cookie_file, node.user/password "
+                          "in the config file, or GRIDMINER_RPC_USER / GRIDMINER_RPC_PASSWORD")
     if n.zmq is not None and not n.zmq.startswith(("tcp://", "ipc://")):
         raise ConfigError(f"node.zmq: expected tcp://HOST:PORT, got {n.zmq!r}")
     for key in ("poll_interval", "template_refresh", "timeout"):

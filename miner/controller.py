@@ -23,7 +23,7 @@ from miner.chain.address import AddressError, address_to_script
 from miner.chain.networks import get_network
 from miner.config import Config, ConfigError
 from miner.metrics import Metrics
-from miner.node.rpc import NodeRPC, load_auth
+from miner.node.rpc import AuthConfigError, NodeRPC, RPCAuthError, load_auth
 from miner.work.gbt import GBTSettings, GBTWorkSource
 from miner.work.job import Job, Solution
 from miner.work.journal import Journal
@@ -34,9 +34,16 @@ log = logging.getLogger(__name__)
 # The local CPU pool's extranonce1: stratum clients get other, unique values.
 LOCAL_EXTRANONCE1 = bytes(4)
 EXTRANONCE_SIZE = 8
-# Core's getblockchaininfo "chain" names -> our network table's names.
-CHAIN_TO_NETWORK = {"main": "mainnet", "test": "testnet", "testnet3": "testnet", "testnet4": "testnet4",
-                    "signet": "signet", "regtest": "regtest"}
+# At shutdown, how long in-flight block submissions may still take (seconds).
+SHUTDOWN_SUBMIT_WAIT = 10.0
+
+
+def format_rate(hashes_per_second: float) -> str:
+    """9.87 MH/s, 12.3 kH/s, 42 H/s: regtest needs a few nonces a block, mainnet billions."""
+    for unit, scale in (("TH/s", 1e12), ("GH/s", 1e9), ("MH/s", 1e6), ("kH/s", 1e3)):
+        if hashes_per_second >= scale:
+            return f"{hashes_per_second / scale:7.2f} {unit}"
+    return f"{hashes_per_second:7.0f} H/s"
 
 
 @dataclass
@@ -87,24 +94,37 @@ class SoloMiner:
                         f"{'' if m.address else ' (a new address of the node wallet, for this run)'}")
             rpc = NodeRPC(self._node.rpc_url, self._node.auth, timeout=n.timeout, metrics=self.metrics)
             return rpc, address, n.zmq or self._node.zmq_url
-        auth = load_auth(cookie_file=n.cookie_file, user=n.user, password=n.password)
-        return NodeRPC(n.url, auth, timeout=n.timeout, metrics=self.metrics), m.address, n.zmq
+        try:
+            auth = load_auth(cookie_file=n.cookie_file, user=n.user, password=n.password)
+            return NodeRPC(n.url, auth, timeout=n.timeout, metrics=self.metrics), m.address, n.zmq
+        except (AuthConfigError, ValueError) as e:
+            raise ConfigError(f"node: {e}") from None
 
     async def _payout_script(self, rpc: NodeRPC, address: str) -> bytes:
-        info = await rpc.call_with_retry("getblockchaininfo")
-        chain = info.get("chain")
-        network = CHAIN_TO_NETWORK.get(chain)
-        if network is None:
-            raise ConfigError(f"node reports chain {chain!r}, which gridminer does not know")
         try:
-            return address_to_script(address, get_network(network))
+            info = await rpc.call_with_retry("getblockchaininfo")
+        except RPCAuthError as e:
+            raise ConfigError(f"node: credentials refused ({e}); check node.cookie_file or user/password") from None
+        chain = info.get("chain") if isinstance(info, dict) else None
+        try:
+            network = get_network(chain)  # Core's chain names ("main", "test") are aliases there
+        except ValueError:
+            raise ConfigError(f"node reports chain {chain!r}, which gridminer does not know") from None
+        try:
+            return address_to_script(address, network)
         except AddressError as e:
             raise ConfigError(f"mining.address: {e}") from None
 
     async def _mine(self, rpc: NodeRPC, address: str, zmq_url: str | None) -> int:
         n, m = self.config.node, self.config.mining
         payout_script = await self._payout_script(rpc, address)
-        with Journal(Path(m.journal).expanduser() if m.journal else self.config.default_journal_path()) as journal:
+        if m.journal:
+            journal_path = Path(m.journal).expanduser()
+        elif self._node is not None:
+            journal_path = self._node.datadir / "found-blocks.jsonl"  # a throwaway chain's blocks die with it
+        else:
+            journal_path = self.config.default_journal_path()
+        with Journal(journal_path) as journal:
             return await self._mine_with(rpc, journal, payout_script, zmq_url)
 
     async def _mine_with(self, rpc: NodeRPC, journal: Journal, payout_script: bytes, zmq_url: str | None) -> int:
@@ -123,7 +143,7 @@ class SoloMiner:
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
             if is_block:
-                loop.call_soon_threadsafe(self._submit, source, pool, solution)
+                loop.call_soon_threadsafe(self._submit, source, pool, job, solution)
 
         pool = WorkerPool(threads, on_solution, extranonce_prefix=LOCAL_EXTRANONCE1, metrics=self.metrics)
         self.source, self.pool = source, pool
@@ -139,30 +159,38 @@ class SoloMiner:
                 if t is not stopper and t.exception() is not None:
                     raise t.exception()
         finally:
-            pool.stop()
-            if self._submissions:
-                # Give in-flight submissions a moment; anything unanswered stays journaled.
-                await asyncio.wait(self._submissions, timeout=5.0)
+            await asyncio.to_thread(pool.stop)
+            # Solutions found just before the threads stopped reach the loop through
+            # call_soon_threadsafe: let those callbacks run, then give every submission a
+            # chance to finish while the node is up. Anything unanswered stays journaled.
+            await asyncio.sleep(0)
+            deadline = time.monotonic() + SHUTDOWN_SUBMIT_WAIT
+            while self._submissions and time.monotonic() < deadline:
+                await asyncio.wait(set(self._submissions), timeout=deadline - time.monotonic())
             for t in [*tasks, stopper, *self._submissions]:
                 t.cancel()
             await asyncio.gather(*tasks, stopper, *self._submissions, return_exceptions=True)
+            rpc.close()  # abandon held long-polls quietly: the node may be stopped next
         self._print(f"stopped: {self.stats.found} found, {self.stats.accepted} accepted, "
                     f"{self.stats.rejected} rejected")
         return 0
 
-    def _submit(self, source: GBTWorkSource, pool, solution: Solution) -> None:
+    def _submit(self, source: GBTWorkSource, pool, job: Job, solution: Solution) -> None:
         self.stats.found += 1
-        task = asyncio.ensure_future(self._submit_one(source, pool, solution))
+        task = asyncio.ensure_future(self._submit_one(source, pool, job, solution))
         self._submissions.add(task)
-        task.add_done_callback(self._submissions.discard)
+        task.add_done_callback(self._submission_done)
 
-    async def _submit_one(self, source: GBTWorkSource, pool, solution: Solution) -> None:
-        outcome = await source.submit(solution)  # the submitter logs the node's answer
-        if outcome is None:
-            return
+    def _submission_done(self, task: asyncio.Task) -> None:
+        self._submissions.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("block submission failed (the block stays in the journal)", exc_info=task.exception())
+
+    async def _submit_one(self, source: GBTWorkSource, pool, job: Job, solution: Solution) -> None:
+        outcome = await source.submit(job, solution)  # the submitter logs the node's answer
         if not outcome.accepted:
             self.stats.rejected += 1
-            pool.retry_tip()  # the tip is still open to us: our block on it did not count
+            pool.retry_tip(job.prev_hash_internal)  # that tip is open again: our block on it did not count
             return
         self.stats.accepted += 1
         blocks = self.config.mining.blocks
@@ -179,7 +207,7 @@ class SoloMiner:
             await asyncio.sleep(self.config.log.status_interval)
             job = source.current
             age = f"{time.monotonic() - job.created_monotonic:.1f}s" if job else "-"
-            self._print(f"{pool.rate() / 1e6:8.2f} MH/s | height {source.height if source.height is not None else '-'}"
+            self._print(f"{format_rate(pool.rate())} | height {source.height if source.height is not None else '-'}"
                         f" | blocks found {self.stats.found} accepted {self.stats.accepted}"
                         f" rejected {self.stats.rejected} | job age {age}")
 

@@ -42,6 +42,19 @@ def _require_tools(kind: str) -> None:
         pytest.skip(f"regtest node unavailable: {e}")
 
 
+def available_node_kinds() -> list[str]:
+    """bcoin always (skipped later if Node.js is missing), bitcoind when it is on PATH."""
+    import shutil
+
+    return ["bcoin"] + (["bitcoind"] if shutil.which("bitcoind") else [])
+
+
+@pytest.fixture(params=available_node_kinds())
+def node_kind(request) -> str:
+    """Run a test once per node implementation this machine has."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def regtest_node() -> Iterator[Any]:
     """One started regtest node shared by the session (non-destructive use only)."""

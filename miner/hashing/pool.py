@@ -156,11 +156,16 @@ class WorkerPool:
                 self._cond.wait()
             return None if self._stopping else self._current
 
-    def retry_tip(self) -> None:
-        """Mine the current tip again: the block we found on it was rejected."""
+    def retry_tip(self, prev_hash_internal: bytes) -> None:
+        """Mine on prev_hash_internal again: the block we found on it was rejected.
+
+        Only that tip: a late rejection of a block on an older tip must not reopen the
+        tip we have since found a block on.
+        """
         with self._cond:
-            self._solved_prev = None
-            self._cond.notify_all()
+            if self._solved_prev == prev_hash_internal:
+                self._solved_prev = None
+                self._cond.notify_all()
 
     def _still_current(self, generation: int) -> bool:
         return not self._stopping and not self._paused and self._generation == generation \

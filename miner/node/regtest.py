@@ -21,7 +21,9 @@ Facts about bcoin 1.0.2 regtest, checked against the running node (the tests in
 tests/node/test_regtest.py keep the important ones true):
 
 - Start: about 0.5 s to an answering RPC, in memory or on disk. bcoin reads BCOIN_*
-  environment variables and <prefix>/bcoin.conf; we drop the former and own the latter.
+  environment variables (we drop them) and a config file: <prefix>/<network>/bcoin.conf
+  by default, or the --config path, which we give: it carries the api key (mode 0600)
+  so that the key never appears on the command line.
 - The wallet plugin ignores --prefix (bcfg re-derives its prefix from ~/.bcoin), so
   --wallet-prefix must be given; the wallet and its HTTP/RPC server share the api key.
 - Regtest's seed list is 127.0.0.1:48444, so a stock node dials any local regtest peer:
@@ -546,10 +548,17 @@ class RegtestNode:
     def _bcoin_command(self, install: Path) -> list[str]:
         node, _ = find_node_tools()
         d, p = self.datadir, self.ports
+        # The API key goes in a 0600 config file, not on the command line where every local
+        # user can read it with ps; the wallet plugin falls back to the node's key.
+        conf = d / "bcoin.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"api-key: {self._api_key}\n")
         return [
             node, "--require", str(self._deploy_dir / LEVELDOWN_SHIM),
             str(install / "node_modules" / "bcoin" / "bin" / "node"),
             "--network=regtest",
+            f"--config={conf}",
             f"--prefix={d}",
             f"--wallet-prefix={d / 'regtest'}",
             f"--memory={'false' if self.persistent else 'true'}",
@@ -560,7 +569,6 @@ class RegtestNode:
             f"--http-port={p['rpc']}",
             "--wallet-http-host=127.0.0.1",
             f"--wallet-http-port={p['wallet']}",
-            f"--api-key={self._api_key}",
             "--workers=false",
             "--log-file=false",
             "--log-console=true",

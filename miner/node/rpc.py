@@ -48,11 +48,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import decimal
 import http.client
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -427,6 +429,8 @@ class NodeRPC:
         self._last_error_log: float | None = None
         self._failures_since_log = 0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closed = False
+        self._active: set[http.client.HTTPConnection] = set()  # connections of calls in flight
 
     def __repr__(self) -> str:
         return f"NodeRPC({_redact_url(self._proxy_url)!r}, name={self.name!r})"
@@ -445,6 +449,8 @@ class NodeRPC:
             result = self._call_once(method, params, self.timeout if timeout is None else timeout)
         except RPCError as e:
             self.metrics.rpc_errors.labels(kind=e.kind).inc()
+            if self._closed:
+                raise  # a call abandoned by close(), e.g. a long-poll cut by a node shutdown
             if isinstance(e, (NodeUnavailable, RPCAuthError, NodeWarmingUp)):
                 if not isinstance(self._auth_source, RPCAuth):
                     self._auth = None  # re-read the cookie: the node may have restarted
@@ -486,7 +492,16 @@ class NodeRPC:
             delay = min(delay * 2, max_delay)
 
     def close(self) -> None:
-        """Release the worker threads (calls still running finish on their own)."""
+        """Cut calls in flight (a long-poll may otherwise hold its thread, and process exit,
+        for its whole timeout) and release the worker threads; their errors go unlogged."""
+        self._closed = True
+        with self._lock:
+            active = list(self._active)
+        for conn in active:
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked reading the answer
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
@@ -519,6 +534,9 @@ class NodeRPC:
         auth = self._current_auth(method)
         proxy = AuthServiceProxy(self._proxy_url, method, timeout=timeout)
         proxy._AuthServiceProxy__auth_header = auth.header()  # see __init__
+        conn = proxy._AuthServiceProxy__conn
+        with self._lock:
+            self._active.add(conn)
         try:
             return _plain(proxy(*params))
         except JSONRPCException as e:
@@ -528,9 +546,9 @@ class NodeRPC:
         except ValueError as e:  # a body that is not JSON
             raise NodeUnavailable(None, f"unreadable answer from node: {e}", method) from None
         finally:
-            conn = getattr(proxy, "_AuthServiceProxy__conn", None)
-            if conn is not None:
-                conn.close()
+            with self._lock:
+                self._active.discard(conn)
+            conn.close()
 
     def _record_failure(self, error: RPCError) -> None:
         now = self._clock()

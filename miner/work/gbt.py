@@ -17,7 +17,6 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 from miner.metrics import Metrics
@@ -29,8 +28,8 @@ from miner.work.template import TemplateError, job_from_template
 log = logging.getLogger(__name__)
 
 GBT_PARAMS = {"rules": ["segwit"]}
-# Jobs kept for late solutions (stratum shares name a job id); older ones are unknown.
-RECENT_JOBS = 16
+# Repeat an error that keeps happening (a refused template) at most this often (seconds).
+ERROR_LOG_INTERVAL = 60.0
 # Upper bound on one long-poll call (seconds): the node should answer well before.
 LONGPOLL_TIMEOUT = 600.0
 # Pause after a failed long-poll (seconds), doubling up to the cap while failures last.
@@ -106,12 +105,12 @@ class GBTWorkSource:
         self.current: Job | None = None
         self.tip_hex_display: str | None = None
         self.height: int | None = None
-        self._recent: OrderedDict[str, Job] = OrderedDict()
         self._ids = itertools.count(1)
         self._refresh_lock = asyncio.Lock()
         self._tip_seen_at: float | None = None
         self._longpoll_id: str | None = None
         self._tasks: list[asyncio.Task] = []
+        self._last_error_log: dict[str, float] = {}
         self.ready = asyncio.Event()
 
     # -- WorkSource interface -------------------------------------------------------------
@@ -119,14 +118,9 @@ class GBTWorkSource:
     def jobs(self) -> JobSubscription:
         return self.channel.subscribe()
 
-    def job(self, job_id: str) -> Job | None:
-        return self._recent.get(job_id)
-
-    async def submit(self, solution: Solution) -> SubmitOutcome | None:
-        job = self._recent.get(solution.job_id)
-        if job is None:
-            log.warning("solution for unknown job %s dropped (older than %d jobs)", solution.job_id, RECENT_JOBS)
-            return None
+    async def submit(self, job: Job, solution: Solution) -> SubmitOutcome:
+        """Journal and submit the block; the job travels with the solution, so no job is
+        ever too old to turn into a block."""
         outcome = await self.submitter.submit(job, solution)
         # Our own block moved the tip: fetch the next template now, not at the next poll.
         self._spawn(self.refresh(clean_if_new_tip=True, via="submit"))
@@ -135,10 +129,14 @@ class GBTWorkSource:
     # -- running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Fetch the first template, resubmit journaled blocks, then watch for tips."""
+        """Resubmit journaled blocks, fetch the first template, then watch for tips.
+
+        Journaled blocks go first: mining the tip they build on would race them with a
+        competing block of our own.
+        """
+        tip = await self.rpc.call_with_retry("getbestblockhash")
+        await self.submitter.resubmit_pending(tip)
         await self.refresh(clean_if_new_tip=True, via="start")
-        if self.tip_hex_display is not None:
-            await self.submitter.resubmit_pending(self.tip_hex_display)
         loops = [self._poll_loop(), self._refresh_loop()]
         if self.settings.longpoll:
             loops.append(self._longpoll_loop())
@@ -164,33 +162,39 @@ class GBTWorkSource:
                 try:
                     template = await self.rpc.call_with_retry("getblocktemplate", GBT_PARAMS)
                 except RPCError as e:
-                    log.error("getblocktemplate failed: %s", e)
+                    self._log_rate_limited("rpc", "getblocktemplate failed: %s", e)
                     self.metrics.template_errors.labels("rpc").inc()
                     return
-            prev = template.get("previousblockhash")
-            new_tip = prev != (self.current.prev_hash_hex_display if self.current else None)
-            job_id = f"{next(self._ids):x}"
             try:
                 # Parsing a full mainnet template takes ~0.5 s: keep it off the event loop.
                 job = await asyncio.to_thread(
-                    job_from_template, template, payout_script=self.settings.payout_script, job_id=job_id,
-                    extranonce_size=self.settings.extranonce_size, tag=self.settings.coinbase_tag,
-                    clean=new_tip and clean_if_new_tip)
+                    job_from_template, template, payout_script=self.settings.payout_script,
+                    job_id=f"{next(self._ids):x}", extranonce_size=self.settings.extranonce_size,
+                    tag=self.settings.coinbase_tag, clean=False)
             except TemplateError as e:
-                log.error("template refused (%s): %s", e.reason, e)
+                self._log_rate_limited(e.reason, "template refused (%s): %s", e.reason, e)
                 self.metrics.template_errors.labels(e.reason).inc()
                 return
-            if template.get("longpollid"):
+            if self.height is not None and job.height is not None and job.height < self.height:
+                # A long-poll answer that waited for the lock while the tip moved on.
+                log.debug("dropping a template for height %s: already at %s", job.height, self.height)
+                return
+            if isinstance(template.get("longpollid"), str):
                 self._longpoll_id = template["longpollid"]
-            self._publish(job, via if new_tip else None)
+            new_tip = job.prev_hash_internal != (self.current.prev_hash_internal if self.current else None)
+            self._publish(replace(job, clean=new_tip and clean_if_new_tip), via if new_tip else None)
+
+    def _log_rate_limited(self, key: str, message: str, *args) -> None:
+        """Log an error at most once a minute per key: a node can refuse every template."""
+        now = time.monotonic()
+        if now - self._last_error_log.get(key, -ERROR_LOG_INTERVAL) >= ERROR_LOG_INTERVAL:
+            self._last_error_log[key] = now
+            log.error(message, *args)
 
     def _publish(self, job: Job, new_tip_via: str | None) -> None:
         self.current = job
         self.tip_hex_display = job.prev_hash_hex_display
         self.height = job.height
-        self._recent[job.job_id] = job
-        while len(self._recent) > RECENT_JOBS:
-            self._recent.popitem(last=False)
         self.metrics.jobs.labels("gbt", str(job.clean).lower()).inc()
         self.metrics.job_created.set(time.time())
         if job.height is not None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from miner.chain.hashes import hex_display_from_internal, sha256d
+from miner.chain.hashes import hex_display_from_internal, internal_from_hex_display, sha256d
 
 __all__ = ["Journal", "JournalEntry", "JournalError", "FORMAT_VERSION"]
 
@@ -69,12 +69,10 @@ class JournalEntry:
 
 
 def _check_display_hash(name: str, value: str) -> str:
-    if not isinstance(value, str) or len(value) != 64:
-        raise ValueError(f"{name} must be 64 hex digits, got {value!r}")
     try:
-        bytes.fromhex(value)
-    except ValueError:
-        raise ValueError(f"{name} is not hex: {value!r}") from None
+        internal_from_hex_display(value)  # the one hash parser: 64 hex digits, nothing else
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
     return value.lower()
 
 

@@ -198,6 +198,10 @@ class BlockSubmitter:
                     outcomes.append(
                         await self._submit_until_answered(block_hash, entry.block, (), True, entry.height)
                     )
+                elif await self._in_active_chain(block_hash):
+                    # Accepted before the crash and built upon since: not stale, ours.
+                    log.info("journaled block %s (height %s) is in the chain", block_hash, entry.height)
+                    outcomes.append(await self._finish(block_hash, "accepted", 0, (), True, entry.height))
                 else:
                     log.warning(
                         "journaled block %s (height %s) builds on %s, not the tip %s: stale",
@@ -207,6 +211,15 @@ class BlockSubmitter:
                     self._metrics.blocks.labels(stage="stale").inc()
                     outcomes.append(SubmitOutcome(block_hash, "stale", 0, height=entry.height))
         return outcomes
+
+    async def _in_active_chain(self, block_hash: str) -> bool:
+        """True when the node has the block on its best chain (confirmations >= 1)."""
+        try:
+            header = await self._rpc.call("getblockheader", block_hash)
+        except RPCError:
+            return False  # unknown to the node (or it cannot say): treat as not in the chain
+        return isinstance(header, dict) and isinstance(header.get("confirmations"), int) \
+            and header["confirmations"] >= 1
 
     # -- the retry loop
 

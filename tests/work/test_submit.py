@@ -364,3 +364,23 @@ def test_real_sleep_path_with_tiny_delays(tmp_path):
 def test_bad_retry_settings():
     with pytest.raises(ValueError):
         BlockSubmitter(FakeNode(), None, retry_initial_delay=2.0, retry_max_delay=1.0)
+
+
+@pytest.mark.parametrize("confirmations,result", [(3, "accepted"), (-1, "stale")])
+def test_resubmit_pending_recognises_a_block_already_buried_in_the_chain(tmp_path, confirmations, result):
+    # Accepted before a crash, then built upon: it does not extend the tip any more, but it
+    # is ours and in the chain (confirmations >= 1), not stale. A side-chain block (-1) is.
+    job, _, block = solved(5, fake_hash("an ancestor"))
+
+    async def main():
+        journal = Journal(tmp_path / "blocks.jsonl")
+        journal.record_found(block.serialize(), block_hash_hex_display=block.hash_hex_display(),
+                             prev_hash_hex_display=job.prev_hash_hex_display, height=7, job_id=job.job_id)
+        node = FakeNode([{"hash": block.hash_hex_display(), "confirmations": confirmations}])
+        outcomes = await BlockSubmitter(node, journal, clock=FakeClock()).resubmit_pending(fake_hash("tip"))
+        return node, outcomes, journal.get(block.hash_hex_display())
+
+    node, (outcome,), entry = asyncio.run(main())
+    assert (outcome.result, outcome.attempts) == (result, 0)
+    assert entry.final and entry.final_result == result
+    assert node.submitted_hex() == [], "a buried or stale block is never sent again"
