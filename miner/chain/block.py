@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .coinbase import find_witness_commitment, witness_commitment
-from .encoding import ByteReader, compact_size
+from .encoding import ByteReader, WitnessSized, compact_size
 from .header import BlockHeader
 from .hashes import ZERO_HASH, hex_display_from_internal
 from .merkle import merkle_root, merkle_root_and_mutation, witness_root
@@ -22,7 +22,7 @@ class BlockError(ValueError):
 
 
 @dataclass(frozen=True)
-class Block:
+class Block(WitnessSized):
     """A header and its transactions (the coinbase first)."""
 
     header: BlockHeader
@@ -84,18 +84,6 @@ class Block:
         if len(stack) == 1 and len(stack[0]) == 32:
             return stack[0]
         return ZERO_HASH
-
-    def size(self) -> int:
-        """Serialized size with witness data."""
-        return len(self.serialize(with_witness=True))
-
-    def stripped_size(self) -> int:
-        """Serialized size without witness data."""
-        return len(self.serialize(with_witness=False))
-
-    def weight(self) -> int:
-        """BIP141 block weight."""
-        return 3 * self.stripped_size() + self.size()
 
     def check(self, check_pow: bool = False) -> list[str]:
         """Structural problems, named like Core's reject reasons; an empty list means none."""

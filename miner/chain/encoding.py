@@ -127,3 +127,19 @@ class ByteReader:
             raise DecodeError(
                 f"{self.remaining()} trailing bytes after offset {self._pos}"
             )
+
+
+class WitnessSized:
+    """size, stripped_size and BIP141 weight for a class with serialize(with_witness)."""
+
+    def size(self) -> int:
+        """Serialized size with witness data, in bytes."""
+        return len(self.serialize(with_witness=True))
+
+    def stripped_size(self) -> int:
+        """Serialized size without witness data, in bytes."""
+        return len(self.serialize(with_witness=False))
+
+    def weight(self) -> int:
+        """BIP141 weight: 3 * stripped size + total size."""
+        return 3 * self.stripped_size() + self.size()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .encoding import ByteReader, DecodeError, compact_size
+from .encoding import ByteReader, DecodeError, WitnessSized, compact_size
 from .hashes import ZERO_HASH, hex_display_from_internal, sha256d
 
 __all__ = ["TxIn", "TxOut", "Transaction", "MAX_MONEY_SATS", "COINBASE_PREV_INDEX"]
@@ -95,7 +95,7 @@ class TxOut:
 
 
 @dataclass(frozen=True)
-class Transaction:
+class Transaction(WitnessSized):
     """A transaction; witnesses is () or one stack (tuple of items) per input."""
 
     version: int
@@ -207,16 +207,4 @@ class Transaction:
     def wtxid_hex_display(self) -> str:
         """wtxid as RPC shows it (the "hash" field)."""
         return hex_display_from_internal(self.wtxid_internal())
-
-    def size(self) -> int:
-        """Serialized size with witness, in bytes."""
-        return len(self.serialize(with_witness=True))
-
-    def stripped_size(self) -> int:
-        """Serialized size without witness, in bytes."""
-        return len(self.serialize(with_witness=False))
-
-    def weight(self) -> int:
-        """BIP141 weight: 3 * stripped size + total size."""
-        return 3 * self.stripped_size() + self.size()
 

@@ -34,26 +34,12 @@ from miner.node.rpc import (
     error_from_code,
     submitblock_reason,
 )
+from tests.fakes import FakeClock
 
 LOGGER = "miner.node.rpc"
 SEGWIT = {"rules": ["segwit"]}
 # Core's regtest P2WPKH example: bcoin's regtest uses the "rb" HRP and refuses it.
 CORE_REGTEST_ADDRESS = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
-
-
-class FakeClock:
-    """Monotonic time that moves only when told to (or when the fake sleep sleeps)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def dead_url() -> str:

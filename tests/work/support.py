@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, settings
 from miner.chain.hashes import sha256d
 from miner.chain.tx import Transaction
 from miner.work.job import Job, Solution
+from tests.fakes import FakeClock
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -113,21 +114,6 @@ def template_on(prev_hash_hex_display: str, height: int = 1) -> dict:
 def fake_hash(label: str) -> str:
     return sha256d(label.encode()).hex()
 
-
-class FakeClock:
-    """Records the delays asked for and returns at once (after yielding to the loop)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class FakeNode:
