@@ -21,6 +21,9 @@ user/password) come from the file or the environment, never from the command lin
     coinbase_tag = "/gridminer/"
     journal = "~/.local/share/gridminer/found-blocks.jsonl"
 
+    [metrics]
+    listen = "127.0.0.1:9108"   # Prometheus endpoint; "off" to disable
+
     [log]
     level = "info"
     status_interval = 5         # seconds between status lines
@@ -62,6 +65,11 @@ class MiningConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9108"  # HOST:PORT of the Prometheus endpoint; "off" disables it
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
     status_interval: float = 5.0
@@ -71,6 +79,7 @@ class LogConfig:
 class Config:
     node: NodeConfig = NodeConfig()
     mining: MiningConfig = MiningConfig()
+    metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 
     def default_journal_path(self) -> Path:
@@ -78,7 +87,7 @@ class Config:
         return Path(base) / "gridminer" / "found-blocks.jsonl"
 
 
-_SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "log": LogConfig}
+_SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "metrics": MetricsConfig, "log": LogConfig}
 _LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -129,11 +138,22 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"mining.blocks: expected >= 0, got {m.blocks}")
     if len(m.coinbase_tag.encode()) > 60:
         raise ConfigError("mining.coinbase_tag: at most 60 bytes (the coinbase scriptSig holds 100)")
+    if config.metrics.listen != "off":
+        parse_listen(config.metrics.listen, "metrics.listen")
     if lg.level not in _LEVELS:
         raise ConfigError(f"log.level: expected one of {', '.join(_LEVELS)}, got {lg.level!r}")
     if lg.status_interval <= 0:
         raise ConfigError(f"log.status_interval: must be > 0 seconds, got {lg.status_interval}")
     return config
+
+
+def parse_listen(value: str, key: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 as [::1]:PORT) -> (host, port), or ConfigError naming the key."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+    return host, int(port)
 
 
 def load(path: str | os.PathLike | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:

@@ -21,7 +21,9 @@ from typing import TextIO
 
 from miner.chain.address import AddressError, address_to_script
 from miner.chain.networks import get_network
-from miner.config import Config, ConfigError
+from prometheus_client import start_http_server
+
+from miner.config import Config, ConfigError, parse_listen
 from miner.metrics import Metrics
 from miner.node.rpc import AuthConfigError, NodeRPC, RPCAuthError, load_auth
 from miner.work.gbt import GBTSettings, GBTWorkSource
@@ -62,6 +64,7 @@ class SoloMiner:
         self._stop = asyncio.Event()
         self._node = None  # the regtest node when this run started it
         self._submissions: set[asyncio.Task] = set()
+        self.metrics_port: int | None = None  # the bound Prometheus port, once serving
         self.source: GBTWorkSource | None = None  # set while mining (for status and tests)
         self.pool = None
 
@@ -73,13 +76,32 @@ class SoloMiner:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        exporter = self._start_metrics()
         try:
             rpc, address, zmq_url = await self._connect()
             return await self._mine(rpc, address, zmq_url)
         finally:
+            if exporter is not None:
+                exporter.shutdown()
+                exporter.server_close()
             if self._node is not None:
                 self._print("stopping the regtest node")
                 await asyncio.to_thread(self._node.close)  # stops it and removes its temp datadir
+
+    def _start_metrics(self):
+        """The Prometheus endpoint; a port in use is logged, and mining goes on without it."""
+        if self.config.metrics.listen == "off":
+            return None
+        host, port = parse_listen(self.config.metrics.listen, "metrics.listen")
+        try:
+            server, _ = start_http_server(port, addr=host, registry=self.metrics.registry)
+        except OSError as e:
+            log.error("metrics endpoint %s unavailable (%s); mining continues without it",
+                      self.config.metrics.listen, e)
+            return None
+        self.metrics_port = server.server_port
+        self._print(f"metrics at http://{host}:{server.server_port}/metrics")
+        return server
 
     async def _connect(self) -> tuple[NodeRPC, str, str | None]:
         n, m = self.config.node, self.config.mining

@@ -53,6 +53,8 @@ level = "debug"
     (f"[mining]\ncoinbase_tag = \"{'x' * 61}\"\n", "mining.coinbase_tag"),
     ("[mining]\nadress = \"typo\"\n", "mining.adress"),
     ("[log]\nlevel = \"loud\"\n", "log.level"),
+    ("[metrics]\nlisten = \"9108\"\n", "metrics.listen"),
+    ("[metrics]\nlisten = \"127.0.0.1:99999\"\n", "metrics.listen"),
     ("[stratum]\nport = 1\n", "[stratum]"),
     ("[node\n", "gridminer.toml"),
 ])

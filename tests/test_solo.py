@@ -21,7 +21,7 @@ import pytest
 import zmq
 
 from miner.chain.address import address_to_script
-from miner.config import Config, LogConfig, MiningConfig, NodeConfig
+from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, NodeConfig
 from miner.controller import SoloMiner
 from miner.metrics import Metrics
 from miner.node.rpc import NodeRPC
@@ -40,6 +40,7 @@ def miner_for(node, tmp_path: Path, address: str, blocks: int = 0, threads: int 
     config = Config(node=node_config(node, poll_interval=0.1, **node_kw),
                     mining=MiningConfig(address=address, threads=threads, blocks=blocks,
                                         journal=str(tmp_path / "journal.jsonl")),
+                    metrics=MetricsConfig(listen="127.0.0.1:0"),  # a free port: tests run side by side
                     log=LogConfig(status_interval=60))
     return SoloMiner(config, metrics=Metrics(), out=open(os.devnull, "w"))
 
@@ -274,3 +275,28 @@ def test_miner_killed_between_found_and_accepted_resubmits_on_restart(regtest_no
         assert node.rpc.call_sync("getblockhash", header["height"]) == block_hash
     _, final = _journal_state(journal)
     assert pending <= final
+
+
+def test_metrics_endpoint_counts_blocks_and_hashes(regtest_node_factory, node_kind, tmp_path):
+    import urllib.request
+
+    node = regtest_node_factory(kind=node_kind, persistent=False)
+    miner = miner_for(node, tmp_path, node.new_address("bech32"))
+
+    async def scenario() -> str:
+        task = asyncio.create_task(miner.run())
+        try:
+            await wait_until(lambda: miner.stats.accepted >= 3 and miner.metrics_port, 30, "blocks")
+            url = f"http://127.0.0.1:{miner.metrics_port}/metrics"
+            return await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+        finally:
+            miner.stop()
+            await asyncio.wait_for(task, 30)
+
+    text = asyncio.run(scenario())
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples['gridminer_blocks_total{stage="accepted"}'] >= 3
+    assert samples['gridminer_hashes_total{worker_group="local"}'] > 0
+    assert samples["gridminer_node_up"] == 1
+    assert samples["gridminer_node_height"] >= 3
