@@ -49,6 +49,13 @@ class Metrics:
                               ["worker_group"], registry=r)
         self.workers = Gauge("gridminer_workers", "Hashing threads running", ["worker_group"], registry=r)
 
+        # Agent control API (cgminer-compatible)
+        self.agent_api_requests = Counter("gridminer_agent_api_requests_total",
+                                          "Agent API commands served, by command", ["command"], registry=r)
+        self.agent_api_errors = Counter("gridminer_agent_api_errors_total",
+                                        "Agent API requests refused or failed, by reason", ["reason"], registry=r)
+        self.agent_api_paused = Gauge("gridminer_agent_paused", "1 while the agent's hashing is paused", registry=r)
+
         # Blocks
         self.blocks = Counter("gridminer_blocks_total",
                               "Blocks by stage: found, submitted, accepted, rejected, stale",
