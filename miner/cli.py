@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, metavar="N", help="CPU hashing threads (mining.threads)")
     run.add_argument("--blocks", type=int, metavar="N", help="stop after N accepted blocks (mining.blocks)")
     run.add_argument("--journal", metavar="FILE", help="found-block journal (mining.journal)")
+    run.add_argument("--stratum", metavar="HOST:PORT",
+                     help="stratum server for ASICs and rigs (stratum.listen; default 127.0.0.1:3333; off)")
     run.add_argument("--metrics", metavar="HOST:PORT",
                      help="Prometheus endpoint (metrics.listen; default 127.0.0.1:9108; off to disable)")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log.level")
@@ -71,6 +73,7 @@ def _run(args) -> int:
             "node": {"url": args.node, "cookie_file": args.rpc_cookie, "zmq": args.zmq},
             "mining": {"address": args.address, "threads": args.threads, "blocks": args.blocks,
                        "journal": args.journal},
+            "stratum": {"listen": args.stratum},
             "metrics": {"listen": args.metrics},
             "log": {"level": args.log_level},
         })

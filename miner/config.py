@@ -21,6 +21,10 @@ user/password) come from the file or the environment, never from the command lin
     coinbase_tag = "/gridminer/"
     journal = "~/.local/share/gridminer/found-blocks.jsonl"
 
+    [stratum]
+    listen = "127.0.0.1:3333"   # for ASICs and rigs; "off" to disable
+    extranonce2_size = 4
+
     [metrics]
     listen = "127.0.0.1:9108"   # Prometheus endpoint; "off" to disable
 
@@ -65,6 +69,12 @@ class MiningConfig:
 
 
 @dataclass(frozen=True)
+class StratumConfig:
+    listen: str = "127.0.0.1:3333"  # HOST:PORT for ASICs and rigs; "off" disables the server
+    extranonce2_size: int = 4
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9108"  # HOST:PORT of the Prometheus endpoint; "off" disables it
 
@@ -79,6 +89,7 @@ class LogConfig:
 class Config:
     node: NodeConfig = NodeConfig()
     mining: MiningConfig = MiningConfig()
+    stratum: StratumConfig = StratumConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
 
@@ -87,7 +98,8 @@ class Config:
         return Path(base) / "gridminer" / "found-blocks.jsonl"
 
 
-_SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "metrics": MetricsConfig, "log": LogConfig}
+_SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "stratum": StratumConfig, "metrics": MetricsConfig,
+             "log": LogConfig}
 _LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -140,6 +152,11 @@ def validate(config: Config) -> Config:
         raise ConfigError("mining.coinbase_tag: at most 60 bytes (the coinbase scriptSig holds 100)")
     if config.metrics.listen != "off":
         parse_listen(config.metrics.listen, "metrics.listen")
+    if config.stratum.listen != "off":
+        parse_listen(config.stratum.listen, "stratum.listen")
+    if not 2 <= config.stratum.extranonce2_size <= 4:
+        raise ConfigError(f"stratum.extranonce2_size: expected 2..4 (extranonce1 is 4 of the coinbase's 8 "
+                          f"bytes), got {config.stratum.extranonce2_size}")
     if lg.level not in _LEVELS:
         raise ConfigError(f"log.level: expected one of {', '.join(_LEVELS)}, got {lg.level!r}")
     if lg.status_interval <= 0:

@@ -26,6 +26,7 @@ from prometheus_client import start_http_server
 from miner.config import Config, ConfigError, parse_listen
 from miner.metrics import Metrics
 from miner.node.rpc import AuthConfigError, NodeRPC, RPCAuthError, load_auth
+from miner.stratum.server import StratumServer
 from miner.work.gbt import GBTSettings, GBTWorkSource
 from miner.work.job import Job, Solution
 from miner.work.journal import Journal
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 
 # The local CPU pool's extranonce1: stratum clients get other, unique values.
 LOCAL_EXTRANONCE1 = bytes(4)
-EXTRANONCE_SIZE = 8
 # At shutdown, how long in-flight block submissions may still take (seconds).
 SHUTDOWN_SUBMIT_WAIT = 10.0
 
@@ -65,6 +65,7 @@ class SoloMiner:
         self._node = None  # the regtest node when this run started it
         self._submissions: set[asyncio.Task] = set()
         self.metrics_port: int | None = None  # the bound Prometheus port, once serving
+        self.stratum_port: int | None = None  # the bound stratum port, once serving
         self.source: GBTWorkSource | None = None  # set while mining (for status and tests)
         self.pool = None
 
@@ -153,7 +154,8 @@ class SoloMiner:
         n, m = self.config.node, self.config.mining
         submitter = BlockSubmitter(rpc, journal, self.metrics)
         source = GBTWorkSource(rpc, submitter, GBTSettings(
-            payout_script=payout_script, extranonce_size=EXTRANONCE_SIZE, coinbase_tag=m.coinbase_tag.encode(),
+            payout_script=payout_script, extranonce_size=len(LOCAL_EXTRANONCE1) + self.config.stratum.extranonce2_size,
+            coinbase_tag=m.coinbase_tag.encode(),
             poll_interval=n.poll_interval, template_refresh=n.template_refresh, longpoll=n.longpoll,
             zmq_url=zmq_url), self.metrics)
         from miner.hashing.pool import WorkerPool
@@ -169,10 +171,11 @@ class SoloMiner:
 
         pool = WorkerPool(threads, on_solution, extranonce_prefix=LOCAL_EXTRANONCE1, metrics=self.metrics)
         self.source, self.pool = source, pool
+        server = await self._start_stratum(lambda job, solution: self._submit(source, pool, job, solution))
         pool.start()
         self._print(f"mining with {threads} CPU thread(s); journal {journal.path}")
         tasks = [asyncio.create_task(source.run(), name="gbt"),
-                 asyncio.create_task(self._feed(source, pool), name="feed"),
+                 asyncio.create_task(self._feed(source, pool, server), name="feed"),
                  asyncio.create_task(self._status(source, pool), name="status")]
         stopper = asyncio.create_task(self._stop.wait())
         try:
@@ -181,6 +184,8 @@ class SoloMiner:
                 if t is not stopper and t.exception() is not None:
                     raise t.exception()
         finally:
+            if server is not None:
+                await server.stop()  # no more shares from rigs
             await asyncio.to_thread(pool.stop)
             # Solutions found just before the threads stopped reach the loop through
             # call_soon_threadsafe: let those callbacks run, then give every submission a
@@ -220,9 +225,25 @@ class SoloMiner:
             self._print(f"{blocks} block(s) accepted: done")
             self.stop()
 
-    async def _feed(self, source: GBTWorkSource, pool) -> None:
+    async def _start_stratum(self, on_block) -> StratumServer | None:
+        if self.config.stratum.listen == "off":
+            return None
+        host, port = parse_listen(self.config.stratum.listen, "stratum.listen")
+        server = StratumServer(on_block, host=host, port=port, extranonce2_size=self.config.stratum.extranonce2_size,
+                               metrics=self.metrics)
+        try:
+            await server.start()
+        except OSError as e:
+            raise ConfigError(f"stratum.listen: cannot listen on {self.config.stratum.listen}: {e}") from None
+        self.stratum_port = server.port
+        self._print(f"stratum server for ASICs and rigs at stratum+tcp://{host}:{server.port}")
+        return server
+
+    async def _feed(self, source: GBTWorkSource, pool, server: StratumServer | None) -> None:
         async for job in source.jobs():
             pool.set_job(job)
+            if server is not None:
+                server.broadcast(job)
 
     async def _status(self, source: GBTWorkSource, pool) -> None:
         while True:

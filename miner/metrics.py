@@ -49,6 +49,26 @@ class Metrics:
                               ["worker_group"], registry=r)
         self.workers = Gauge("gridminer_workers", "Hashing threads running", ["worker_group"], registry=r)
 
+        # Stratum server
+        self.stratum_connections = Gauge("gridminer_stratum_connections", "Open stratum connections", registry=r)
+        self.stratum_connects = Counter("gridminer_stratum_connects_total", "Stratum connections accepted",
+                                        registry=r)
+        self.stratum_disconnects = Counter("gridminer_stratum_disconnects_total",
+                                           "Stratum connections closed, by reason", ["reason"], registry=r)
+        self.stratum_shares = Counter("gridminer_stratum_shares_total",
+                                      "Shares submitted, by site and result (accepted or the reject reason)",
+                                      ["site", "result"], registry=r)
+        self.stratum_share_work = Counter("gridminer_stratum_share_difficulty_total",
+                                          "Sum of accepted shares' difficulties (x 2^32 / s = hash rate)",
+                                          ["site"], registry=r)
+        self.stratum_bytes = Counter("gridminer_stratum_bytes_total", "Stratum bytes, by direction (in, out)",
+                                     ["direction"], registry=r)
+        self.stratum_limit_hits = Counter("gridminer_stratum_limit_hits_total",
+                                          "Abuse limits that fired, by limit", ["limit"], registry=r)
+        self.stratum_protocol_errors = Counter("gridminer_stratum_protocol_errors_total",
+                                               "Malformed stratum lines and requests, by kind", ["kind"],
+                                               registry=r)
+
         # Agent control API (cgminer-compatible)
         self.agent_api_requests = Counter("gridminer_agent_api_requests_total",
                                           "Agent API commands served, by command", ["command"], registry=r)

@@ -55,7 +55,10 @@ level = "debug"
     ("[log]\nlevel = \"loud\"\n", "log.level"),
     ("[metrics]\nlisten = \"9108\"\n", "metrics.listen"),
     ("[metrics]\nlisten = \"127.0.0.1:99999\"\n", "metrics.listen"),
-    ("[stratum]\nport = 1\n", "[stratum]"),
+    ("[stratum]\nport = 1\n", "stratum.port"),
+    ("[stratum]\nlisten = \"3333\"\n", "stratum.listen"),
+    ("[stratum]\nextranonce2_size = 8\n", "stratum.extranonce2_size"),
+    ("[scheduler]\nsites = 1\n", "[scheduler]"),
     ("[node\n", "gridminer.toml"),
 ])
 def test_bad_settings_name_their_key(tmp_path, text, key):

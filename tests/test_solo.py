@@ -21,7 +21,7 @@ import pytest
 import zmq
 
 from miner.chain.address import address_to_script
-from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, NodeConfig
+from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, NodeConfig, StratumConfig
 from miner.controller import SoloMiner
 from miner.metrics import Metrics
 from miner.node.rpc import NodeRPC
@@ -40,7 +40,8 @@ def miner_for(node, tmp_path: Path, address: str, blocks: int = 0, threads: int 
     config = Config(node=node_config(node, poll_interval=0.1, **node_kw),
                     mining=MiningConfig(address=address, threads=threads, blocks=blocks,
                                         journal=str(tmp_path / "journal.jsonl")),
-                    metrics=MetricsConfig(listen="127.0.0.1:0"),  # a free port: tests run side by side
+                    metrics=MetricsConfig(listen="127.0.0.1:0"),  # free ports: tests run side by side
+                    stratum=StratumConfig(listen="127.0.0.1:0"),
                     log=LogConfig(status_interval=60))
     return SoloMiner(config, metrics=Metrics(), out=open(os.devnull, "w"))
 
@@ -234,7 +235,8 @@ def test_miner_killed_between_found_and_accepted_resubmits_on_restart(regtest_no
     address = node.new_address("bech32")
     journal = tmp_path / "journal.jsonl"
     cmd = [sys.executable, "-m", "miner", "run", "--node", node.rpc_url, "--address", address,
-           "--journal", str(journal), "--threads", "1", "--log-level", "warning"]
+           "--journal", str(journal), "--threads", "1", "--log-level", "warning",
+           "--stratum", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]
     if node.kind == "bcoin":  # credentials from the environment, as an operator would
         env = dict(os.environ, GRIDMINER_RPC_USER=node.auth.user, GRIDMINER_RPC_PASSWORD=node.auth.password)
     else:

@@ -1,0 +1,190 @@
+"""The stratum v1 server that ASICs, Bitaxes and CPU rigs connect to.
+
+    work source ─► jobs ─► broadcast: each session gets [set_difficulty] + notify
+    connection ─► StratumSession (unique extranonce1, its own ShareBook and vardiff)
+    a share that is a block ─► on_block(job, solution): journal first, then the node
+
+Listens on 127.0.0.1 unless configured otherwise. extranonce1 0x00000000 belongs to the
+local CPU pool, so every connection's extranonce1 differs from it and from each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from miner.chain.target import DIFF1_TARGET
+from miner.metrics import Metrics
+from miner.stratum.session import StratumSession
+from miner.stratum.vardiff import Vardiff, VardiffConfig
+from miner.work.job import Job, Solution
+
+log = logging.getLogger(__name__)
+
+EXTRANONCE1_SIZE = 4
+# Seconds between vardiff ticks (a quiet miner's difficulty steps down on these).
+TICK_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Per-connection abuse limits; every one that fires is counted by name."""
+
+    max_line_bytes: int = 16384  # a longer line closes the connection
+    messages_per_second: float = 50.0  # sustained request rate
+    message_burst: float = 200.0  # requests allowed at once
+    max_invalid_shares: int = 100  # consecutive rejected shares before we disconnect
+    idle_timeout: float = 600.0  # s without a message from an authorized miner
+    unauthorized_timeout: float = 30.0  # s a connection may stay without authorizing
+    max_connections_per_ip: int = 256
+    max_write_buffer: int = 1 << 20  # bytes queued to a miner that does not read
+
+
+@dataclass(frozen=True)
+class Authorizer:
+    """Worker names `site.rig`: a site listed in `sites` (with its password, if set);
+    or any worker when `sites` is empty and `allow_any` is set."""
+
+    sites: dict[str, str | None] = field(default_factory=dict)  # site -> password (None: no password)
+    allow_any: bool = True
+
+    def site_for(self, worker: str, password: str | None) -> str | None:
+        site = worker.split(".", 1)[0]
+        if site in self.sites:
+            expected = self.sites[site]
+            if expected is None or hmac.compare_digest(expected.encode(), (password or "").encode()):
+                return site
+            return None
+        return "other" if self.allow_any else None
+
+
+class StratumServer:
+    def __init__(self, on_block: Callable[[Job, Solution], None], *, host: str = "127.0.0.1", port: int = 3333,
+                 extranonce2_size: int = 4, version_mask: int = 0x1FFFE000,
+                 vardiff: VardiffConfig | None = None, limits: ServerLimits | None = None,
+                 authorizer: Authorizer | None = None, metrics: Metrics | None = None) -> None:
+        self.on_block, self.host, self._port = on_block, host, port
+        self.extranonce2_size, self.version_mask = extranonce2_size, version_mask
+        self.vardiff = Vardiff(vardiff)
+        self.limits = limits or ServerLimits()
+        self.authorizer = authorizer or Authorizer()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.current_job: Job | None = None
+        self.sessions: set[StratumSession] = set()
+        self._by_ip: Counter[str] = Counter()
+        self._en1_in_use: set[bytes] = set()
+        self._next_en1 = 1  # 0 is the local CPU pool's
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.host, self._port, limit=1 << 16)
+        self._spawn(self._ticker())
+        log.info("stratum server listening on %s:%d", self.host, self.port)
+
+    @property
+    def port(self) -> int:
+        if self._server is not None and self._server.sockets:
+            return self._server.sockets[0].getsockname()[1]
+        return self._port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            await session.close("server_stopping")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            for session in list(self.sessions):
+                session.tick()
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        ip = peer[0]
+        if self._by_ip[ip] >= self.limits.max_connections_per_ip:
+            self.metrics.stratum_limit_hits.labels("connections_per_ip").inc()
+            writer.close()
+            return
+        session = StratumSession(self, reader, writer, self._allocate_en1(), ip)
+        self.sessions.add(session)
+        self._by_ip[ip] += 1
+        self.metrics.stratum_connects.inc()
+        self.metrics.stratum_connections.set(len(self.sessions))
+        await session.run()
+
+    def forget(self, session: StratumSession) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self._by_ip[session.peer_ip] -= 1
+            if self._by_ip[session.peer_ip] <= 0:
+                del self._by_ip[session.peer_ip]
+            self._en1_in_use.discard(session.extranonce1)
+            self.metrics.stratum_connections.set(len(self.sessions))
+
+    def _allocate_en1(self) -> bytes:
+        for _ in range(1 << 20):
+            en1 = self._next_en1.to_bytes(EXTRANONCE1_SIZE, "big")
+            self._next_en1 = self._next_en1 % 0xFFFFFFFF + 1  # never 0: that is the local pool's
+            if en1 not in self._en1_in_use:
+                self._en1_in_use.add(en1)
+                return en1
+        raise RuntimeError("no free extranonce1")
+
+    def resume_extranonce1(self, session: StratumSession, session_id: str) -> bytes:
+        """mining.subscribe with a session id: give back that extranonce1 if nobody holds it."""
+        try:
+            wanted = bytes.fromhex(session_id)
+        except ValueError:
+            return session.extranonce1
+        if len(wanted) != EXTRANONCE1_SIZE or wanted == bytes(EXTRANONCE1_SIZE) or wanted in self._en1_in_use:
+            return session.extranonce1
+        self._en1_in_use.discard(session.extranonce1)
+        self._en1_in_use.add(wanted)
+        return wanted
+
+    def authorize(self, worker: str, password: str | None) -> str | None:
+        return self.authorizer.site_for(worker, password)
+
+    # -- jobs and blocks ---------------------------------------------------------------------------
+
+    @staticmethod
+    def network_difficulty(job: Job) -> float:
+        return DIFF1_TARGET / job.target
+
+    def broadcast(self, job: Job) -> None:
+        """A new job for everyone: clean_jobs on a new tip, so miners drop the old work at once."""
+        self.current_job = job
+        for session in list(self.sessions):
+            session.send_job(job, job.clean)
+
+    def resend_current_job(self, session: StratumSession) -> None:
+        if self.current_job is not None:
+            session.send_job(self.current_job, clean=False)
+
+    def found_block(self, job: Job, solution: Solution) -> None:
+        """A miner's share is a block: hand it on (the work source journals it first)."""
+        try:
+            self.on_block(job, solution)
+        except Exception:
+            log.exception("block from a stratum miner could not be handed to the work source")
