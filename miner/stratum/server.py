@@ -19,6 +19,7 @@ from typing import Callable
 
 from miner.chain.target import DIFF1_TARGET
 from miner.metrics import Metrics
+from miner.stratum import protocol as p
 from miner.stratum.session import StratumSession
 from miner.stratum.vardiff import Vardiff, VardiffConfig
 from miner.work.job import Job, Solution
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 EXTRANONCE1_SIZE = 4
 # Seconds between vardiff ticks (a quiet miner's difficulty steps down on these).
 TICK_SECONDS = 1.0
+# On a graceful stop, miners are told to reconnect after this many seconds.
+RECONNECT_WAIT_S = 5
 
 
 @dataclass(frozen=True)
@@ -94,10 +97,14 @@ class StratumServer:
             return self._server.sockets[0].getsockname()[1]
         return self._port
 
-    async def stop(self) -> None:
+    async def stop(self, reconnect_wait: int | None = RECONNECT_WAIT_S) -> None:
+        """Stop accepting; tell connected miners to come back after reconnect_wait seconds
+        (client.reconnect, so a restart costs them seconds, not their own backoff)."""
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):
+            if reconnect_wait is not None and session.subscribed:
+                session.send(p.encode(p.reconnect(self.host, self.port, reconnect_wait)))
             await session.close("server_stopping")
         for task in list(self._tasks):
             task.cancel()
