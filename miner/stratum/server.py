@@ -100,11 +100,12 @@ class StratumServer:
     async def stop(self, reconnect_wait: int | None = RECONNECT_WAIT_S) -> None:
         """Stop accepting; tell connected miners to come back after reconnect_wait seconds
         (client.reconnect, so a restart costs them seconds, not their own backoff)."""
+        port = self.port  # read before closing: a closed server has no socket to ask
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):
             if reconnect_wait is not None and session.subscribed:
-                session.send(p.encode(p.reconnect(self.host, self.port, reconnect_wait)))
+                session.send(p.encode(p.reconnect(self.host, port, reconnect_wait)))
             await session.close("server_stopping")
         for task in list(self._tasks):
             task.cancel()
