@@ -86,7 +86,7 @@ class WorkerPool:
         self._chunk_seconds = chunk_seconds
         self._cond = threading.Condition()
         self._generation = 0
-        self._current: tuple[int, Job, int] | None = None  # (generation, job, share target)
+        self._current: tuple[int, Job, int, bytes] | None = None  # (generation, job, share target, prefix)
         self._solved_prev: bytes | None = None  # prev hash our last block builds on
         self._paused = False
         self._stopping = False
@@ -111,14 +111,19 @@ class WorkerPool:
         self._threads.clear()
         self._metrics.workers.labels(self.worker_group).set(0)
 
-    def set_job(self, job: Job, share_target: int | None = None) -> None:
-        """Hash `job` from now on; shares are hits <= share_target (default: blocks only)."""
-        en2_size = job.extranonce_size - len(self._prefix)
+    def set_job(self, job: Job, share_target: int | None = None, extranonce_prefix: bytes | None = None) -> None:
+        """Hash `job` from now on; shares are hits <= share_target (default: blocks only).
+
+        extranonce_prefix: the part of the extranonce this job fixes (an upstream pool's
+        extranonce1, which changes on failover); default: the pool's own prefix.
+        """
+        prefix = self._prefix if extranonce_prefix is None else bytes(extranonce_prefix)
+        en2_size = job.extranonce_size - len(prefix)
         if en2_size < 2:
-            raise ValueError(f"job leaves {en2_size} extranonce bytes after the pool's prefix; need >= 2")
+            raise ValueError(f"job leaves {en2_size} extranonce bytes after the prefix; need >= 2")
         with self._cond:
             self._generation += 1
-            self._current = (self._generation, job, max(job.target, share_target or 0))
+            self._current = (self._generation, job, max(job.target, share_target or 0), prefix)
             self._cond.notify_all()
 
     def pause(self) -> None:
@@ -149,7 +154,7 @@ class WorkerPool:
             while not self._stopping and self._generation == generation:
                 self._cond.wait()
 
-    def _wait_for_work(self) -> tuple[int, Job, int] | None:
+    def _wait_for_work(self) -> tuple[int, Job, int, bytes] | None:
         with self._cond:
             while not self._stopping and (self._paused or self._current is None
                                            or self._current[1].prev_hash_internal == self._solved_prev):
@@ -175,10 +180,10 @@ class WorkerPool:
         out = np.empty(HITS_PER_CALL, dtype=np.uint32)
         chunk, counter = FIRST_CHUNK, 0
         while (work := self._wait_for_work()) is not None:
-            generation, job, share_target = work
-            en2_size = job.extranonce_size - len(self._prefix)
+            generation, job, share_target, prefix = work
+            en2_size = job.extranonce_size - len(prefix)
             counter = (counter + 1) % (1 << (8 * en2_size - 8))
-            extranonce = self._prefix + bytes((index,)) + counter.to_bytes(en2_size - 1, "big")
+            extranonce = prefix + bytes((index,)) + counter.to_bytes(en2_size - 1, "big")
             scan_job = kscan.prepare(job.header76(extranonce))
             share_words = kscan.target_words(share_target)
             pos = 0
