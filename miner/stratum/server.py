@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from miner.chain.target import DIFF1_TARGET
+from miner.chain.target import DIFF1_TARGET, difficulty_to_target
 from miner.metrics import Metrics
 from miner.stratum import protocol as p
 from miner.stratum.session import StratumSession
@@ -65,6 +66,18 @@ class Authorizer:
         return "other" if self.allow_any else None
 
 
+@dataclass(frozen=True)
+class IssueLines:
+    """One job at one difficulty, encoded once for every session at that difficulty."""
+
+    job: Job  # held so the id() key of the cache cannot be reused while cached
+    job_id: str  # unique per (job, difficulty): shares for it are judged at this difficulty
+    share_target: int
+    set_difficulty: bytes
+    notify_clean: bytes
+    notify: bytes
+
+
 class StratumServer:
     def __init__(self, on_block: Callable[[Job, Solution], None], *, host: str = "127.0.0.1", port: int = 3333,
                  extranonce2_size: int = 4, version_mask: int = 0x1FFFE000,
@@ -83,6 +96,12 @@ class StratumServer:
         self._next_en1 = 1  # 0 is the local CPU pool's
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._issue_cache: dict[tuple[int, float], IssueLines] = {}
+        self._issue_ids = itertools.count(1)
+        # Prometheus children looked up once: labels() per message showed up in profiles.
+        self.bytes_in = self.metrics.stratum_bytes.labels("in")
+        self.bytes_out = self.metrics.stratum_bytes.labels("out")
+        self._share_counters: dict[tuple[str, str], object] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -183,8 +202,27 @@ class StratumServer:
     def broadcast(self, job: Job) -> None:
         """A new job for everyone: clean_jobs on a new tip, so miners drop the old work at once."""
         self.current_job = job
+        self._issue_cache.clear()  # only the current job is ever issued again
         for session in list(self.sessions):
             session.send_job(job, job.clean)
+
+    def issue_lines(self, job: Job, difficulty: float) -> IssueLines:
+        """The encoded set_difficulty and notify lines for job at difficulty (cached)."""
+        key = (id(job), difficulty)
+        lines = self._issue_cache.get(key)
+        if lines is None:
+            job_id = f"{next(self._issue_ids):x}"
+            lines = IssueLines(job, job_id, difficulty_to_target(difficulty),
+                               p.encode(p.set_difficulty(difficulty)),
+                               p.encode(p.notify(job, job_id, True)), p.encode(p.notify(job, job_id, False)))
+            self._issue_cache[key] = lines
+        return lines
+
+    def count_share(self, site: str, result: str) -> None:
+        counter = self._share_counters.get((site, result))
+        if counter is None:
+            counter = self._share_counters[(site, result)] = self.metrics.stratum_shares.labels(site, result)
+        counter.inc()
 
     def resend_current_job(self, session: StratumSession) -> None:
         if self.current_job is not None:

@@ -16,7 +16,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from miner.chain.target import difficulty_to_target
 from miner.stratum import protocol as p
 from miner.stratum.framing import NewlineFramer, Oversized
 from miner.stratum.shares import Reject, ShareBook, check_share
@@ -65,7 +64,6 @@ class StratumSession:
         self.vardiff: VardiffState | None = None
         self.difficulty_sent: float | None = None
         self.invalid_shares = 0
-        self._job_seq = 0
         self._tokens = float(self.limits.message_burst)
         self._tokens_at = time.monotonic()
         self._connected_at = time.monotonic()
@@ -77,10 +75,11 @@ class StratumSession:
         reason = "client_closed"
         try:
             while True:
-                data = await asyncio.wait_for(self.reader.read(65536), self._read_timeout())
+                async with asyncio.timeout(self._read_timeout()):  # no Task per read, unlike wait_for
+                    data = await self.reader.read(65536)
                 if not data:
                     break
-                self.server.metrics.stratum_bytes.labels("in").inc(len(data))
+                self.server.bytes_in.inc(len(data))
                 for item in self.framer.feed(data):
                     if isinstance(item, Oversized):
                         self._limit("line_length")
@@ -129,25 +128,28 @@ class StratumSession:
             self._close_soon("slow_reader")
             return
         self.writer.write(data)
-        self.server.metrics.stratum_bytes.labels("out").inc(len(data))
+        self.server.bytes_out.inc(len(data))
 
     def reply(self, msg_id: Any, result: Any = None, error: p.StratumError | None = None) -> None:
         self.send(p.encode(p.Response(msg_id, result, error)))
 
     # -- jobs ----------------------------------------------------------------------------------
 
-    def send_job(self, job: Job, clean: bool, notify_tail: bytes | None = None) -> None:
-        """Issue job to this miner at its current difficulty: [set_difficulty] then notify."""
+    def send_job(self, job: Job, clean: bool) -> None:
+        """Issue job to this miner at its current difficulty: [set_difficulty] then notify.
+
+        The lines are encoded once per (job, difficulty) for all sessions; the job id is
+        per difficulty, so shares are always judged at the difficulty they were issued with.
+        """
         if not self.subscribed or self.closed:
             return
         difficulty = self.current_difficulty(job)
+        lines = self.server.issue_lines(job, difficulty)
         if difficulty != self.difficulty_sent:
-            self.send(p.encode(p.set_difficulty(difficulty)))
+            self.send(lines.set_difficulty)
             self.difficulty_sent = difficulty
-        self._job_seq += 1
-        job_id = f"{self._job_seq:x}"
-        self.book.issue(job, job_id=job_id, share_target=difficulty_to_target(difficulty), now=time.time())
-        self.send(p.encode(p.notify(job, job_id, clean)))
+        self.book.issue(job, job_id=lines.job_id, share_target=lines.share_target, now=time.time())
+        self.send(lines.notify_clean if clean else lines.notify)
 
     def current_difficulty(self, job: Job) -> float:
         if self.vardiff is None:
@@ -278,7 +280,7 @@ class StratumSession:
         asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close(reason)))
 
     def _count_share(self, site: str, result: str) -> None:
-        self.server.metrics.stratum_shares.labels(site, result).inc()
+        self.server.count_share(site, result)
 
     def _retarget(self, issued_difficulty: float) -> None:
         job = self.server.current_job
