@@ -53,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, metavar="N", help="CPU hashing threads (mining.threads)")
     run.add_argument("--blocks", type=int, metavar="N", help="stop after N accepted blocks (mining.blocks)")
     run.add_argument("--journal", metavar="FILE", help="found-block journal (mining.journal)")
+    run.add_argument("--mode", choices=("solo", "agent"),
+                     help="solo: mine on a node (default); agent: mine a stratum pool with a cgminer API")
+    run.add_argument("--pool", metavar="URL[,URL...]",
+                     help="agent mode: stratum+tcp://HOST:PORT pools in order of preference (upstream.pools)")
+    run.add_argument("--user", metavar="NAME", help="agent mode: worker name, e.g. site.rig (upstream.user); "
+                     "the pool password comes from the config or GRIDMINER_POOL_PASSWORD")
+    run.add_argument("--api", metavar="HOST:PORT",
+                     help="agent mode: cgminer-compatible API (agent.api; default 127.0.0.1:4028; off); "
+                          "its token comes from the config or GRIDMINER_AGENT_TOKEN")
     run.add_argument("--stratum", metavar="HOST:PORT",
                      help="stratum server for ASICs and rigs (stratum.listen; default 127.0.0.1:3333; off)")
     run.add_argument("--metrics", metavar="HOST:PORT",
@@ -66,13 +75,15 @@ def _run(args) -> int:
     import logging
 
     from miner import config as cfg
-    from miner.controller import SoloMiner
+    from miner.controller import AgentMiner, SoloMiner
 
     try:
         config = cfg.load(args.config, {
             "node": {"url": args.node, "cookie_file": args.rpc_cookie, "zmq": args.zmq},
-            "mining": {"address": args.address, "threads": args.threads, "blocks": args.blocks,
-                       "journal": args.journal},
+            "mining": {"mode": args.mode, "address": args.address, "threads": args.threads,
+                       "blocks": args.blocks, "journal": args.journal},
+            "upstream": {"pools": args.pool.split(",") if args.pool else None, "user": args.user},
+            "agent": {"api": args.api},
             "stratum": {"listen": args.stratum},
             "metrics": {"listen": args.metrics},
             "log": {"level": args.log_level},
@@ -84,7 +95,8 @@ def _run(args) -> int:
     from miner.node.regtest import RegtestError
 
     try:
-        return asyncio.run(SoloMiner(config).run())
+        runner = AgentMiner if config.mining.mode == "agent" else SoloMiner
+        return asyncio.run(runner(config).run())
     except cfg.ConfigError as e:
         print(f"miner run: configuration error: {e}", file=sys.stderr)
         return 2

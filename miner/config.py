@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +59,31 @@ class NodeConfig:
     timeout: float = 30.0
 
 
+MODES = ("solo", "agent")
+
+
 @dataclass(frozen=True)
 class MiningConfig:
+    mode: str = "solo"  # solo: GBT from a node; agent: CPU workers on a stratum pool, cgminer API
     address: str | None = None
     threads: int | None = None  # None: every CPU this process may use
     blocks: int = 0
     coinbase_tag: str = "/gridminer/"
     journal: str | None = None
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    pools: list[str] = field(default_factory=list)  # stratum+tcp://HOST:PORT, in order of preference
+    user: str | None = None  # worker name, e.g. site.rig
+    password: str | None = None  # or GRIDMINER_POOL_PASSWORD; most pools take anything ("x")
+    silent_after: float = 120.0  # s without a job before failing over
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    api: str = "127.0.0.1:4028"  # cgminer-compatible API; "off" disables it
+    token: str | None = None  # for pause/resume; or GRIDMINER_AGENT_TOKEN (required off loopback)
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,8 @@ class LogConfig:
 class Config:
     node: NodeConfig = NodeConfig()
     mining: MiningConfig = MiningConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    agent: AgentConfig = AgentConfig()
     stratum: StratumConfig = StratumConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
@@ -98,8 +118,8 @@ class Config:
         return Path(base) / "gridminer" / "found-blocks.jsonl"
 
 
-_SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "stratum": StratumConfig, "metrics": MetricsConfig,
-             "log": LogConfig}
+_SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "upstream": UpstreamConfig, "agent": AgentConfig,
+             "stratum": StratumConfig, "metrics": MetricsConfig, "log": LogConfig}
 _LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -123,9 +143,11 @@ def _section(name: str, cls: type, raw: Any) -> Any:
     values = {}
     for key, value in raw.items():
         annotation = str(known[key].type)
-        expected = float if "float" in annotation else int if "int" in annotation else \
-            bool if "bool" in annotation else str
+        expected = list if "list" in annotation else float if "float" in annotation else \
+            int if "int" in annotation else bool if "bool" in annotation else str
         values[key] = _check_type(f"{name}.{key}", value, expected)
+        if expected is list and not all(isinstance(x, str) for x in value):
+            raise ConfigError(f"{name}.{key}: expected a list of strings, got {value!r}")
     return cls(**values)
 
 
@@ -142,7 +164,21 @@ def validate(config: Config) -> Config:
     for key in ("poll_interval", "template_refresh", "timeout"):
         if getattr(n, key) <= 0:
             raise ConfigError(f"node.{key}: must be > 0 seconds, got {getattr(n, key)}")
-    if n.url is not None and m.address is None:
+    if m.mode not in MODES:
+        raise ConfigError(f"mining.mode: expected one of {', '.join(MODES)}, got {m.mode!r}")
+    if m.mode == "agent":
+        if not config.upstream.pools:
+            raise ConfigError("upstream.pools: agent mode needs at least one pool (stratum+tcp://HOST:PORT)")
+        for url in config.upstream.pools:
+            if not url.startswith("stratum+tcp://"):
+                raise ConfigError(f"upstream.pools: expected stratum+tcp://HOST:PORT, got {url!r}")
+        if not config.upstream.user:
+            raise ConfigError("upstream.user: agent mode needs a worker name (e.g. site.rig)")
+        if config.agent.api != "off":
+            parse_listen(config.agent.api, "agent.api")
+    if config.upstream.silent_after <= 0:
+        raise ConfigError(f"upstream.silent_after: must be > 0 seconds, got {config.upstream.silent_after}")
+    if m.mode == "solo" and n.url is not None and m.address is None:
         raise ConfigError("mining.address: required with node.url (the payout address)")
     if m.threads is not None and not 0 <= m.threads <= 256:
         raise ConfigError(f"mining.threads: expected 0..256, got {m.threads}")
@@ -173,8 +209,12 @@ def parse_listen(value: str, key: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def load(path: str | os.PathLike | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
-    """Config from a TOML file (optional) with command-line overrides applied, validated."""
+def load(path: str | os.PathLike | None = None, overrides: dict[str, dict[str, Any]] | None = None,
+         env: dict[str, str] = os.environ) -> Config:
+    """Config from a TOML file (optional) with command-line overrides applied, validated.
+
+    Secrets missing from the file come from the environment: GRIDMINER_POOL_PASSWORD,
+    GRIDMINER_AGENT_TOKEN (RPC credentials are read by the node client itself)."""
     raw: dict[str, Any] = {}
     if path is not None:
         try:
@@ -193,4 +233,8 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, dict[str, A
         if given:
             sections[name] = replace(sections[name], **{k: _check_type(f"{name}.{k}", v, type(v))
                                                          for k, v in given.items()})
+    if sections["upstream"].password is None and env.get("GRIDMINER_POOL_PASSWORD"):
+        sections["upstream"] = replace(sections["upstream"], password=env["GRIDMINER_POOL_PASSWORD"])
+    if sections["agent"].token is None and env.get("GRIDMINER_AGENT_TOKEN"):
+        sections["agent"] = replace(sections["agent"], token=env["GRIDMINER_AGENT_TOKEN"])
     return validate(Config(**sections))

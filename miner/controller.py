@@ -53,21 +53,21 @@ class RunStats:
     found: int = 0
     accepted: int = 0
     rejected: int = 0
+    stale: int = 0
+    difficulty_accepted: float = 0.0
 
 
-class SoloMiner:
+class _Run:
+    """What every run mode shares: stop on SIGINT/SIGTERM, the metrics endpoint, status lines."""
+
     def __init__(self, config: Config, *, metrics: Metrics | None = None, out: TextIO = sys.stdout) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.out = out
         self.stats = RunStats()
         self._stop = asyncio.Event()
-        self._node = None  # the regtest node when this run started it
-        self._submissions: set[asyncio.Task] = set()
         self.metrics_port: int | None = None  # the bound Prometheus port, once serving
-        self.stratum_port: int | None = None  # the bound stratum port, once serving
-        self.source: GBTWorkSource | None = None  # set while mining (for status and tests)
-        self.pool = None
+        self.pool = None  # the CPU worker pool, while running
 
     def stop(self) -> None:
         self._stop.set()
@@ -79,15 +79,14 @@ class SoloMiner:
                 loop.add_signal_handler(sig, self.stop)
         exporter = self._start_metrics()
         try:
-            rpc, address, zmq_url = await self._connect()
-            return await self._mine(rpc, address, zmq_url)
+            return await self._run()
         finally:
             if exporter is not None:
                 exporter.shutdown()
                 exporter.server_close()
-            if self._node is not None:
-                self._print("stopping the regtest node")
-                await asyncio.to_thread(self._node.close)  # stops it and removes its temp datadir
+
+    async def _run(self) -> int:
+        raise NotImplementedError
 
     def _start_metrics(self):
         """The Prometheus endpoint; a port in use is logged, and mining goes on without it."""
@@ -103,6 +102,41 @@ class SoloMiner:
         self.metrics_port = server.server_port
         self._print(f"metrics at http://{host}:{server.server_port}/metrics")
         return server
+
+    async def _until_stopped(self, tasks: list[asyncio.Task]) -> None:
+        """Wait for stop() or for a task to fail (its exception is raised)."""
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopper and t.exception() is not None:
+                    raise t.exception()
+        finally:
+            stopper.cancel()
+
+    def _print(self, text: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
+
+
+
+class SoloMiner(_Run):
+    """solo: templates from a node, CPU workers and stratum-connected rigs, blocks to the node."""
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None, out: TextIO = sys.stdout) -> None:
+        super().__init__(config, metrics=metrics, out=out)
+        self._node = None  # the regtest node when this run started it
+        self._submissions: set[asyncio.Task] = set()
+        self.stratum_port: int | None = None  # the bound stratum port, once serving
+        self.source: GBTWorkSource | None = None  # set while mining (for status and tests)
+
+    async def _run(self) -> int:
+        try:
+            rpc, address, zmq_url = await self._connect()
+            return await self._mine(rpc, address, zmq_url)
+        finally:
+            if self._node is not None:
+                self._print("stopping the regtest node")
+                await asyncio.to_thread(self._node.close)  # stops it and removes its temp datadir
 
     async def _connect(self) -> tuple[NodeRPC, str, str | None]:
         n, m = self.config.node, self.config.mining
@@ -177,12 +211,8 @@ class SoloMiner:
         tasks = [asyncio.create_task(source.run(), name="gbt"),
                  asyncio.create_task(self._feed(source, pool, server), name="feed"),
                  asyncio.create_task(self._status(source, pool), name="status")]
-        stopper = asyncio.create_task(self._stop.wait())
         try:
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stopper and t.exception() is not None:
-                    raise t.exception()
+            await self._until_stopped(tasks)
         finally:
             if server is not None:
                 await server.stop()  # no more shares from rigs
@@ -194,9 +224,9 @@ class SoloMiner:
             deadline = time.monotonic() + SHUTDOWN_SUBMIT_WAIT
             while self._submissions and time.monotonic() < deadline:
                 await asyncio.wait(set(self._submissions), timeout=deadline - time.monotonic())
-            for t in [*tasks, stopper, *self._submissions]:
+            for t in [*tasks, *self._submissions]:
                 t.cancel()
-            await asyncio.gather(*tasks, stopper, *self._submissions, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._submissions, return_exceptions=True)
             rpc.close()  # abandon held long-polls quietly: the node may be stopped next
         self._print(f"stopped: {self.stats.found} found, {self.stats.accepted} accepted, "
                     f"{self.stats.rejected} rejected")
@@ -254,5 +284,148 @@ class SoloMiner:
                         f" | blocks found {self.stats.found} accepted {self.stats.accepted}"
                         f" rejected {self.stats.rejected} | job age {age}")
 
-    def _print(self, text: str) -> None:
-        print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
+
+
+class RigState:
+    """The agent API's view of this rig (miner.devices.agent_api.AgentState)."""
+
+    def __init__(self, run: AgentMiner) -> None:
+        self._run = run
+        self._started = time.monotonic()
+
+    @property
+    def paused(self) -> bool:
+        return self._run.pool is not None and self._run.pool.paused
+
+    def stats(self) -> dict:
+        pool, s = self._run.pool, self._run.stats
+        rate = pool.rate() if pool is not None else 0.0
+        return {"elapsed_s": time.monotonic() - self._started, "hashes_total": pool.hashes if pool else 0,
+                "rate_5s": rate, "rate_avg": rate, "accepted": s.accepted, "rejected": s.rejected,
+                "stale": s.stale, "found_blocks": 0, "difficulty_accepted": s.difficulty_accepted,
+                "best_share": 0, "hardware_errors": 0}
+
+    def devices(self) -> list[dict]:
+        pool = self._run.pool
+        rate = pool.rate() if pool is not None else 0.0
+        return [{"index": 0, "enabled": not self.paused, "status": "Idle" if self.paused else "Alive",
+                 "rate_5s": rate, "rate_avg": rate, "accepted": self._run.stats.accepted,
+                 "threads": pool.threads if pool else 0}]
+
+    def pools(self) -> list[dict]:
+        failover = self._run.failover
+        state = failover.state if failover is not None else None
+        return [{"url": url, "user": self._run.config.upstream.user,
+                 "status": "Alive" if state and state.index == i and state.up else "Dead", "priority": i,
+                 "accepted": self._run.stats.accepted if state and state.index == i else 0,
+                 "rejected": self._run.stats.rejected if state and state.index == i else 0,
+                 "stratum_active": bool(state and state.index == i and state.up)}
+                for i, url in enumerate(self._run.config.upstream.pools)]
+
+    def config(self) -> dict:
+        return {"mode": "agent", "threads": self._run.pool.threads if self._run.pool else 0,
+                "pools": len(self._run.config.upstream.pools)}
+
+    def pause(self) -> None:
+        if self._run.pool is not None:
+            self._run.pool.pause()
+
+    def resume(self) -> None:
+        if self._run.pool is not None:
+            self._run.pool.resume()
+
+
+class AgentMiner(_Run):
+    """agent: CPU workers mine a stratum pool's jobs; a cgminer-compatible API shows and
+    curtails the rig like an ASIC."""
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None, out: TextIO = sys.stdout) -> None:
+        super().__init__(config, metrics=metrics, out=out)
+        self.failover = None
+        self.source = None
+        self.api_port: int | None = None
+        self._submissions: set[asyncio.Task] = set()
+
+    async def _run(self) -> int:
+        from kernels.scan import default_threads, warm_up
+        from miner.devices.agent_api import AgentAPIServer
+        from miner.hashing.pool import WorkerPool
+        from miner.stratum.client import PoolFailover
+        from miner.work.upstream import UpstreamWorkSource
+
+        up, m = self.config.upstream, self.config.mining
+        self.failover = PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
+                                     metrics=self.metrics)
+        self.source = source = UpstreamWorkSource(self.failover, metrics=self.metrics)
+        threads = default_threads() if m.threads is None else m.threads
+        await asyncio.to_thread(warm_up)
+        loop = asyncio.get_running_loop()
+
+        def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
+            loop.call_soon_threadsafe(self._submit, job, solution)
+
+        self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="agent")
+        api = None
+        if self.config.agent.api != "off":
+            host, port = parse_listen(self.config.agent.api, "agent.api")
+            api = AgentAPIServer(RigState(self), host=host, port=port, token=self.config.agent.token,
+                                 metrics=self.metrics)
+            try:
+                await api.start()
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"agent.api: {e}") from None
+            self.api_port = api.port
+            self._print(f"cgminer-compatible API at {host}:{api.port}"
+                        f"{'' if self.config.agent.token else ' (read-only: no agent.token)'}")
+        pool.start()
+        self._print(f"agent: {threads} CPU thread(s) on {', '.join(up.pools)} as {up.user}")
+        tasks = [asyncio.create_task(source.run(), name="upstream"),
+                 asyncio.create_task(self._feed(), name="feed"),
+                 asyncio.create_task(self._status(), name="status")]
+        try:
+            await self._until_stopped(tasks)
+        finally:
+            if api is not None:
+                await api.stop()
+            await asyncio.to_thread(pool.stop)
+            await asyncio.sleep(0)  # let queued solutions reach _submit
+            if self._submissions:
+                await asyncio.wait(set(self._submissions), timeout=SHUTDOWN_SUBMIT_WAIT)
+            for t in [*tasks, *self._submissions]:
+                t.cancel()
+            await asyncio.gather(*tasks, *self._submissions, return_exceptions=True)
+        self._print(f"stopped: {self.stats.accepted} shares accepted, {self.stats.rejected} rejected, "
+                    f"{self.stats.stale} stale")
+        return 0
+
+    async def _feed(self) -> None:
+        async for job in self.source.jobs():
+            info = self.source.info(job)
+            if info is not None:
+                # The pool's extranonce1 travels with the job: it changes when we fail over.
+                self.pool.set_job(job, share_target=info.share_target, extranonce_prefix=info.extranonce1)
+
+    def _submit(self, job: Job, solution: Solution) -> None:
+        task = asyncio.ensure_future(self._submit_one(job, solution))
+        self._submissions.add(task)
+        task.add_done_callback(self._submissions.discard)
+
+    async def _submit_one(self, job: Job, solution: Solution) -> None:
+        answer = await self.source.submit(job, solution)  # the pool's real answer, never assumed
+        if answer.accepted:
+            self.stats.accepted += 1
+            info = self.source.info(job)
+            self.stats.difficulty_accepted += info.difficulty if info is not None else 0.0
+        elif answer.status == "stale":
+            self.stats.stale += 1
+        else:
+            self.stats.rejected += 1
+
+    async def _status(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.log.status_interval)
+            state = self.failover.state
+            self._print(f"{format_rate(self.pool.rate())} | pool {state.url or '-'} "
+                        f"{'up' if state.up else 'down'} | shares accepted {self.stats.accepted} "
+                        f"rejected {self.stats.rejected} stale {self.stats.stale}"
+                        f"{' | PAUSED' if self.pool.paused else ''}")
