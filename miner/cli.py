@@ -53,11 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, metavar="N", help="CPU hashing threads (mining.threads)")
     run.add_argument("--blocks", type=int, metavar="N", help="stop after N accepted blocks (mining.blocks)")
     run.add_argument("--journal", metavar="FILE", help="found-block journal (mining.journal)")
-    run.add_argument("--mode", choices=("solo", "agent"),
-                     help="solo: mine on a node (default); agent: mine a stratum pool with a cgminer API")
+    run.add_argument("--mode", choices=("solo", "agent", "proxy"),
+                     help="solo: mine on a node (default); agent: mine a stratum pool with a cgminer API; "
+                          "proxy: rigs connect to our stratum server and mine the upstream pool")
     run.add_argument("--pool", metavar="URL[,URL...]",
-                     help="agent mode: stratum+tcp://HOST:PORT pools in order of preference (upstream.pools)")
-    run.add_argument("--user", metavar="NAME", help="agent mode: worker name, e.g. site.rig (upstream.user); "
+                     help="agent/proxy: stratum+tcp://HOST:PORT pools in order of preference (upstream.pools)")
+    run.add_argument("--user", metavar="NAME", help="agent/proxy: worker name, e.g. site.rig (upstream.user); "
                      "the pool password comes from the config or GRIDMINER_POOL_PASSWORD")
     run.add_argument("--api", metavar="HOST:PORT",
                      help="agent mode: cgminer-compatible API (agent.api; default 127.0.0.1:4028; off); "
@@ -75,7 +76,7 @@ def _run(args) -> int:
     import logging
 
     from miner import config as cfg
-    from miner.controller import AgentMiner, SoloMiner
+    from miner.controller import AgentMiner, ProxyMiner, SoloMiner
 
     try:
         config = cfg.load(args.config, {
@@ -95,7 +96,7 @@ def _run(args) -> int:
     from miner.node.regtest import RegtestError
 
     try:
-        runner = AgentMiner if config.mining.mode == "agent" else SoloMiner
+        runner = {"solo": SoloMiner, "agent": AgentMiner, "proxy": ProxyMiner}[config.mining.mode]
         return asyncio.run(runner(config).run())
     except cfg.ConfigError as e:
         print(f"miner run: configuration error: {e}", file=sys.stderr)

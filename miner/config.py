@@ -59,12 +59,13 @@ class NodeConfig:
     timeout: float = 30.0
 
 
-MODES = ("solo", "agent")
+MODES = ("solo", "agent", "proxy")
 
 
 @dataclass(frozen=True)
 class MiningConfig:
-    mode: str = "solo"  # solo: GBT from a node; agent: CPU workers on a stratum pool, cgminer API
+    mode: str = "solo"  # solo: GBT from a node; agent: CPU workers on a stratum pool, cgminer API;
+    # proxy: rigs connect to our stratum server and mine the upstream pool's jobs
     address: str | None = None
     threads: int | None = None  # None: every CPU this process may use
     blocks: int = 0
@@ -78,6 +79,7 @@ class UpstreamConfig:
     user: str | None = None  # worker name, e.g. site.rig
     password: str | None = None  # or GRIDMINER_POOL_PASSWORD; most pools take anything ("x")
     silent_after: float = 120.0  # s without a job before failing over
+    probe_interval: float = 30.0  # s between checks whether a better-ranked pool is back
 
 
 @dataclass(frozen=True)
@@ -166,18 +168,19 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"node.{key}: must be > 0 seconds, got {getattr(n, key)}")
     if m.mode not in MODES:
         raise ConfigError(f"mining.mode: expected one of {', '.join(MODES)}, got {m.mode!r}")
-    if m.mode == "agent":
+    if m.mode in ("agent", "proxy"):
         if not config.upstream.pools:
-            raise ConfigError("upstream.pools: agent mode needs at least one pool (stratum+tcp://HOST:PORT)")
+            raise ConfigError(f"upstream.pools: {m.mode} mode needs at least one pool (stratum+tcp://HOST:PORT)")
         for url in config.upstream.pools:
             if not url.startswith("stratum+tcp://"):
                 raise ConfigError(f"upstream.pools: expected stratum+tcp://HOST:PORT, got {url!r}")
         if not config.upstream.user:
-            raise ConfigError("upstream.user: agent mode needs a worker name (e.g. site.rig)")
+            raise ConfigError(f"upstream.user: {m.mode} mode needs a worker name (e.g. site.rig)")
         if config.agent.api != "off":
             parse_listen(config.agent.api, "agent.api")
-    if config.upstream.silent_after <= 0:
-        raise ConfigError(f"upstream.silent_after: must be > 0 seconds, got {config.upstream.silent_after}")
+    for key in ("silent_after", "probe_interval"):
+        if getattr(config.upstream, key) <= 0:
+            raise ConfigError(f"upstream.{key}: must be > 0 seconds, got {getattr(config.upstream, key)}")
     if m.mode == "solo" and n.url is not None and m.address is None:
         raise ConfigError("mining.address: required with node.url (the payout address)")
     if m.threads is not None and not 0 <= m.threads <= 256:

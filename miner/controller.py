@@ -355,7 +355,7 @@ class AgentMiner(_Run):
 
         up, m = self.config.upstream, self.config.mining
         self.failover = PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
-                                     metrics=self.metrics)
+                                     probe_interval=up.probe_interval, metrics=self.metrics)
         self.source = source = UpstreamWorkSource(self.failover, metrics=self.metrics)
         threads = default_threads() if m.threads is None else m.threads
         await asyncio.to_thread(warm_up)
@@ -429,3 +429,112 @@ class AgentMiner(_Run):
                         f"{'up' if state.up else 'down'} | shares accepted {self.stats.accepted} "
                         f"rejected {self.stats.rejected} stale {self.stats.stale}"
                         f"{' | PAUSED' if self.pool.paused else ''}")
+
+
+# Proxy mode: bytes of the pool's extranonce2 that name a downstream connection (65,535
+# connections; part 0 is the local CPU workers').
+PROXY_SESSION_EXTRANONCE1_SIZE = 2
+
+
+class ProxyMiner(_Run):
+    """proxy: rigs connect to our stratum server and mine the upstream pool's jobs, each in
+    its own slice of the pool's extranonce2; their shares go upstream and the pool's answer
+    is theirs. Local CPU workers (--threads) mine the slice of part 0."""
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None, out: TextIO = sys.stdout) -> None:
+        super().__init__(config, metrics=metrics, out=out)
+        self.failover = None
+        self.source = None
+        self.server: StratumServer | None = None
+        self.stratum_port: int | None = None
+        self._submissions: set[asyncio.Task] = set()
+
+    async def _run(self) -> int:
+        from kernels.scan import default_threads, warm_up
+        from miner.hashing.pool import WorkerPool
+        from miner.stratum.client import PoolFailover
+        from miner.work.upstream import UpstreamWorkSource
+
+        up, m = self.config.upstream, self.config.mining
+        if self.config.stratum.listen == "off":
+            raise ConfigError("stratum.listen: proxy mode needs the stratum server (it is what rigs connect to)")
+        self.failover = PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
+                                     probe_interval=up.probe_interval, metrics=self.metrics)
+        self.source = source = UpstreamWorkSource(self.failover, extranonce_prefix_size=PROXY_SESSION_EXTRANONCE1_SIZE,
+                                                  metrics=self.metrics)
+        threads = 0 if m.threads is None else m.threads  # a proxy hashes locally only when asked
+        if threads:
+            await asyncio.to_thread(warm_up)
+        loop = asyncio.get_running_loop()
+
+        def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
+            loop.call_soon_threadsafe(self._submit_local, job, solution)
+
+        self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="local")
+        host, port = parse_listen(self.config.stratum.listen, "stratum.listen")
+        self.server = server = StratumServer(lambda job, solution: None, host=host, port=port, metrics=self.metrics,
+                                             session_extranonce1_size=PROXY_SESSION_EXTRANONCE1_SIZE,
+                                             on_share=self._forward)
+        try:
+            await server.start()
+        except OSError as e:
+            raise ConfigError(f"stratum.listen: cannot listen on {self.config.stratum.listen}: {e}") from None
+        self.stratum_port = server.port
+        self._print(f"proxy: rigs at stratum+tcp://{host}:{server.port} -> {', '.join(up.pools)} as {up.user}")
+        pool.start()
+        tasks = [asyncio.create_task(source.run(), name="upstream"),
+                 asyncio.create_task(self._feed(), name="feed"),
+                 asyncio.create_task(self._status(), name="status")]
+        try:
+            await self._until_stopped(tasks)
+        finally:
+            await server.stop()
+            await asyncio.to_thread(pool.stop)
+            await asyncio.sleep(0)
+            if self._submissions:
+                await asyncio.wait(set(self._submissions), timeout=SHUTDOWN_SUBMIT_WAIT)
+            for t in [*tasks, *self._submissions]:
+                t.cancel()
+            await asyncio.gather(*tasks, *self._submissions, return_exceptions=True)
+        self._print(f"stopped: {self.stats.accepted} shares accepted upstream, {self.stats.rejected} rejected, "
+                    f"{self.stats.stale} stale")
+        return 0
+
+    async def _feed(self) -> None:
+        async for job in self.source.jobs():
+            info = self.source.info(job)
+            if info is None:
+                continue
+            self.server.set_upstream(info.extranonce1,
+                                     info.extranonce2_size - PROXY_SESSION_EXTRANONCE1_SIZE, info.version_mask)
+            self.server.difficulty_floor = info.difficulty
+            self.server.broadcast(job)
+            local_prefix = info.extranonce1 + bytes(PROXY_SESSION_EXTRANONCE1_SIZE)
+            self.pool.set_job(job, share_target=info.share_target, extranonce_prefix=local_prefix)
+
+    async def _forward(self, job: Job, solution: Solution):
+        """A rig's share, accepted by our checks: the pool's answer becomes the rig's."""
+        from miner.stratum.protocol import StratumError
+
+        answer = await self.source.submit(job, solution)
+        if answer.accepted:
+            self.stats.accepted += 1
+            return None
+        if answer.status == "stale":
+            self.stats.stale += 1
+            return StratumError.job_not_found()
+        self.stats.rejected += 1
+        return answer.error or StratumError.other(f"upstream: {answer.status}")
+
+    def _submit_local(self, job: Job, solution: Solution) -> None:
+        task = asyncio.ensure_future(self._forward(job, solution))
+        self._submissions.add(task)
+        task.add_done_callback(self._submissions.discard)
+
+    async def _status(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.log.status_interval)
+            state = self.failover.state
+            self._print(f"{len(self.server.sessions)} rig(s), local {format_rate(self.pool.rate())} | pool "
+                        f"{state.url or '-'} {'up' if state.up else 'down'} | shares accepted {self.stats.accepted}"
+                        f" rejected {self.stats.rejected} stale {self.stats.stale}")

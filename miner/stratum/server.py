@@ -16,7 +16,7 @@ import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 from miner.chain.target import DIFF1_TARGET, difficulty_to_target
 from miner.metrics import Metrics
@@ -27,7 +27,9 @@ from miner.work.job import Job, Solution
 
 log = logging.getLogger(__name__)
 
-EXTRANONCE1_SIZE = 4
+# Bytes of extranonce1 the server assigns per connection in solo mode (proxy mode takes
+# fewer: they come out of the upstream pool's extranonce2).
+SESSION_EXTRANONCE1_SIZE = 4
 # Seconds between vardiff ticks (a quiet miner's difficulty steps down on these).
 TICK_SECONDS = 1.0
 # On a graceful stop, miners are told to reconnect after this many seconds.
@@ -82,9 +84,17 @@ class StratumServer:
     def __init__(self, on_block: Callable[[Job, Solution], None], *, host: str = "127.0.0.1", port: int = 3333,
                  extranonce2_size: int = 4, version_mask: int = 0x1FFFE000,
                  vardiff: VardiffConfig | None = None, limits: ServerLimits | None = None,
-                 authorizer: Authorizer | None = None, metrics: Metrics | None = None) -> None:
+                 authorizer: Authorizer | None = None, metrics: Metrics | None = None,
+                 session_extranonce1_size: int = SESSION_EXTRANONCE1_SIZE,
+                 on_share: Callable[[Job, Solution], Awaitable[p.StratumError | None]] | None = None) -> None:
         self.on_block, self.host, self._port = on_block, host, port
         self.extranonce2_size, self.version_mask = extranonce2_size, version_mask
+        # Proxy mode: every extranonce1 starts with the upstream pool's, and accepted shares
+        # go to on_share, whose answer (the pool's) is the miner's reply.
+        self.extranonce1_prefix = b""
+        self.session_extranonce1_size = session_extranonce1_size
+        self.on_share = on_share
+        self.difficulty_floor = 0.0  # proxy mode: the pool's difficulty, so every share can go upstream
         self.vardiff = Vardiff(vardiff)
         self.limits = limits or ServerLimits()
         self.authorizer = authorizer or Authorizer()
@@ -166,27 +176,48 @@ class StratumServer:
             self._by_ip[session.peer_ip] -= 1
             if self._by_ip[session.peer_ip] <= 0:
                 del self._by_ip[session.peer_ip]
-            self._en1_in_use.discard(session.extranonce1)
+            self._en1_in_use.discard(session.session_part)
             self.metrics.stratum_connections.set(len(self.sessions))
 
     def _allocate_en1(self) -> bytes:
-        for _ in range(1 << 20):
-            en1 = self._next_en1.to_bytes(EXTRANONCE1_SIZE, "big")
-            self._next_en1 = self._next_en1 % 0xFFFFFFFF + 1  # never 0: that is the local pool's
-            if en1 not in self._en1_in_use:
-                self._en1_in_use.add(en1)
-                return en1
-        raise RuntimeError("no free extranonce1")
+        """A per-connection extranonce1 part, never all zeros (the local CPU pool's)."""
+        size = self.session_extranonce1_size
+        space = (1 << (8 * size)) - 1
+        for _ in range(min(space, 1 << 20)):
+            part = self._next_en1.to_bytes(size, "big")
+            self._next_en1 = self._next_en1 % space + 1
+            if part not in self._en1_in_use:
+                self._en1_in_use.add(part)
+                return part
+        raise RuntimeError("no free extranonce1: too many connections for the extranonce space")
 
-    def resume_extranonce1(self, session: StratumSession, session_id: str) -> bytes:
-        """mining.subscribe with a session id: give back that extranonce1 if nobody holds it."""
+    def set_upstream(self, extranonce1_prefix: bytes, extranonce2_size: int, version_mask: int) -> None:
+        """Proxy mode: the upstream pool's extranonce1 or space changed (a failover): tell the
+        miners (set_extranonce where they subscribed to it, else client.reconnect)."""
+        if (extranonce1_prefix, extranonce2_size) == (self.extranonce1_prefix, self.extranonce2_size):
+            self.version_mask = version_mask
+            return
+        self.extranonce1_prefix, self.extranonce2_size, self.version_mask = \
+            extranonce1_prefix, extranonce2_size, version_mask
+        for session in list(self.sessions):
+            if not session.subscribed:
+                continue
+            if session.extranonce_subscribed:
+                session.send(p.encode(p.set_extranonce(session.extranonce1, extranonce2_size)))
+            else:
+                session.send(p.encode(p.reconnect(self.host, self.port, 0)))
+                session._close_soon("upstream_changed")
+
+    def resume_part(self, session: StratumSession, session_id: str) -> bytes:
+        """mining.subscribe with a session id: give back that extranonce1 part if nobody holds it."""
         try:
             wanted = bytes.fromhex(session_id)
         except ValueError:
-            return session.extranonce1
-        if len(wanted) != EXTRANONCE1_SIZE or wanted == bytes(EXTRANONCE1_SIZE) or wanted in self._en1_in_use:
-            return session.extranonce1
-        self._en1_in_use.discard(session.extranonce1)
+            return session.session_part
+        size = self.session_extranonce1_size
+        if len(wanted) != size or wanted == bytes(size) or wanted in self._en1_in_use:
+            return session.session_part
+        self._en1_in_use.discard(session.session_part)
         self._en1_in_use.add(wanted)
         return wanted
 

@@ -51,9 +51,9 @@ def reject_error(reject: Reject) -> p.StratumError:
 
 class StratumSession:
     def __init__(self, server: StratumServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 extranonce1: bytes, peer_ip: str) -> None:
+                 session_part: bytes, peer_ip: str) -> None:
         self.server, self.reader, self.writer = server, reader, writer
-        self.extranonce1, self.peer_ip = extranonce1, peer_ip
+        self.session_part, self.peer_ip = session_part, peer_ip
         self.limits = server.limits
         self.framer = NewlineFramer(self.limits.max_line_bytes)
         self.book = ShareBook()
@@ -68,6 +68,11 @@ class StratumSession:
         self._tokens_at = time.monotonic()
         self._connected_at = time.monotonic()
         self.closed = False
+
+    @property
+    def extranonce1(self) -> bytes:
+        """What this miner's coinbase starts with: the upstream's prefix (proxy) + our part."""
+        return self.server.extranonce1_prefix + self.session_part
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -154,7 +159,8 @@ class StratumSession:
     def current_difficulty(self, job: Job) -> float:
         if self.vardiff is None:
             self.vardiff = self.server.vardiff.start(time.time(), self.server.network_difficulty(job))
-        return self.vardiff.difficulty
+        # Proxy mode: never below the pool's difficulty, so every accepted share can go upstream.
+        return min(max(self.vardiff.difficulty, self.server.difficulty_floor), self.server.network_difficulty(job))
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -201,10 +207,10 @@ class StratumSession:
     async def _subscribe(self, params: list) -> Any:
         sub = p.parse_subscribe(params)
         if sub.session_id:
-            self.extranonce1 = self.server.resume_extranonce1(self, sub.session_id)
+            self.session_part = self.server.resume_part(self, sub.session_id)
         self.subscribed = True
         self._msg_after(self.server.resend_current_job, self)
-        return p.subscribe_result(self.extranonce1, self.server.extranonce2_size, self.extranonce1.hex())
+        return p.subscribe_result(self.extranonce1, self.server.extranonce2_size, self.session_part.hex())
 
     async def _authorize(self, params: list) -> Any:
         auth = p.parse_authorize(params)
@@ -268,11 +274,17 @@ class StratumSession:
                 self._limit("invalid_shares")
                 self._close_soon("invalid_shares")  # after this reply goes out
             raise reject_error(result.reject)
+        if result.is_block:
+            self.server.found_block(result.issued.job, result.solution)
+        if self.server.on_share is not None:
+            # Proxy mode: the pool's answer is the miner's answer, never "accepted" before it.
+            error = await self.server.on_share(result.issued.job, result.solution)
+            if error is not None:
+                self._count_share(site, "upstream_rejected")
+                raise error
         self.invalid_shares = 0
         self._count_share(site, "accepted")
         self.server.metrics.stratum_share_work.labels(site).inc(result.issued.difficulty)
-        if result.is_block:
-            self.server.found_block(result.issued.job, result.solution)
         self._retarget(result.issued.difficulty)
         return True
 

@@ -57,6 +57,9 @@ class Miner:
             msg = json.loads(line)
             if msg.get("method") == "mining.set_difficulty":
                 self.difficulty = float(msg["params"][0])
+            elif msg.get("method") == "mining.set_extranonce":  # applies to the jobs that follow
+                self.extranonce1 = bytes.fromhex(msg["params"][0])
+                self.extranonce2_size = int(msg["params"][1])
             elif msg.get("method") == "mining.notify":
                 pool_job = p.parse_notify(msg["params"])
                 self.jobs.append((pool_job.job_id, p.pool_job_to_job(pool_job, self.extranonce1,

@@ -182,3 +182,23 @@ def test_a_graceful_stop_tells_miners_to_reconnect():
 
     msg, port = asyncio.run(main())
     assert msg["params"][:2] == ["127.0.0.1", port] and msg["params"][2] == 5
+
+
+def test_an_upstream_change_reaches_miners_as_set_extranonce_or_reconnect():
+    # Proxy mode: a failover to a pool with another extranonce1 changes every miner's
+    # extranonce1; those subscribed to extranonce changes are told, the others reconnect.
+    async def test(server):
+        told, other = await Line.open(server.port), await Line.open(server.port)
+        await told.call("mining.extranonce.subscribe", [])
+        sub = await told.call("mining.subscribe", [])
+        await other.call("mining.subscribe", [])
+        part = bytes.fromhex(sub["result"][1])
+        server.set_upstream(bytes.fromhex("aabbccdd"), 2, 0x1FFFE000)
+        msg = await told.until(lambda m: m.get("method") == "mining.set_extranonce")
+        bye = await other.until(lambda m: m.get("method") == "client.reconnect")
+        closed = await asyncio.wait_for(other.reader.read(), 5)
+        return part, msg["params"], bye["params"], closed
+
+    part, params, bye, closed = serve(test)
+    assert params == ["aabbccdd" + part.hex(), 2]
+    assert bye[2] == 0 and closed == b""
