@@ -24,6 +24,11 @@ user/password) come from the file or the environment, never from the command lin
     [stratum]
     listen = "127.0.0.1:3333"   # for ASICs and rigs; "off" to disable
     extranonce2_size = 4
+    allow_unknown_sites = true  # workers are site.rig; false: only the sites below
+    [stratum.sites]             # site -> password ("" for none)
+    paris = "s3cret"
+    # limits: max_line_bytes, messages_per_second, message_burst, max_invalid_shares,
+    # idle_timeout, unauthorized_timeout, max_connections_per_ip
 
     [metrics]
     listen = "127.0.0.1:9108"   # Prometheus endpoint; "off" to disable
@@ -92,6 +97,17 @@ class AgentConfig:
 class StratumConfig:
     listen: str = "127.0.0.1:3333"  # HOST:PORT for ASICs and rigs; "off" disables the server
     extranonce2_size: int = 4
+    # Workers are named site.rig. sites: site -> password ("" for none); workers of other
+    # sites are accepted (and counted as site "other") only while allow_unknown_sites is true.
+    sites: dict[str, str] = field(default_factory=dict)
+    allow_unknown_sites: bool = True
+    max_line_bytes: int = 16384  # a longer line closes the connection
+    messages_per_second: float = 50.0  # sustained requests per connection
+    message_burst: float = 200.0  # requests allowed at once per connection
+    max_invalid_shares: int = 100  # consecutive rejected shares before a disconnect
+    idle_timeout: float = 600.0  # s without a message from an authorized miner
+    unauthorized_timeout: float = 30.0  # s a connection may stay without authorizing
+    max_connections_per_ip: int = 256
 
 
 @dataclass(frozen=True)
@@ -145,11 +161,14 @@ def _section(name: str, cls: type, raw: Any) -> Any:
     values = {}
     for key, value in raw.items():
         annotation = str(known[key].type)
-        expected = list if "list" in annotation else float if "float" in annotation else \
-            int if "int" in annotation else bool if "bool" in annotation else str
+        expected = dict if "dict" in annotation else list if "list" in annotation else \
+            float if "float" in annotation else int if "int" in annotation else \
+            bool if "bool" in annotation else str
         values[key] = _check_type(f"{name}.{key}", value, expected)
         if expected is list and not all(isinstance(x, str) for x in value):
             raise ConfigError(f"{name}.{key}: expected a list of strings, got {value!r}")
+        if expected is dict and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"{name}.{key}: expected a table of strings, got {value!r}")
     return cls(**values)
 
 
@@ -193,6 +212,16 @@ def validate(config: Config) -> Config:
         parse_listen(config.metrics.listen, "metrics.listen")
     if config.stratum.listen != "off":
         parse_listen(config.stratum.listen, "stratum.listen")
+    st = config.stratum
+    for key in ("max_line_bytes", "max_invalid_shares", "max_connections_per_ip"):
+        if getattr(st, key) < 1:
+            raise ConfigError(f"stratum.{key}: expected >= 1, got {getattr(st, key)}")
+    for key in ("messages_per_second", "message_burst", "idle_timeout", "unauthorized_timeout"):
+        if getattr(st, key) <= 0:
+            raise ConfigError(f"stratum.{key}: must be > 0, got {getattr(st, key)}")
+    for site in st.sites:
+        if not site or "." in site:
+            raise ConfigError(f"stratum.sites: a site name is the part of a worker name before the dot, got {site!r}")
     if not 2 <= config.stratum.extranonce2_size <= 4:
         raise ConfigError(f"stratum.extranonce2_size: expected 2..4 (extranonce1 is 4 of the coinbase's 8 "
                           f"bytes), got {config.stratum.extranonce2_size}")

@@ -26,7 +26,7 @@ from prometheus_client import start_http_server
 from miner.config import Config, ConfigError, parse_listen
 from miner.metrics import Metrics
 from miner.node.rpc import AuthConfigError, NodeRPC, RPCAuthError, load_auth
-from miner.stratum.server import StratumServer
+from miner.stratum.server import Authorizer, ServerLimits, StratumServer
 from miner.work.gbt import GBTSettings, GBTWorkSource
 from miner.work.job import Job, Solution
 from miner.work.journal import Journal
@@ -38,6 +38,19 @@ log = logging.getLogger(__name__)
 LOCAL_EXTRANONCE1 = bytes(4)
 # At shutdown, how long in-flight block submissions may still take (seconds).
 SHUTDOWN_SUBMIT_WAIT = 10.0
+
+
+def stratum_policy(config: Config) -> dict:
+    """The stratum server's authorization and abuse limits, from the [stratum] config."""
+    st = config.stratum
+    return {
+        "authorizer": Authorizer(sites={site: password or None for site, password in st.sites.items()},
+                                 allow_any=st.allow_unknown_sites),
+        "limits": ServerLimits(max_line_bytes=st.max_line_bytes, messages_per_second=st.messages_per_second,
+                               message_burst=st.message_burst, max_invalid_shares=st.max_invalid_shares,
+                               idle_timeout=st.idle_timeout, unauthorized_timeout=st.unauthorized_timeout,
+                               max_connections_per_ip=st.max_connections_per_ip),
+    }
 
 
 def format_rate(hashes_per_second: float) -> str:
@@ -260,7 +273,7 @@ class SoloMiner(_Run):
             return None
         host, port = parse_listen(self.config.stratum.listen, "stratum.listen")
         server = StratumServer(on_block, host=host, port=port, extranonce2_size=self.config.stratum.extranonce2_size,
-                               metrics=self.metrics)
+                               metrics=self.metrics, **stratum_policy(self.config))
         try:
             await server.start()
         except OSError as e:
@@ -474,7 +487,7 @@ class ProxyMiner(_Run):
         host, port = parse_listen(self.config.stratum.listen, "stratum.listen")
         self.server = server = StratumServer(lambda job, solution: None, host=host, port=port, metrics=self.metrics,
                                              session_extranonce1_size=PROXY_SESSION_EXTRANONCE1_SIZE,
-                                             on_share=self._forward)
+                                             on_share=self._forward, **stratum_policy(self.config))
         try:
             await server.start()
         except OSError as e:

@@ -59,6 +59,15 @@ level = "debug"
     ("[stratum]\nlisten = \"3333\"\n", "stratum.listen"),
     ("[stratum]\nextranonce2_size = 8\n", "stratum.extranonce2_size"),
     ("[scheduler]\nsites = 1\n", "[scheduler]"),
+    ("[stratum.sites]\nparis = 5\n", "stratum.sites"),
+    ("[stratum.sites]\n\"a.b\" = \"x\"\n", "stratum.sites"),
+    ("[stratum]\nmessages_per_second = 0\n", "stratum.messages_per_second"),
+    ("[stratum]\nmax_connections_per_ip = 0\n", "stratum.max_connections_per_ip"),
+    ("[mining]\nmode = \"pool\"\n", "mining.mode"),
+    ("[mining]\nmode = \"proxy\"\n", "upstream.pools"),
+    ("[mining]\nmode = \"agent\"\n[upstream]\npools = [\"stratum+tcp://h:1\"]\n", "upstream.user"),
+    ("[mining]\nmode = \"agent\"\n[upstream]\npools = [\"http://h:1\"]\nuser = \"a.b\"\n", "upstream.pools"),
+    ("[upstream]\nprobe_interval = 0\n", "upstream.probe_interval"),
     ("[node\n", "gridminer.toml"),
 ])
 def test_bad_settings_name_their_key(tmp_path, text, key):

@@ -202,3 +202,28 @@ def test_an_upstream_change_reaches_miners_as_set_extranonce_or_reconnect():
     part, params, bye, closed = serve(test)
     assert params == ["aabbccdd" + part.hex(), 2]
     assert bye[2] == 0 and closed == b""
+
+
+def test_authorize_maps_workers_to_sites_with_passwords_or_refuses_them():
+    from miner.stratum.server import Authorizer
+
+    async def main():
+        server = StratumServer(lambda job, solution: None, port=0, metrics=Metrics(),
+                               authorizer=Authorizer(sites={"paris": "pw", "lyon": None}, allow_any=False))
+        await server.start()
+        server.broadcast(make_job("a"))
+        try:
+            line = await Line.open(server.port)
+            await line.call("mining.subscribe", [])
+            answers = [(await line.call("mining.authorize", [worker, password]))["result"]
+                       for worker, password in (("paris.rig1", "pw"), ("paris.rig2", "wrong"),
+                                                ("lyon.rig1", "anything"), ("nice.rig1", "x"))]
+            refused = await line.call("mining.submit", ["nice.rig1", "1", "00000000", "00000000", "00000000"])
+            return answers, refused["error"][0], server.metrics.registry.get_sample_value(
+                "gridminer_stratum_shares_total", {"site": "other", "result": "unauthorized"})
+        finally:
+            await server.stop()
+
+    answers, code, counted = asyncio.run(main())
+    assert answers == [True, False, True, False]
+    assert code == 24 and counted == 1
