@@ -86,7 +86,9 @@ def target_to_difficulty(target: int) -> float:
     """DIFF1_TARGET / target as a float (correctly rounded)."""
     if not 0 < target <= MAX_TARGET:
         raise ValueError(f"target must be in 1..2**256-1, got {target}")
-    return float(Fraction(DIFF1_TARGET, target))
+    # int / int is correctly rounded in Python, exactly like float(Fraction(...)), and ~10x
+    # cheaper: the stratum server calls this for every share.
+    return DIFF1_TARGET / target
 
 
 def hash_to_int(hash_internal: bytes) -> int:

@@ -206,6 +206,10 @@ def parse_message(line: bytes) -> Message:
     return Request(msg_id, method, params)
 
 
+# One encoder for every line: json.dumps with non-default options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode(msg: Message) -> bytes:
     """Compact JSON and a newline."""
     if isinstance(msg, Request):
@@ -217,7 +221,7 @@ def encode(msg: Message) -> bytes:
         obj = {"id": msg.id, "result": msg.result, "error": error}
     else:
         raise TypeError(f"not a stratum message: {type(msg).__name__}")
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return _ENCODER.encode(obj).encode() + b"\n"
 
 
 # --- hex and byte-order helpers ------------------------------------------------------
