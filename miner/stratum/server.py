@@ -11,6 +11,7 @@ local CPU pool, so every connection's extranonce1 differs from it and from each 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import itertools
 import logging
@@ -234,8 +235,16 @@ class StratumServer:
         """A new job for everyone: clean_jobs on a new tip, so miners drop the old work at once."""
         self.current_job = job
         self._issue_cache.clear()  # only the current job is ever issued again
-        for session in list(self.sessions):
-            session.send_job(job, job.clean)
+        # A cyclic-GC pass over every session's objects, landing inside the fan-out, doubled
+        # the slowest tip at 10,000 miners: collect after the loop instead of during it.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            for session in list(self.sessions):
+                session.send_job(job, job.clean)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
     def issue_lines(self, job: Job, difficulty: float) -> IssueLines:
         """The encoded set_difficulty and notify lines for job at difficulty (cached)."""
