@@ -69,6 +69,19 @@ class Metrics:
                                                "Malformed stratum lines and requests, by kind", ["kind"],
                                                registry=r)
 
+        # Upstream pool (agent and proxy modes)
+        self.upstream_up = Gauge("gridminer_upstream_up", "1 while connected and authorized to an upstream pool",
+                                 registry=r)
+        self.upstream_pool_index = Gauge("gridminer_upstream_pool_index",
+                                         "Which pool of the configured list is in use (0 = first)", registry=r)
+        self.upstream_failovers = Counter("gridminer_upstream_failovers_total",
+                                          "Switches from one upstream pool to another", registry=r)
+        self.upstream_shares = Counter("gridminer_upstream_shares_total",
+                                       "Shares sent upstream, by the pool's answer (accepted, rejected, unknown, "
+                                       "stale, invalid)", ["result"], registry=r)
+        self.upstream_malformed = Counter("gridminer_upstream_malformed_lines_total",
+                                          "Lines from a pool that could not be used", registry=r)
+
         # Agent control API (cgminer-compatible)
         self.agent_api_requests = Counter("gridminer_agent_api_requests_total",
                                           "Agent API commands served, by command", ["command"], registry=r)

@@ -141,3 +141,7 @@ def test_proxy_forwards_shares_and_fails_over_and_back(regtest_node_factory, tmp
         assert time.monotonic() < deadline, "the forwarded blocks never reached the node"
         time.sleep(0.1)
     assert proxy.stats.accepted == 3 and proxy.stats.rejected == 0
+    sample = proxy.metrics.registry.get_sample_value
+    assert sample("gridminer_upstream_failovers_total") >= 2  # to the second pool and back (at least)
+    assert sample("gridminer_upstream_shares_total", {"result": "accepted"}) == 3
+    assert sample("gridminer_upstream_pool_index") == 0

@@ -355,11 +355,13 @@ class StratumClient:
 
     async def _lost(self, reason: str) -> None:
         log.info("pool %s:%d: disconnected (%s)", self.host, self.port, reason)
+        self.metrics.upstream_up.set(0)
         await self._drop(reason)
         self._finish(reason)
 
     def _malformed(self, what: str) -> None:
         self.malformed += 1
+        self.metrics.upstream_malformed.inc()
         now = time.monotonic()
         if now - self._last_malformed_log >= MALFORMED_LOG_INTERVAL:
             self._last_malformed_log = now
@@ -582,8 +584,11 @@ class PoolFailover:
     def _adopt(self, index: int, client: StratumClient) -> None:
         if self.index is not None and self.index != index:
             self.failovers += 1
+            self.metrics.upstream_failovers.inc()
             log.warning("pool failover: %s -> %s", self.urls[self.index], self.urls[index])
         self.client, self.index = client, index
+        self.metrics.upstream_pool_index.set(index)
+        self.metrics.upstream_up.set(1)
         client.on_job = self._forward
         if client.latest is not None:
             self._forward(client.latest)

@@ -107,6 +107,7 @@ class UpstreamWorkSource:
         """Send a share to the pool that issued its job; the pool's answer, never assumed."""
         answer = await self._submit(job, solution)
         self.shares[answer.status] += 1
+        self.metrics.upstream_shares.labels(answer.status).inc()
         if answer.status == "rejected" and answer.error is not None:
             self.rejects[answer.error.code] += 1
         if not answer.accepted:
