@@ -81,6 +81,7 @@ class _Run:
         self._stop = asyncio.Event()
         self.metrics_port: int | None = None  # the bound Prometheus port, once serving
         self.pool = None  # the CPU worker pool, while running
+        self._submissions: set[asyncio.Task] = set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -130,6 +131,40 @@ class _Run:
     def _print(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
 
+    def _track(self, coro) -> None:
+        """Run a submission in the background; shutdown waits for it (see _wind_down)."""
+        task = asyncio.ensure_future(coro)
+        self._submissions.add(task)
+        task.add_done_callback(self._submission_done)
+
+    def _submission_done(self, task: asyncio.Task) -> None:
+        self._submissions.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("submission failed", exc_info=task.exception())
+
+    async def _wind_down(self, tasks: list[asyncio.Task]) -> None:
+        """Stop the CPU workers, then let every submission finish (bounded) before cancelling."""
+        if self.pool is not None:
+            await asyncio.to_thread(self.pool.stop)
+        # Solutions found just before the threads stopped reach the loop through
+        # call_soon_threadsafe: let those callbacks run, then give the submissions a chance
+        # to finish while the node or pool is still there. A found block stays journaled.
+        await asyncio.sleep(0)
+        deadline = time.monotonic() + SHUTDOWN_SUBMIT_WAIT
+        while self._submissions and time.monotonic() < deadline:
+            await asyncio.wait(set(self._submissions), timeout=deadline - time.monotonic())
+        for t in [*tasks, *self._submissions]:
+            t.cancel()
+        await asyncio.gather(*tasks, *self._submissions, return_exceptions=True)
+
+    def _failover(self):
+        """The ordered upstream pool list of the [upstream] config."""
+        from miner.stratum.client import PoolFailover
+
+        up = self.config.upstream
+        return PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
+                            probe_interval=up.probe_interval, metrics=self.metrics)
+
 
 
 class SoloMiner(_Run):
@@ -138,7 +173,6 @@ class SoloMiner(_Run):
     def __init__(self, config: Config, *, metrics: Metrics | None = None, out: TextIO = sys.stdout) -> None:
         super().__init__(config, metrics=metrics, out=out)
         self._node = None  # the regtest node when this run started it
-        self._submissions: set[asyncio.Task] = set()
         self.stratum_port: int | None = None  # the bound stratum port, once serving
         self.source: GBTWorkSource | None = None  # set while mining (for status and tests)
 
@@ -229,17 +263,7 @@ class SoloMiner(_Run):
         finally:
             if server is not None:
                 await server.stop()  # no more shares from rigs
-            await asyncio.to_thread(pool.stop)
-            # Solutions found just before the threads stopped reach the loop through
-            # call_soon_threadsafe: let those callbacks run, then give every submission a
-            # chance to finish while the node is up. Anything unanswered stays journaled.
-            await asyncio.sleep(0)
-            deadline = time.monotonic() + SHUTDOWN_SUBMIT_WAIT
-            while self._submissions and time.monotonic() < deadline:
-                await asyncio.wait(set(self._submissions), timeout=deadline - time.monotonic())
-            for t in [*tasks, *self._submissions]:
-                t.cancel()
-            await asyncio.gather(*tasks, *self._submissions, return_exceptions=True)
+            await self._wind_down(tasks)
             rpc.close()  # abandon held long-polls quietly: the node may be stopped next
         self._print(f"stopped: {self.stats.found} found, {self.stats.accepted} accepted, "
                     f"{self.stats.rejected} rejected")
@@ -247,14 +271,7 @@ class SoloMiner(_Run):
 
     def _submit(self, source: GBTWorkSource, pool, job: Job, solution: Solution) -> None:
         self.stats.found += 1
-        task = asyncio.ensure_future(self._submit_one(source, pool, job, solution))
-        self._submissions.add(task)
-        task.add_done_callback(self._submission_done)
-
-    def _submission_done(self, task: asyncio.Task) -> None:
-        self._submissions.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("block submission failed (the block stays in the journal)", exc_info=task.exception())
+        self._track(self._submit_one(source, pool, job, solution))
 
     async def _submit_one(self, source: GBTWorkSource, pool, job: Job, solution: Solution) -> None:
         outcome = await source.submit(job, solution)  # the submitter logs the node's answer
@@ -357,18 +374,15 @@ class AgentMiner(_Run):
         self.failover = None
         self.source = None
         self.api_port: int | None = None
-        self._submissions: set[asyncio.Task] = set()
 
     async def _run(self) -> int:
         from kernels.scan import default_threads, warm_up
         from miner.devices.agent_api import AgentAPIServer
         from miner.hashing.pool import WorkerPool
-        from miner.stratum.client import PoolFailover
         from miner.work.upstream import UpstreamWorkSource
 
         up, m = self.config.upstream, self.config.mining
-        self.failover = PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
-                                     probe_interval=up.probe_interval, metrics=self.metrics)
+        self.failover = self._failover()
         self.source = source = UpstreamWorkSource(self.failover, metrics=self.metrics)
         threads = default_threads() if m.threads is None else m.threads
         await asyncio.to_thread(warm_up)
@@ -400,13 +414,7 @@ class AgentMiner(_Run):
         finally:
             if api is not None:
                 await api.stop()
-            await asyncio.to_thread(pool.stop)
-            await asyncio.sleep(0)  # let queued solutions reach _submit
-            if self._submissions:
-                await asyncio.wait(set(self._submissions), timeout=SHUTDOWN_SUBMIT_WAIT)
-            for t in [*tasks, *self._submissions]:
-                t.cancel()
-            await asyncio.gather(*tasks, *self._submissions, return_exceptions=True)
+            await self._wind_down(tasks)
         self._print(f"stopped: {self.stats.accepted} shares accepted, {self.stats.rejected} rejected, "
                     f"{self.stats.stale} stale")
         return 0
@@ -419,9 +427,7 @@ class AgentMiner(_Run):
                 self.pool.set_job(job, share_target=info.share_target, extranonce_prefix=info.extranonce1)
 
     def _submit(self, job: Job, solution: Solution) -> None:
-        task = asyncio.ensure_future(self._submit_one(job, solution))
-        self._submissions.add(task)
-        task.add_done_callback(self._submissions.discard)
+        self._track(self._submit_one(job, solution))
 
     async def _submit_one(self, job: Job, solution: Solution) -> None:
         answer = await self.source.submit(job, solution)  # the pool's real answer, never assumed
@@ -460,19 +466,16 @@ class ProxyMiner(_Run):
         self.source = None
         self.server: StratumServer | None = None
         self.stratum_port: int | None = None
-        self._submissions: set[asyncio.Task] = set()
 
     async def _run(self) -> int:
-        from kernels.scan import default_threads, warm_up
+        from kernels.scan import warm_up
         from miner.hashing.pool import WorkerPool
-        from miner.stratum.client import PoolFailover
         from miner.work.upstream import UpstreamWorkSource
 
         up, m = self.config.upstream, self.config.mining
         if self.config.stratum.listen == "off":
             raise ConfigError("stratum.listen: proxy mode needs the stratum server (it is what rigs connect to)")
-        self.failover = PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
-                                     probe_interval=up.probe_interval, metrics=self.metrics)
+        self.failover = self._failover()
         self.source = source = UpstreamWorkSource(self.failover, extranonce_prefix_size=PROXY_SESSION_EXTRANONCE1_SIZE,
                                                   metrics=self.metrics)
         threads = 0 if m.threads is None else m.threads  # a proxy hashes locally only when asked
@@ -502,13 +505,7 @@ class ProxyMiner(_Run):
             await self._until_stopped(tasks)
         finally:
             await server.stop()
-            await asyncio.to_thread(pool.stop)
-            await asyncio.sleep(0)
-            if self._submissions:
-                await asyncio.wait(set(self._submissions), timeout=SHUTDOWN_SUBMIT_WAIT)
-            for t in [*tasks, *self._submissions]:
-                t.cancel()
-            await asyncio.gather(*tasks, *self._submissions, return_exceptions=True)
+            await self._wind_down(tasks)
         self._print(f"stopped: {self.stats.accepted} shares accepted upstream, {self.stats.rejected} rejected, "
                     f"{self.stats.stale} stale")
         return 0
@@ -540,9 +537,7 @@ class ProxyMiner(_Run):
         return answer.error or StratumError.other(f"upstream: {answer.status}")
 
     def _submit_local(self, job: Job, solution: Solution) -> None:
-        task = asyncio.ensure_future(self._forward(job, solution))
-        self._submissions.add(task)
-        task.add_done_callback(self._submissions.discard)
+        self._track(self._forward(job, solution))
 
     async def _status(self) -> None:
         while True:

@@ -348,6 +348,11 @@ class StratumClient:
             raise
         except (ConnectionError, OSError) as e:
             reason = f"connection_error: {e}"
+        except Exception:
+            # A bug of ours on some pool line: never a silently dead reader that still looks
+            # connected. Drop the connection; the failover reconnects.
+            log.exception("pool %s:%d: reader failed", self.host, self.port)
+            reason = "internal_error"
         # The pool hung up (or the network did): this connection is over.
         if self._read_task is asyncio.current_task():
             self._read_task = None
@@ -393,7 +398,8 @@ class StratumClient:
             return
         try:
             result = handler(self, msg.params)
-        except (p.ProtocolError, p.StratumError, ValueError, TypeError) as e:
+        except (p.ProtocolError, p.StratumError, ValueError, TypeError, OverflowError) as e:
+            # OverflowError: e.g. a port of 1e400 parses as inf and int(inf) overflows.
             self._malformed(f"bad {msg.method}: {e}")
             return
         # mining.notify and friends may carry an id (often 0): only real requests get answers.

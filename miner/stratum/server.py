@@ -133,10 +133,12 @@ class StratumServer:
         port = self.port  # read before closing: a closed server has no socket to ask
         if self._server is not None:
             self._server.close()
-        for session in list(self.sessions):
+        sessions = list(self.sessions)
+        for session in sessions:
             if reconnect_wait is not None and session.subscribed:
-                session.send(p.encode(p.reconnect(self.host, port, reconnect_wait)))
-            await session.close("server_stopping")
+                session.send(p.encode(p.reconnect(session.local_host(self.host), port, reconnect_wait)))
+        # Concurrently: one rig that stopped reading must not hold up the others.
+        await asyncio.gather(*(session.close("server_stopping") for session in sessions))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -164,7 +166,13 @@ class StratumServer:
             self.metrics.stratum_limit_hits.labels("connections_per_ip").inc()
             writer.close()
             return
-        session = StratumSession(self, reader, writer, self._allocate_en1(), ip)
+        try:
+            part = self._allocate_en1()
+        except RuntimeError:
+            self.metrics.stratum_limit_hits.labels("extranonce_space").inc()
+            writer.close()
+            return
+        session = StratumSession(self, reader, writer, part, ip)
         self.sessions.add(session)
         self._by_ip[ip] += 1
         self.metrics.stratum_connects.inc()
@@ -206,7 +214,7 @@ class StratumServer:
             if session.extranonce_subscribed:
                 session.send(p.encode(p.set_extranonce(session.extranonce1, extranonce2_size)))
             else:
-                session.send(p.encode(p.reconnect(self.host, self.port, 0)))
+                session.send(p.encode(p.reconnect(session.local_host(self.host), self.port, 0)))
                 session._close_soon("upstream_changed")
 
     def resume_part(self, session: StratumSession, session_id: str) -> bytes:

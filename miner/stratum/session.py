@@ -64,10 +64,18 @@ class StratumSession:
         self.vardiff: VardiffState | None = None
         self.difficulty_sent: float | None = None
         self.invalid_shares = 0
+        self._pending_suggestion: Any = None  # a suggest_difficulty that came before any job
         self._tokens = float(self.limits.message_burst)
         self._tokens_at = time.monotonic()
         self._connected_at = time.monotonic()
         self.closed = False
+
+    def local_host(self, listen_host: str) -> str:
+        """The address this miner reached us on: a wildcard listen address is no place to send it."""
+        if listen_host not in ("0.0.0.0", "::", ""):
+            return listen_host
+        sockname = self.writer.get_extra_info("sockname")
+        return sockname[0] if sockname else listen_host
 
     @property
     def extranonce1(self) -> bytes:
@@ -158,7 +166,8 @@ class StratumSession:
 
     def current_difficulty(self, job: Job) -> float:
         if self.vardiff is None:
-            self.vardiff = self.server.vardiff.start(time.time(), self.server.network_difficulty(job))
+            self.vardiff = self.server.vardiff.start(time.time(), self.server.network_difficulty(job),
+                                                     self._pending_suggestion)
         # Proxy mode: never below the pool's difficulty, so every accepted share can go upstream.
         return min(max(self.vardiff.difficulty, self.server.difficulty_floor), self.server.network_difficulty(job))
 
@@ -201,6 +210,13 @@ class StratumSession:
             if msg_id is not None:
                 self.reply(msg_id, None, e)
             return
+        except Exception:
+            # Our bug, not the miner's: answer, count and log it; the connection lives on.
+            log.exception("stratum handler %s failed", msg.method)
+            self.server.metrics.stratum_protocol_errors.labels("internal").inc()
+            if msg_id is not None:
+                self.reply(msg_id, None, p.StratumError.other("internal error"))
+            return
         if msg_id is not None:
             self.reply(msg_id, result)
 
@@ -236,7 +252,12 @@ class StratumSession:
     def _suggest(self, value: Any) -> bool:
         now = time.time()
         job = self.server.current_job
-        network = self.server.network_difficulty(job) if job is not None else float("inf")
+        if job is None:
+            # No job yet, so no network difficulty to clamp against: remember the
+            # suggestion; the first job starts vardiff from it.
+            self._pending_suggestion = value
+            return True
+        network = self.server.network_difficulty(job)
         state = self.vardiff or self.server.vardiff.start(now, network)
         new, self.vardiff = self.server.vardiff.suggest(state, value, now, network)
         if new is not None and job is not None:

@@ -127,8 +127,12 @@ class ShareBook:
         issued = IssuedJob(job=job, job_id=job_id, share_target=share_target, issued_at=now)
         old = self._entries.pop(job_id, None)
         entry = _Entry(issued)
-        if old is not None and old.issued.job is job:
-            entry.seen = old.seen  # same work re-sent (e.g. at a new difficulty): repeats stay repeats
+        # The same work re-sent, under the same id or a new one (a new difficulty): one
+        # duplicate memory, or a share resubmitted under the new id would count twice.
+        twin = old if old is not None and old.issued.job is job else \
+            next((e for e in self._entries.values() if e.issued.job is job), None)
+        if twin is not None:
+            entry.seen = twin.seen
         self._entries[job_id] = entry
         while len(self._entries) > self.max_jobs:
             self._entries.popitem(last=False)

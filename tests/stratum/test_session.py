@@ -227,3 +227,25 @@ def test_authorize_maps_workers_to_sites_with_passwords_or_refuses_them():
     answers, code, counted = asyncio.run(main())
     assert answers == [True, False, True, False]
     assert code == 24 and counted == 1
+
+
+def test_suggest_difficulty_before_the_first_job_is_kept_not_fatal():
+    # Found in review: with no job yet there was no network difficulty to clamp against,
+    # and the ValueError closed the connection without a reply.
+    async def main():
+        server = StratumServer(lambda job, solution: None, port=0, metrics=Metrics())
+        await server.start()
+        try:
+            line = await Line.open(server.port)
+            await line.call("mining.subscribe", [])
+            answer = await line.call("mining.suggest_difficulty", [0.5])
+            configure = await line.call("mining.configure", [["minimum-difficulty"], {"minimum-difficulty.value": 0.5}])
+            server.broadcast(make_job("a"))
+            first = await line.until(lambda m: m.get("method") == "mining.set_difficulty")
+            return answer, configure, first["params"][0]
+        finally:
+            await server.stop()
+
+    answer, configure, difficulty = asyncio.run(main())
+    assert answer["result"] is True and configure["error"] is None
+    assert float(difficulty) == 0.5

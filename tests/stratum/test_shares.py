@@ -362,3 +362,27 @@ def test_any_well_formed_share_is_hashed_at_the_rolled_version(en2, nonce, bits,
         version = (job.version & ~MASK) | (bits & MASK)
         assert result.reject in (None, Reject.LOW_DIFFICULTY)
         assert result.hash_internal == job.header(EN1 + en2, nonce, ntime, version).hash_internal()
+
+
+def test_a_share_resubmitted_under_a_reissued_job_id_is_still_a_duplicate():
+    # Found in review: a difficulty change re-issues the job under a new id; with a fresh
+    # duplicate memory the same share was accepted twice.
+    import kernels
+    from miner.chain import bits_to_target, build_coinbase
+    from miner.chain.target import difficulty_to_target
+    from miner.stratum.shares import Reject, ShareBook, check_share
+    from miner.work.job import Job
+
+    coinbase = build_coinbase(1, 50 * 10**8, bytes.fromhex("51"), extranonce_size=8)
+    job = Job("j", bytes(32), 0x20000000, 0x1702068F, 1_700_000_000, bits_to_target(0x1702068F), coinbase, (), True)
+    book = ShareBook()
+    easy, easier = difficulty_to_target(1e-6), difficulty_to_target(1e-7)
+    book.issue(job, job_id="1", share_target=easy, now=1_700_000_000)
+    en1, en2 = bytes(4), bytes(4)
+    nonce = kernels.search(job.header76(en1 + en2), easy, 0, 1 << 24, threads=1)[0]
+    args = dict(extranonce1=en1, extranonce2=en2, ntime=job.ntime, nonce=nonce, version_bits=None,
+                version_mask=0, now=1_700_000_000)
+    assert check_share(book, job_id="1", **args).accepted
+    book.issue(job, job_id="2", share_target=easier, now=1_700_000_001)  # re-issued, new difficulty
+    again = check_share(book, job_id="2", **args)
+    assert not again.accepted and again.reject is Reject.DUPLICATE
