@@ -6,7 +6,7 @@ Every failure is an exception carrying what the caller needs for a definite repl
 ProtocolError (the line is not a stratum message; has the id when one could be read)
 or StratumError (a well-formed request with bad params; code 20..25).
 
-Byte orders on the wire (see /work/shared/PROTOCOL.md, "Stratum v1"):
+Byte orders on the wire:
 
     prevhash            header prevhash (internal order) with each 4-byte word reversed
     coinb1/coinb2       raw bytes as hex
