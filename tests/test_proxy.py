@@ -126,10 +126,17 @@ def test_proxy_forwards_shares_and_fails_over_and_back(regtest_node_factory, tmp
 
         first, second, third, back, h0 = asyncio.run(scenario())
     finally:
+        # Every upstream is stopped, whatever happens: terminate all, then kill stragglers
+        # (one may spend its shutdown grace on a submission to a node that is gone).
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-                proc.wait(10)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
             if os.environ.get("PROXY_TEST_UPSTREAM_LOG"):
                 print("UPSTREAM", proc.pid, proc.stderr.read().decode()[-3000:])
     assert first["result"] is True and second["result"] is True and third["result"] is True, (first, second, third)
