@@ -44,6 +44,10 @@ _REGTEST_GENESIS = "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e
 # apart; each accepts the others' addresses rather than guessing.
 _TEST_FAMILY = ("testnet", "testnet4", "signet")
 
+
+def _rest_of_test_family(name: str) -> tuple[str, ...]:
+    return tuple(n for n in _TEST_FAMILY if n != name)
+
 NETWORKS: dict[str, Network] = {
     n.name: n
     for n in (
@@ -70,7 +74,7 @@ NETWORKS: dict[str, Network] = {
             pow_no_retargeting=False,
             pow_allow_min_difficulty=True,
             default_rpc_port=18332,
-            also_accepts=("testnet4", "signet"),
+            also_accepts=_rest_of_test_family("testnet"),
         ),
         Network(
             name="testnet4",
@@ -83,7 +87,7 @@ NETWORKS: dict[str, Network] = {
             pow_no_retargeting=False,
             pow_allow_min_difficulty=True,
             default_rpc_port=48332,
-            also_accepts=("testnet", "signet"),
+            also_accepts=_rest_of_test_family("testnet4"),
         ),
         Network(
             name="signet",
@@ -96,7 +100,7 @@ NETWORKS: dict[str, Network] = {
             pow_no_retargeting=False,
             pow_allow_min_difficulty=False,
             default_rpc_port=38332,
-            also_accepts=("testnet", "testnet4"),
+            also_accepts=_rest_of_test_family("signet"),
         ),
         Network(
             name="regtest",

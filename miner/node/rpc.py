@@ -100,8 +100,6 @@ log = logging.getLogger(__name__)
 # Environment variables holding RPC credentials when no cookie or config values are given.
 ENV_USER = "GRIDMINER_RPC_USER"
 ENV_PASSWORD = "GRIDMINER_RPC_PASSWORD"
-# The user name bitcoind writes into its cookie file.
-COOKIE_USER = "__cookie__"
 
 # Seconds a single call may take unless the caller says otherwise.
 DEFAULT_TIMEOUT_S = 30.0
