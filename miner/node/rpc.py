@@ -492,8 +492,8 @@ class NodeRPC:
     def close(self) -> None:
         """Cut calls in flight (a long-poll may otherwise hold its thread, and process exit,
         for its whole timeout) and release the worker threads; their errors go unlogged."""
-        self._closed = True
-        with self._lock:
+        with self._lock:  # together with the snapshot: see the ordering in _call_once
+            self._closed = True
             active = list(self._active)
         for conn in active:
             sock = conn.sock
@@ -534,8 +534,17 @@ class NodeRPC:
         proxy._AuthServiceProxy__auth_header = auth.header()  # see __init__
         conn = proxy._AuthServiceProxy__conn
         with self._lock:
+            if self._closed:
+                raise NodeUnavailable(None, "client closed", method)
             self._active.add(conn)
         try:
+            # Connect first, then look at _closed again: close() shuts down the sockets it
+            # sees, and a call it saw before its socket existed must not go on to wait for
+            # its whole timeout (a long-poll: 600 s, holding the process open at exit).
+            conn.connect()
+            with self._lock:
+                if self._closed:
+                    raise NodeUnavailable(None, "client closed", method)
             return _plain(proxy(*params))
         except JSONRPCException as e:
             raise _from_proxy_error(e.error, method) from None

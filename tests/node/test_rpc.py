@@ -164,10 +164,11 @@ def test_async_call_and_long_poll_do_not_block_other_calls(regtest_node):
 
     try:
         new_template, short, loop_lag = asyncio.run(main())
+        height = rpc.call_sync("getblockcount")  # before close(): a closed client makes no calls
     finally:
         rpc.close()
     assert short < 2.0 and loop_lag < 0.5
-    assert new_template["height"] == rpc.call_sync("getblockcount") + 1
+    assert new_template["height"] == height + 1
 
 
 # --- dead ports, backoff and health logging ---------------------------------------------
@@ -319,3 +320,24 @@ def test_btc_to_sats_refuses_fractions_of_a_satoshi():
 ])
 def test_submitblock_reason(answer, reason):
     assert submitblock_reason(answer) == reason
+
+
+def test_a_closed_client_makes_no_new_connection():
+    # The other half of close(): a call that had not connected when close() ran used to
+    # connect afterwards and wait out its timeout (a long-poll held process exit 600 s).
+    accepted = []
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(5)
+    srv.settimeout(0.5)
+    rpc = NodeRPC(f"http://127.0.0.1:{srv.getsockname()[1]}", RPCAuth("u", "p"), timeout=30)
+    rpc.close()
+    started = time.monotonic()
+    with pytest.raises(NodeUnavailable, match="closed"):
+        rpc.call_sync("getblocktemplate")
+    try:
+        accepted.append(srv.accept())
+    except (TimeoutError, socket.timeout):
+        pass
+    srv.close()
+    assert time.monotonic() - started < 5 and accepted == []
