@@ -27,6 +27,7 @@ from miner.node.rpc import NodeRPC
 from miner.work.gbt import GBTSettings, GBTWorkSource
 from miner.work.journal import Journal
 from miner.work.submit import BlockSubmitter
+from tests.waiting import wait_until
 
 
 def node_config(node, **kw) -> NodeConfig:
@@ -57,15 +58,6 @@ def coinbase_script_hex(node, height: int) -> str:
     return block["tx"][0]["vout"][0]["scriptPubKey"]["hex"]
 
 
-async def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def test_mines_110_blocks_paying_a_bech32_then_a_legacy_address(regtest_node_factory, node_kind, tmp_path):
@@ -267,7 +259,13 @@ def test_miner_killed_between_found_and_accepted_resubmits_on_restart(regtest_no
     node.restart()
     # (Under load the node may already have taken the block before the freeze while the
     # miner had not written the answer yet; either way the restart must settle the entry.)
-    restarted = subprocess.run(cmd + ["--blocks", "1"], env=env, capture_output=True, timeout=120)
+    try:
+        # A repeated option's last value wins: info-level logs, for the message below.
+        restarted = subprocess.run(cmd + ["--log-level", "info", "--blocks", "1"], env=env, capture_output=True,
+                                   timeout=120)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the restarted miner never finished; its log:\n{(e.stderr or b'').decode()[-4000:]}"
+                             f"\n{(e.stdout or b'').decode()[-2000:]}") from None
     assert restarted.returncode == 0, restarted.stderr.decode()
     for block_hash in pending:
         # On the active chain, not merely known: getblockheader also finds side-chain blocks.
