@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 
 from miner.config import AgentConfig, Config, LogConfig, MetricsConfig, MiningConfig, StratumConfig, UpstreamConfig
 from miner.controller import AgentMiner
 from miner.metrics import Metrics
 from miner.stratum.server import StratumServer
 from tests.stratum.test_session import make_job
+from tests.waiting import wait_until
 
 TOKEN = "s3cret-token"
 
@@ -26,11 +26,6 @@ async def api_call(port: int, command: str, **extra) -> dict:
     return json.loads(data.rstrip(b"\x00"))
 
 
-async def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def test_agent_mines_a_pool_and_is_curtailed_through_the_cgminer_api():

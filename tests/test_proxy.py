@@ -15,6 +15,7 @@ from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, Stratum
 from miner.controller import ProxyMiner
 from miner.metrics import Metrics
 from tests.stratum.test_server import Miner
+from tests.waiting import wait_until
 
 
 def free_port() -> int:
@@ -43,11 +44,6 @@ def wait_port(port: int, timeout: float = 60) -> None:
             time.sleep(0.1)
 
 
-async def until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def until_current_job(rig: Miner, proxy: ProxyMiner) -> None:
@@ -105,17 +101,17 @@ def test_proxy_forwards_shares_and_fails_over_and_back(regtest_node_factory, tmp
 
                 # The upstream answers the share, then journals and submits the block: let it
                 # land before killing that pool (killed earlier, it stays in its journal).
-                await until(lambda: node.rpc.call_sync("getblockcount") >= h0 + 1, 15, "the first block")
+                await wait_until(lambda: node.rpc.call_sync("getblockcount") >= h0 + 1, 15, "the first block")
                 up1.kill()  # the first pool dies
                 up1.wait(10)
-                await until(lambda: proxy.failover.state.index == 1 and proxy.failover.state.up, 20, "failover")
+                await wait_until(lambda: proxy.failover.state.index == 1 and proxy.failover.state.up, 20, "failover")
                 # The new pool's first job (and a set_extranonce, had its extranonce1 differed).
                 await until_current_job(rig, proxy)
                 second = await mine_one(rig, 2)
 
                 procs.append(start_upstream(node, p1, tmp_path / "j1b.jsonl"))  # it comes back
                 await asyncio.to_thread(wait_port, p1)
-                await until(lambda: proxy.failover.state.index == 0 and proxy.failover.state.up, 30, "return")
+                await wait_until(lambda: proxy.failover.state.index == 0 and proxy.failover.state.up, 30, "return")
                 await until_current_job(rig, proxy)
                 back = proxy.failover.state.index
                 third = await mine_one(rig, 3)

@@ -20,6 +20,7 @@ from miner.stratum.server import Authorizer, StratumServer
 from miner.stratum.vardiff import VardiffConfig
 from miner.work.job import Job, Solution
 from miner.work.upstream import UpstreamWorkSource
+from tests.waiting import wait_until
 
 REGTEST_BITS = 0x207FFFFF
 HARD_BITS = 0x1702068F  # mainnet 951658: no block in any test's lifetime
@@ -38,11 +39,6 @@ def compiled_kernel():
     warm_up()
 
 
-async def until(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 class Blocks:
@@ -152,7 +148,7 @@ def test_client_mines_through_our_server_and_gets_the_pools_real_answers():
         client = StratumClient(url(server.port), USER, metrics=Metrics(), on_job=got.append)
         try:
             await client.connect()
-            await until(lambda: got, what="the first job")
+            await wait_until(lambda: got, what="the first job")
             cj = got[-1]
             session = next(iter(server.sessions))
             assert client.version_mask == 0x1FFFE000
@@ -195,7 +191,7 @@ def test_no_version_rolling_when_the_pool_refuses_it():
                 await c.connect()
                 assert c.version_mask == 0
             # Without rolling the share goes out with 5 params and the pool accepts it.
-            await until(lambda: clients[0].latest is not None)
+            await wait_until(lambda: clients[0].latest is not None)
             cj = clients[0].latest
             extranonce = cj.extranonce1 + bytes(4)
             nonce = kernels.search(cj.job.header76(extranonce), cj.share_target, 0, 1 << 20, threads=1)[0]
@@ -234,14 +230,14 @@ def test_difficulty_applies_from_the_next_notify_and_the_pools_other_messages():
             fake.send({"id": None, "method": "client.show_message", "params": ["hello miner"]})
             fake.send({"id": None, "method": "mining.set_extranonce", "params": ["abcd", 6]})
             fake.send(notify_msg(job, "b"))
-            await until(lambda: len(got) == 2, what="two jobs")
+            await wait_until(lambda: len(got) == 2, what="two jobs")
             a, b = got
             assert (a.job.job_id, a.difficulty, a.extranonce1, a.extranonce2_size) == ("a", 2.0, bytes.fromhex("f000000f"), 4)
             assert (b.job.job_id, b.difficulty, b.extranonce1, b.extranonce2_size) == ("b", 4.0, bytes.fromhex("abcd"), 6)
             assert a.share_target == 2 * b.share_target
             assert b.job.extranonce_size == 8 and a.job.extranonce_size == 8
             assert client.malformed == 3
-            await until(lambda: any(m.get("id") == 78 for m in fake.received), what="the answers")
+            await wait_until(lambda: any(m.get("id") == 78 for m in fake.received), what="the answers")
             answers = {m["id"]: m["result"] for m in fake.received if m.get("id") in (77, 78)}
             assert answers == {77: "pong", 78: "gridminer/0.1"}
             assert not any(m.get("id") == 0 for m in fake.received), "a notify is not answered"
@@ -254,7 +250,7 @@ def test_difficulty_applies_from_the_next_notify_and_the_pools_other_messages():
             # A share waiting when the connection drops: unknown as well, at once.
             client.submit_timeout = 30
             pending = asyncio.create_task(client.submit("b", bytes(6), job.ntime, 2))
-            await until(lambda: len(fake.got("mining.submit")) == 2)
+            await wait_until(lambda: len(fake.got("mining.submit")) == 2)
             for w in fake.writers:
                 w.close()
             answer = await asyncio.wait_for(pending, 5)
@@ -276,16 +272,16 @@ def test_client_reconnect_moves_the_client_to_the_given_pool():
             await client.connect()
             epoch = client.epoch
             first.send({"id": None, "method": "client.reconnect", "params": ["127.0.0.1", second.port, 0]})
-            await until(lambda: second.got("mining.authorize"), what="the reconnect")
-            await until(lambda: client.connected and client.epoch != epoch)
+            await wait_until(lambda: second.got("mining.authorize"), what="the reconnect")
+            await wait_until(lambda: client.connected and client.epoch != epoch)
             assert (client.host, client.port) == ("127.0.0.1", second.port)
             assert client.reconnects == 1 and not client.done.is_set()
             second.send(notify_msg(make_job("y"), "n1", clean=True))
-            await until(lambda: got and got[-1].job.job_id == "n1")
+            await wait_until(lambda: got and got[-1].job.job_id == "n1")
             assert got[-1].epoch == client.epoch
             # Reconnect with no host or port: the same pool again.
             second.send({"id": None, "method": "client.reconnect", "params": []})
-            await until(lambda: len(second.got("mining.authorize")) == 2, what="the second reconnect")
+            await wait_until(lambda: len(second.got("mining.authorize")) == 2, what="the second reconnect")
         finally:
             await client.close()
             await first.stop()
@@ -328,17 +324,17 @@ def test_failover_to_the_second_pool_and_back_to_the_first():
         fo.on_job = jobs.append
         task = asyncio.create_task(fo.run())
         try:
-            await until(lambda: fo.up and fo.index == 0, what="the first pool")
+            await wait_until(lambda: fo.up and fo.index == 0, what="the first pool")
             assert fo.state.index == 0 and fo.state.up and fo.failovers == 0
             await first.stop()
             t0 = time.monotonic()
-            await until(lambda: fo.up and fo.index == 1, timeout=5, what="failover to the second pool")
+            await wait_until(lambda: fo.up and fo.index == 1, timeout=5, what="failover to the second pool")
             assert time.monotonic() - t0 < 3
             assert fo.failovers == 1 and jobs[-1].epoch == fo.client.epoch
             first, _ = await start_server(job, port=first_port)
-            await until(lambda: fo.up and fo.index == 0, timeout=5, what="the return to the first pool")
+            await wait_until(lambda: fo.up and fo.index == 0, timeout=5, what="the return to the first pool")
             assert fo.failovers == 2 and fo.state.url == url(first_port)
-            await until(lambda: jobs[-1].epoch == fo.client.epoch)
+            await wait_until(lambda: jobs[-1].epoch == fo.client.epoch)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -359,7 +355,7 @@ def test_failover_past_a_pool_that_refuses_us_and_one_that_stays_silent():
         task = asyncio.create_task(fo.run())
         try:
             t0 = time.monotonic()
-            await until(lambda: fo.up and fo.index == 2, timeout=5, what="the good pool")
+            await wait_until(lambda: fo.up and fo.index == 2, timeout=5, what="the good pool")
             assert time.monotonic() - t0 < 3
             assert silent.got("mining.authorize"), "the silent pool was tried"
             assert "silent" in fo.last_failure or "Timeout" in fo.last_failure
@@ -380,11 +376,11 @@ def test_a_pool_that_goes_silent_after_a_job_is_left():
         fo = failover([url(fake.port), url(good.port)], silent_after=0.6, probe_interval=60)
         task = asyncio.create_task(fo.run())
         try:
-            await until(lambda: fake.got("mining.authorize"))
+            await wait_until(lambda: fake.got("mining.authorize"))
             fake.send(notify_msg(make_job("y"), "1", clean=True))
-            await until(lambda: fo.up and fo.index == 0, what="the first pool")
+            await wait_until(lambda: fo.up and fo.index == 0, what="the first pool")
             t0 = time.monotonic()
-            await until(lambda: fo.up and fo.index == 1, timeout=5, what="leaving the silent pool")
+            await wait_until(lambda: fo.up and fo.index == 1, timeout=5, what="leaving the silent pool")
             assert 0.3 < time.monotonic() - t0 < 3
             assert fo.last_failure.endswith("silent")
         finally:
@@ -426,10 +422,10 @@ def test_upstream_source_with_a_worker_pool_mines_shares_the_pool_accepts():
             # The pool's extranonce1 travels with each job: it changes when we fail over.
             pool.set_job(await sub.__anext__(), share_target=source.share_target,
                          extranonce_prefix=source.extranonce1)
-            await until(lambda: sum(a.accepted for a in answers) >= 3, timeout=15, what="three accepted shares")
+            await wait_until(lambda: sum(a.accepted for a in answers) >= 3, timeout=15, what="three accepted shares")
             pool.stop()  # joins the thread: every solution is queued on the loop by now
             await asyncio.sleep(0.05)
-            await until(lambda: all(t.done() for t in submits))
+            await wait_until(lambda: all(t.done() for t in submits))
             accepted = sum(a.accepted for a in answers)
             assert source.shares["accepted"] == accepted
             # Honest: what we count as accepted is what the pool counted as accepted.
@@ -442,7 +438,7 @@ def test_upstream_source_with_a_worker_pool_mines_shares_the_pool_accepts():
             nonce = kernels.search(old_job.header76(extranonce), old_info.share_target, 0, 1 << 22, threads=1)[0]
             solution = Solution(old_job.job_id, extranonce, old_job.ntime, nonce, old_job.version)
             await fo.client.close("test")  # the failover reconnects: a new epoch
-            await until(lambda: fo.up and source.info(source.current).epoch != old_info.epoch, what="reconnect")
+            await wait_until(lambda: fo.up and source.info(source.current).epoch != old_info.epoch, what="reconnect")
             sent_before, stale_before = pool_accepted(server), source.shares["stale"]
             stale = await source.submit(old_job, solution)
             assert stale.status == "stale" and source.shares["stale"] == 1 + stale_before
