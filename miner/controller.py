@@ -157,14 +157,6 @@ class _Run:
             t.cancel()
         await asyncio.gather(*tasks, *self._submissions, return_exceptions=True)
 
-    def _failover(self):
-        """The ordered upstream pool list of the [upstream] config."""
-        from miner.stratum.client import PoolFailover
-
-        up = self.config.upstream
-        return PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
-                            probe_interval=up.probe_interval, metrics=self.metrics)
-
 
 
 class SoloMiner(_Run):
@@ -365,14 +357,41 @@ class RigState:
             self._run.pool.resume()
 
 
-class AgentMiner(_Run):
-    """agent: CPU workers mine a stratum pool's jobs; a cgminer-compatible API shows and
-    curtails the rig like an ASIC."""
+class _UpstreamRun(_Run):
+    """What the agent and proxy runs share: the [upstream] pool list, and shares counted
+    by the pool's answer."""
 
     def __init__(self, config: Config, *, metrics: Metrics | None = None, out: TextIO = sys.stdout) -> None:
         super().__init__(config, metrics=metrics, out=out)
         self.failover = None
         self.source = None
+
+    def _failover(self):
+        """The ordered upstream pool list of the [upstream] config."""
+        from miner.stratum.client import PoolFailover
+
+        up = self.config.upstream
+        return PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
+                            probe_interval=up.probe_interval, metrics=self.metrics)
+
+    def _count_answer(self, job: Job, answer) -> None:
+        """Count a share by the pool's real answer, never by what we hoped it would say."""
+        if answer.accepted:
+            self.stats.accepted += 1
+            info = self.source.info(job)
+            self.stats.difficulty_accepted += info.difficulty if info is not None else 0.0
+        elif answer.status == "stale":
+            self.stats.stale += 1
+        else:
+            self.stats.rejected += 1
+
+
+class AgentMiner(_UpstreamRun):
+    """agent: CPU workers mine a stratum pool's jobs; a cgminer-compatible API shows and
+    curtails the rig like an ASIC."""
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None, out: TextIO = sys.stdout) -> None:
+        super().__init__(config, metrics=metrics, out=out)
         self.api_port: int | None = None
 
     async def _run(self) -> int:
@@ -430,15 +449,7 @@ class AgentMiner(_Run):
         self._track(self._submit_one(job, solution))
 
     async def _submit_one(self, job: Job, solution: Solution) -> None:
-        answer = await self.source.submit(job, solution)  # the pool's real answer, never assumed
-        if answer.accepted:
-            self.stats.accepted += 1
-            info = self.source.info(job)
-            self.stats.difficulty_accepted += info.difficulty if info is not None else 0.0
-        elif answer.status == "stale":
-            self.stats.stale += 1
-        else:
-            self.stats.rejected += 1
+        self._count_answer(job, await self.source.submit(job, solution))
 
     async def _status(self) -> None:
         while True:
@@ -455,15 +466,13 @@ class AgentMiner(_Run):
 PROXY_SESSION_EXTRANONCE1_SIZE = 2
 
 
-class ProxyMiner(_Run):
+class ProxyMiner(_UpstreamRun):
     """proxy: rigs connect to our stratum server and mine the upstream pool's jobs, each in
     its own slice of the pool's extranonce2; their shares go upstream and the pool's answer
     is theirs. Local CPU workers (--threads) mine the slice of part 0."""
 
     def __init__(self, config: Config, *, metrics: Metrics | None = None, out: TextIO = sys.stdout) -> None:
         super().__init__(config, metrics=metrics, out=out)
-        self.failover = None
-        self.source = None
         self.server: StratumServer | None = None
         self.stratum_port: int | None = None
 
@@ -527,13 +536,11 @@ class ProxyMiner(_Run):
         from miner.stratum.protocol import StratumError
 
         answer = await self.source.submit(job, solution)
+        self._count_answer(job, answer)
         if answer.accepted:
-            self.stats.accepted += 1
             return None
         if answer.status == "stale":
-            self.stats.stale += 1
             return StratumError.job_not_found()
-        self.stats.rejected += 1
         return answer.error or StratumError.other(f"upstream: {answer.status}")
 
     def _submit_local(self, job: Job, solution: Solution) -> None:
