@@ -7,6 +7,9 @@ group, a reason or a method name; never a client address or a job id.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -45,9 +48,10 @@ class Metrics:
                                        "Templates refused, by reason", ["reason"], registry=r)
 
         # Hashing
-        self.hashes = Counter("gridminer_hashes_total", "Nonces hashed (rate: PromQL rate())",
-                              ["worker_group"], registry=r)
-        self.workers = Gauge("gridminer_workers", "Hashing threads running", ["worker_group"], registry=r)
+        self.hashes = Counter("gridminer_hashes_total", "Nonces hashed by local workers (rate: PromQL rate())",
+                              ["site", "worker_group"], registry=r)
+        self.workers = Gauge("gridminer_workers", "Hashing threads running", ["site", "worker_group"],
+                             registry=r)
 
         # Stratum server
         self.stratum_connections = Gauge("gridminer_stratum_connections", "Open stratum connections", registry=r)
@@ -97,3 +101,61 @@ class Metrics:
                                      ["reason"], registry=r)
         self.journal_pending = Gauge("gridminer_journal_pending_blocks",
                                      "Found blocks in the journal with no final answer from the node", registry=r)
+
+        # Scheduler: sites, prices, decisions, actuation (labels: configured site and device names)
+        self.hashprice = Gauge("gridminer_hashprice_usd_per_th_day",
+                               "Expected revenue of 1 TH/s for a day, before pool fee", registry=r)
+        self.site_price = Gauge("gridminer_site_price_usd_per_mwh",
+                                "All-in power price the scheduler last saw (feed price x rate + adder)",
+                                ["site"], registry=r)
+        self.site_breakeven = Gauge("gridminer_site_breakeven_usd_per_mwh",
+                                    "Power price above which the site loses money", ["site"], registry=r)
+        self.site_level = Gauge("gridminer_site_power_level",
+                                "Planned power level (0 off, else fraction of capacity)", ["site"], registry=r)
+        self.site_curtailed = Gauge("gridminer_site_curtailed",
+                                    "1 while the plan has the site off (curtailed), else 0", ["site"], registry=r)
+        self.site_hashing = Gauge("gridminer_site_hashing",
+                                  "1 while the site's devices report hashing, else 0", ["site"], registry=r)
+        self.site_power = Gauge("gridminer_site_power_watts", "Power the site draws (reported or modelled)",
+                                ["site"], registry=r)
+        self.site_hashrate = Gauge("gridminer_site_hashrate_hashes_per_second",
+                                   "Hash rate the site's devices report", ["site"], registry=r)
+        self.site_energy = Counter("gridminer_site_energy_joules_total", "Energy used, integrated from power",
+                                   ["site"], registry=r)
+        self.site_cost = Counter("gridminer_site_energy_cost_usd_total", "Cost of the energy used at the "
+                                 "all-in price (negative prices lower it; see _credit_usd_total)",
+                                 ["site"], registry=r)
+        self.site_credit = Counter("gridminer_site_energy_credit_usd_total",
+                                   "Money earned by using power at negative prices", ["site"], registry=r)
+        self.site_revenue = Counter("gridminer_site_revenue_usd_total",
+                                    "Estimated mining revenue (hash rate x hashprice x (1 - pool fee))",
+                                    ["site"], registry=r)
+        self.sched_decisions = Counter("gridminer_sched_decisions_total",
+                                       "Scheduler decisions, by site and reason", ["site", "reason"], registry=r)
+        self.site_starts = Counter("gridminer_site_starts_total", "Off -> on transitions", ["site"], registry=r)
+        self.feed_age = Gauge("gridminer_feed_age_seconds",
+                              "Seconds since the site's current price was last fetched", ["site"], registry=r)
+        self.feed_errors = Counter("gridminer_feed_errors_total", "Price feed failures, by site and kind",
+                                   ["site", "kind"], registry=r)
+        self.feed_stale = Gauge("gridminer_feed_stale", "1 while the site has no fresh price", ["site"],
+                                registry=r)
+        self.failsafe = Counter("gridminer_sched_failsafe_total",
+                                "Decisions made by the fail-safe for want of a price, by site", ["site"],
+                                registry=r)
+        self.actuations = Counter("gridminer_device_actuations_total",
+                                  "Commands sent to devices, by site, device and result (ok, failed, retried)",
+                                  ["site", "device", "result"], registry=r)
+        self.device_up = Gauge("gridminer_device_up", "1 while the device answers its control API",
+                               ["site", "device"], registry=r)
+
+        # Build
+        self.build_info = Gauge("gridminer_build_info", "Always 1; labels say what runs",
+                                ["version", "python"], registry=r)
+        self.build_info.labels(_version(), platform.python_version()).set(1)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("gridminer")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -295,6 +295,6 @@ def test_metrics_endpoint_counts_blocks_and_hashes(regtest_node_factory, node_ki
     samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
                for line in text.splitlines() if line and not line.startswith("#")}
     assert samples['gridminer_blocks_total{stage="accepted"}'] >= 3
-    assert samples['gridminer_hashes_total{worker_group="local"}'] > 0
+    assert samples['gridminer_hashes_total{site="local",worker_group="local"}'] > 0
     assert samples["gridminer_node_up"] == 1
     assert samples["gridminer_node_height"] >= 3

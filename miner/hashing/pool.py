@@ -74,12 +74,12 @@ class RateMeter:
 class WorkerPool:
     def __init__(self, threads: int, on_solution: SolutionCallback, *, extranonce_prefix: bytes = b"",
                  metrics: Metrics | None = None, worker_group: str = "local",
-                 chunk_seconds: float = CHUNK_SECONDS) -> None:
+                 site: str = "local", chunk_seconds: float = CHUNK_SECONDS) -> None:
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
         if threads > 256:
             raise ValueError("at most 256 threads: each gets one byte of the extranonce")
-        self.threads, self.worker_group = threads, worker_group
+        self.threads, self.worker_group, self.site = threads, worker_group, site
         self._on_solution = on_solution
         self._prefix = bytes(extranonce_prefix)
         self._metrics = metrics if metrics is not None else Metrics()
@@ -100,7 +100,7 @@ class WorkerPool:
             t = threading.Thread(target=self._run, args=(i,), name=f"gridminer-hash-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        self._metrics.workers.labels(self.worker_group).set(self.threads)
+        self._metrics.workers.labels(self.site, self.worker_group).set(self.threads)
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._cond:
@@ -109,7 +109,7 @@ class WorkerPool:
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
-        self._metrics.workers.labels(self.worker_group).set(0)
+        self._metrics.workers.labels(self.site, self.worker_group).set(0)
 
     def set_job(self, job: Job, share_target: int | None = None, extranonce_prefix: bytes | None = None) -> None:
         """Hash `job` from now on; shares are hits <= share_target (default: blocks only).
@@ -199,7 +199,7 @@ class WorkerPool:
                 dt = time.perf_counter() - t0
                 pos += consumed
                 self._meter.add(consumed)
-                self._metrics.hashes.labels(self.worker_group).inc(consumed)
+                self._metrics.hashes.labels(self.site, self.worker_group).inc(consumed)
                 if not hits and dt > 0:
                     # Aim each call at chunk_seconds so a job switch is never far away.
                     scale = min(4.0, max(0.25, self._chunk_seconds / dt))

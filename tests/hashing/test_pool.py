@@ -102,7 +102,7 @@ def test_shares_below_the_block_target_keep_hashing(pool_factory):
     # Two threads, distinct extranonces: the thread byte differs, no header is hashed twice.
     assert len({s.extranonce[0] for _, s, _ in items}) == 2
     assert len({(s.extranonce, s.nonce) for _, s, _ in items}) == len(items)
-    assert metrics.registry.get_sample_value("gridminer_hashes_total", {"worker_group": "local"}) > 0
+    assert metrics.registry.get_sample_value("gridminer_hashes_total", {"site": "local", "worker_group": "local"}) > 0
     assert pool.rate() > 0
 
 
