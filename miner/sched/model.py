@@ -117,10 +117,15 @@ class Plan:
 
 
 class Policy(Protocol):
-    """Pure decision rule: (state, prices, now) -> plan. Uses only prices `known_at(now)`."""
+    """Pure decision rule: (state, prices, now, hashprice) -> plan.
+
+    `prices` maps a site name to the intervals its feed has delivered (sorted by start);
+    a policy uses only those `known_at(now)`. A site with no interval covering `now` gets
+    its fail-safe decision (reason "price_missing")."""
 
     def decide(self, states: Mapping[str, SiteState],
-               prices: Mapping[str, Sequence[PriceInterval]], now: datetime) -> Plan: ...
+               prices: Mapping[str, Sequence[PriceInterval]], now: datetime,
+               hashprice_usd_per_th_day: float) -> Plan: ...
 
 
 class FeedError(Exception):
