@@ -49,6 +49,7 @@ class ServerLimits:
     unauthorized_timeout: float = 30.0  # s a connection may stay without authorizing
     max_connections_per_ip: int = 256
     max_write_buffer: int = 1 << 20  # bytes queued to a miner that does not read
+    max_worker_labels: int = 200  # worker names with their own metric label; later names count as "other"
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class StratumServer:
         self.bytes_in = self.metrics.stratum_bytes.labels("in")
         self.bytes_out = self.metrics.stratum_bytes.labels("out")
         self._share_counters: dict[tuple[str, str], object] = {}
+        self._worker_counters: dict[str, object] = {}  # at most limits.max_worker_labels names
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -271,6 +273,18 @@ class StratumServer:
         if counter is None:
             counter = self._share_counters[(site, result)] = self.metrics.stratum_shares.labels(site, result)
         counter.inc()
+
+    def count_worker_work(self, worker: str, difficulty: float) -> None:
+        """Accepted work per worker name. Names are the miners' own choice: past the first
+        limits.max_worker_labels they all count as "other", so made-up names cannot grow
+        the metric (or this cache) without bound."""
+        counter = self._worker_counters.get(worker)
+        if counter is None:
+            if len(self._worker_counters) < self.limits.max_worker_labels:
+                counter = self._worker_counters[worker] = self.metrics.stratum_worker_share_work.labels(worker)
+            else:
+                counter = self.metrics.stratum_worker_share_work.labels("other")
+        counter.inc(difficulty)
 
     def resend_current_job(self, session: StratumSession) -> None:
         if self.current_job is not None:

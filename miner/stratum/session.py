@@ -306,6 +306,7 @@ class StratumSession:
         self.invalid_shares = 0
         self._count_share(site, "accepted")
         self.server.metrics.stratum_share_work.labels(site).inc(result.issued.difficulty)
+        self.server.count_worker_work(submit.worker, result.issued.difficulty)
         self._retarget(result.issued.difficulty)
         return True
 
