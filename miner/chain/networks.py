@@ -1,20 +1,44 @@
-"""One table of per-network parameters (addresses, genesis, proof-of-work limits).
+"""One table of per-network parameters: addresses, genesis, proof of work, ports.
 
-Values come from Bitcoin Core's src/kernel/chainparams.cpp (mainnet, testnet3,
-testnet4, signet, regtest) and bcoin 1.0.x's lib/protocol/networks.js (the regtest
-flavour our pinned test node runs).
+Every Bitcoin Core value comes from Core's src/kernel/chainparams.cpp (consensus and
+address parameters, P2P ports) and src/chainparamsbase.cpp (RPC ports); the bcoin
+values from bcoin 1.0.2's lib/protocol/networks.js (the regtest flavour our pinned test
+node runs). testnet4's extra rules are BIP94's; signet's BIP325's.
+
+    name            hrp   p2pkh p2sh  pow limit bits  BIP34   spacing/timespan  min-diff BIP94  P2P/RPC
+    mainnet         bc    0x00  0x05  1d00ffff        227931  600 s / 14 d      no       no     8333/8332
+    testnet (v3)    tb    0x6f  0xc4  1d00ffff        21111   600 s / 14 d      yes      no     18333/18332
+    testnet4        tb    0x6f  0xc4  1d00ffff        1       600 s / 14 d      yes      yes    48333/48332
+    signet          tb    0x6f  0xc4  1e0377ae        1       600 s / 14 d      no       no     38333/38332
+    regtest (Core)  bcrt  0x6f  0xc4  207fffff        1       600 s / 1 d       yes      opt.   18444/18443
+    bcoin-regtest   rb    0x3c  0x26  207fffff        never   600 s / 14 d      yes      no     48444/48332
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Network", "NETWORKS", "get_network", "networks_sharing_prefix"]
+from .target import target_to_bits
+
+__all__ = [
+    "DEFAULT_SIGNET_CHALLENGE_HEX",
+    "NETWORKS",
+    "Network",
+    "get_network",
+    "networks_sharing_prefix",
+]
+
+# The public signet's block script (chainparams.cpp SigNetParams, used when no
+# -signetchallenge is given): a 1-of-2 bare multisig, i.e. blocks need a signature.
+DEFAULT_SIGNET_CHALLENGE_HEX = (
+    "512103ad5e0edad18cb1f0fc0d28a3d4f1f3e445640337489abb10404f2d1e086be430"
+    "210359ef5021964fe22d6f8e05b2463c9540ce96883fe3b278760f048f5189f2e6c452ae"
+)
 
 
 @dataclass(frozen=True)
 class Network:
-    """Parameters of one Bitcoin network that the chain layer needs."""
+    """Parameters of one Bitcoin network that the chain and work layers need."""
 
     name: str
     bech32_hrp: str
@@ -25,14 +49,36 @@ class Network:
     # First height at which the coinbase must start with the BIP34 height push.
     bip34_height: int
     pow_no_retargeting: bool
+    # fPowAllowMinDifficultyBlocks: a block more than 2 * target_spacing_s after its
+    # parent must use pow_limit_bits (except the first block of a period).
     pow_allow_min_difficulty: bool
     default_rpc_port: int
+    default_p2p_port: int
+    target_spacing_s: int = 10 * 60  # nPowTargetSpacing
+    target_timespan_s: int = 14 * 24 * 60 * 60  # nPowTargetTimespan
+    # BIP94 (consensus.enforce_BIP94): timewarp rule on the first block of each period,
+    # and retargets based on the period's first block.
+    enforce_bip94: bool = False
+    # BIP325 (consensus.signet_blocks): blocks must satisfy a signet challenge, which
+    # the node chooses (-signetchallenge); signet_challenge_hex is the default one.
+    signet_blocks: bool = False
+    signet_challenge_hex: str | None = None
     # Names of other networks whose addresses this network also accepts as payouts.
     also_accepts: tuple[str, ...] = ()
 
     def accepted_names(self) -> tuple[str, ...]:
         """This network's name followed by the names in also_accepts."""
         return (self.name, *self.also_accepts)
+
+    @property
+    def pow_limit_bits(self) -> int:
+        """The compact form of pow_limit: the bits of every minimum-difficulty block."""
+        return target_to_bits(self.pow_limit)
+
+    @property
+    def difficulty_adjustment_interval(self) -> int:
+        """Blocks per difficulty period (Consensus::Params::DifficultyAdjustmentInterval)."""
+        return self.target_timespan_s // self.target_spacing_s
 
 
 _MAIN_POW_LIMIT = int("00000000ffffffffffffffffffffffffffffffffffffffffffffffffffffffff", 16)
@@ -48,6 +94,7 @@ _TEST_FAMILY = ("testnet", "testnet4", "signet")
 def _rest_of_test_family(name: str) -> tuple[str, ...]:
     return tuple(n for n in _TEST_FAMILY if n != name)
 
+
 NETWORKS: dict[str, Network] = {
     n.name: n
     for n in (
@@ -62,6 +109,7 @@ NETWORKS: dict[str, Network] = {
             pow_no_retargeting=False,
             pow_allow_min_difficulty=False,
             default_rpc_port=8332,
+            default_p2p_port=8333,
         ),
         Network(
             name="testnet",
@@ -74,6 +122,7 @@ NETWORKS: dict[str, Network] = {
             pow_no_retargeting=False,
             pow_allow_min_difficulty=True,
             default_rpc_port=18332,
+            default_p2p_port=18333,
             also_accepts=_rest_of_test_family("testnet"),
         ),
         Network(
@@ -87,6 +136,8 @@ NETWORKS: dict[str, Network] = {
             pow_no_retargeting=False,
             pow_allow_min_difficulty=True,
             default_rpc_port=48332,
+            default_p2p_port=48333,
+            enforce_bip94=True,
             also_accepts=_rest_of_test_family("testnet4"),
         ),
         Network(
@@ -94,12 +145,16 @@ NETWORKS: dict[str, Network] = {
             bech32_hrp="tb",
             p2pkh_version=0x6F,
             p2sh_version=0xC4,
+            # Every signet, whatever its challenge, shares this genesis block.
             genesis_hash_hex_display="00000008819873e925422c1ff0f99f7cc9bbb232af63a077a480a3633bee1ef6",
             pow_limit=_SIGNET_POW_LIMIT,
             bip34_height=1,
             pow_no_retargeting=False,
             pow_allow_min_difficulty=False,
             default_rpc_port=38332,
+            default_p2p_port=38333,
+            signet_blocks=True,
+            signet_challenge_hex=DEFAULT_SIGNET_CHALLENGE_HEX,
             also_accepts=_rest_of_test_family("signet"),
         ),
         Network(
@@ -113,6 +168,10 @@ NETWORKS: dict[str, Network] = {
             pow_no_retargeting=True,
             pow_allow_min_difficulty=True,
             default_rpc_port=18443,
+            default_p2p_port=18444,
+            target_timespan_s=24 * 60 * 60,  # one day: 144-block periods
+            # enforce_BIP94 is off unless bitcoind runs with -test=bip94; Core >= 29's
+            # getblocktemplate mintime/curtime honour the timewarp rule on every chain.
             # Our test node is bcoin, whose regtest wallet hands out its own prefixes.
             also_accepts=("bcoin-regtest",),
         ),
@@ -127,8 +186,9 @@ NETWORKS: dict[str, Network] = {
             # we still always write the height push, which bcoin accepts.
             bip34_height=100_000_000,
             pow_no_retargeting=True,
-            pow_allow_min_difficulty=True,
+            pow_allow_min_difficulty=True,  # targetReset: true
             default_rpc_port=48332,
+            default_p2p_port=48444,
             also_accepts=("regtest",),
         ),
     )

@@ -11,7 +11,7 @@ cheap checks come before the one hash:
               issued on a tip that is no longer the tip .... 21 STALE
     sizes     len(en2) != job.extranonce_size - len(en1) ... 20 BAD_EXTRANONCE2_SIZE
     ntime     < job.min_time (job.ntime when unknown),
-              or > now + 7200 .............................. 20 NTIME_OUT_OF_RANGE
+              or > now + 7200, or > job.max_time ........... 20 NTIME_OUT_OF_RANGE
     version   version_bits outside the agreed mask ......... 20 VERSION_BITS_OUTSIDE_MASK
     repeat    same header already submitted for the job .... 22 DUPLICATE
               job's duplicate memory full .................. 20 TOO_MANY_SHARES
@@ -25,7 +25,9 @@ ntime, nonce, final nVersion), so version_bits=None and version_bits=0 are the s
 
 ntime window: [job.min_time, now + 7200] when the template gave min_time (the consensus
 rule: any such block is valid), else [job.ntime, now + 7200] as pools commonly do; 7200 s
-is Bitcoin's two-hour future limit.
+is Bitcoin's two-hour future limit. A job with max_time (testnet: normal difficulty only
+up to 20 minutes after the parent) also caps it there, so a rolled ntime never makes a
+block the node would reject as bad-diffbits.
 """
 
 from __future__ import annotations
@@ -248,7 +250,8 @@ def check_share(
     if len(extranonce2) != job.extranonce_size - len(extranonce1):
         return ShareResult.rejected(Reject.BAD_EXTRANONCE2_SIZE, issued)
     earliest = job.min_time if job.min_time is not None else job.ntime
-    if not earliest <= ntime <= now + ntime_max_future:
+    latest = now + ntime_max_future if job.max_time is None else min(now + ntime_max_future, job.max_time)
+    if not earliest <= ntime <= latest:
         return ShareResult.rejected(Reject.NTIME_OUT_OF_RANGE, issued)
     if version_bits is None:
         version = job.version & U32_MAX

@@ -8,6 +8,14 @@ New tips are noticed by three tiers, whichever is first:
      fallback that needs nothing from the node.
 A new tip makes a clean job at once; otherwise the template is refreshed every
 `template_refresh` seconds (default 30) to pick up new fees.
+
+The node's chain (getblockchaininfo, unless GBTSettings.network says it) decides the
+getblocktemplate rules (signet needs "signet") and the header-time rules of
+work/rules.py. On testnet3/testnet4 the previous block's time (getblockheader) bounds a
+job's ntime, and a normal-difficulty job gets a timer: once the node's clock passes
+prev_time + 20 minutes its templates carry the minimum difficulty, so a refresh is
+scheduled for that second (measured on the node's clock, from the template's curtime)
+and its job goes out clean, as nothing else is worth hashing then.
 """
 
 from __future__ import annotations
@@ -19,14 +27,17 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
+from miner.chain.networks import Network, get_network
 from miner.metrics import Metrics
 from miner.node.rpc import NodeRPC, RPCError
 from miner.work.job import Job, Solution
-from miner.work.submit import BlockSubmitter, SubmitOutcome
-from miner.work.template import TemplateError, job_from_template
+from miner.work.rules import header_time_bounds, needs_prev_time
+from miner.work.submit import AsyncioClock, BlockSubmitter, Clock, SubmitOutcome
+from miner.work.template import TemplateError, UnsupportedSignetChallenge, job_from_template
 
 log = logging.getLogger(__name__)
 
+# The request on chains other than signet (kept for callers that know they are on one).
 GBT_PARAMS = {"rules": ["segwit"]}
 # Repeat an error that keeps happening (a refused template) at most this often (seconds).
 ERROR_LOG_INTERVAL = 60.0
@@ -46,6 +57,20 @@ class GBTSettings:
     template_refresh: float = 30.0
     longpoll: bool = True
     zmq_url: str | None = None
+    network: Network | None = None  # None: asked from the node (getblockchaininfo "chain")
+
+
+class UnknownChain(ValueError):
+    """The node reports a chain gridminer has no parameters for."""
+
+
+def gbt_params(network: Network | None) -> dict:
+    """getblocktemplate's request for this network.
+
+    Core requires "segwit" everywhere and also "signet" on a signet (rpc/mining.cpp:
+    "getblocktemplate must be called with the signet rule set").
+    """
+    return {"rules": ["segwit", "signet"]} if network is not None and network.signet_blocks else GBT_PARAMS
 
 
 class JobChannel:
@@ -98,9 +123,15 @@ class JobSubscription:
 
 class GBTWorkSource:
     def __init__(self, rpc: NodeRPC, submitter: BlockSubmitter, settings: GBTSettings,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, clock: Clock | None = None) -> None:
         self.rpc, self.submitter, self.settings = rpc, submitter, settings
         self.metrics = metrics if metrics is not None else Metrics()
+        self.network: Network | None = settings.network
+        self._clock = clock if clock is not None else AsyncioClock()
+        self._prev_time: tuple[str, int] | None = None  # (prev hash display, its header time)
+        self._min_difficulty_timer: asyncio.Task | None = None
+        # Seconds from the last template until the scheduled min-difficulty refresh (None: none).
+        self.min_difficulty_refresh_in: float | None = None
         self.channel = JobChannel()
         self.current: Job | None = None
         self.tip_hex_display: str | None = None
@@ -150,27 +181,66 @@ class GBTWorkSource:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+        return task
+
+    async def node_network(self) -> Network:
+        """The network the node is on (asked once; UnknownChain if we have no table entry)."""
+        if self.network is None:
+            info = await self.rpc.call_with_retry("getblockchaininfo")
+            chain = info.get("chain") if isinstance(info, dict) else None
+            try:
+                self.network = get_network(chain)  # Core's "main"/"test" are aliases there
+            except ValueError:
+                raise UnknownChain(f"node reports chain {chain!r}, which gridminer does not know") from None
+        return self.network
+
+    async def _previous_block_time(self, template: dict) -> int | None:
+        """The header time of the template's previousblockhash (cached per tip); None if unknown."""
+        prev = template.get("previousblockhash") if isinstance(template, dict) else None
+        if not isinstance(prev, str):
+            return None  # job_from_template refuses the template with the reason
+        if self._prev_time is not None and self._prev_time[0] == prev:
+            return self._prev_time[1]
+        header = await self.rpc.call_with_retry("getblockheader", prev)
+        prev_time = header.get("time") if isinstance(header, dict) else None
+        if isinstance(prev_time, bool) or not isinstance(prev_time, int):
+            raise RPCError(None, f"getblockheader {prev} has no integer 'time': {header!r:.120}", "getblockheader")
+        self._prev_time = (prev, prev_time)
+        return prev_time
 
     async def refresh(self, *, clean_if_new_tip: bool, via: str, template: dict | None = None) -> None:
-        """Fetch a template (or use the one given) and publish its job."""
+        """Fetch a template (or use the one given) and publish its job.
+
+        Raises UnsupportedSignetChallenge (nothing on this chain can be mined) and
+        UnknownChain; every other failure is logged, counted and left to the next refresh.
+        """
         async with self._refresh_lock:
-            if template is None:
-                try:
-                    template = await self.rpc.call_with_retry("getblocktemplate", GBT_PARAMS)
-                except RPCError as e:
-                    self._log_rate_limited("rpc", "getblocktemplate failed: %s", e)
-                    self.metrics.template_errors.labels("rpc").inc()
-                    return
+            prev_time = None
+            try:
+                network = await self.node_network()
+                fetched_at = self._clock.monotonic()  # the template's curtime is about now
+                if template is None:
+                    template = await self.rpc.call_with_retry("getblocktemplate", gbt_params(network))
+                if needs_prev_time(network):
+                    prev_time = await self._previous_block_time(template)
+            except RPCError as e:
+                self._log_rate_limited("rpc", "getblocktemplate failed: %s", e)
+                self.metrics.template_errors.labels("rpc").inc()
+                return
             try:
                 # Parsing a full mainnet template takes ~0.5 s: keep it off the event loop.
                 job = await asyncio.to_thread(
                     job_from_template, template, payout_script=self.settings.payout_script,
                     job_id=f"{next(self._ids):x}", extranonce_size=self.settings.extranonce_size,
-                    tag=self.settings.coinbase_tag, clean=False)
+                    tag=self.settings.coinbase_tag, clean=False, network=network, prev_time=prev_time)
+            except UnsupportedSignetChallenge as e:
+                log.error("%s", e)
+                self.metrics.template_errors.labels(e.reason).inc()
+                raise
             except TemplateError as e:
                 self._log_rate_limited(e.reason, "template refused (%s): %s", e.reason, e)
                 self.metrics.template_errors.labels(e.reason).inc()
@@ -182,7 +252,38 @@ class GBTWorkSource:
             if isinstance(template.get("longpollid"), str):
                 self._longpoll_id = template["longpollid"]
             new_tip = job.prev_hash_internal != (self.current.prev_hash_internal if self.current else None)
-            self._publish(replace(job, clean=new_tip and clean_if_new_tip), via if new_tip else None)
+            # Same tip, other bits: the 20-minute rule switched the difficulty, and the new
+            # job is the only one worth hashing.
+            bits_changed = not new_tip and self.current is not None and job.bits != self.current.bits
+            if bits_changed:
+                log.info("height %s: difficulty bits %08x -> %08x on the same tip (minimum-difficulty rule)",
+                         job.height, self.current.bits, job.bits)
+            self._publish(replace(job, clean=(new_tip and clean_if_new_tip) or bits_changed),
+                          via if new_tip else None)
+            self._schedule_min_difficulty_refresh(network, job, prev_time, template["curtime"], fetched_at)
+
+    def _schedule_min_difficulty_refresh(self, network: Network, job: Job, prev_time: int | None,
+                                         curtime: int, fetched_at: float) -> None:
+        """(Re)arm the timer for the second the node's templates switch to the minimum difficulty."""
+        if self._min_difficulty_timer is not None and self._min_difficulty_timer is not asyncio.current_task():
+            self._min_difficulty_timer.cancel()
+        self._min_difficulty_timer = None
+        self.min_difficulty_refresh_in = None
+        if job.height is None or not needs_prev_time(network):
+            return
+        bounds = header_time_bounds(network, height=job.height, bits=job.bits, prev_time=prev_time, curtime=curtime)
+        if bounds.min_difficulty_from is None:
+            return
+        # curtime is the node's clock when it made the template: wait out the rest on ours.
+        wait = max(0.0, bounds.min_difficulty_from - curtime - (self._clock.monotonic() - fetched_at))
+        self.min_difficulty_refresh_in = wait
+        self._min_difficulty_timer = self._spawn(self._refresh_at_min_difficulty(wait))
+        log.debug("height %s: minimum difficulty from ntime %s, refreshing in %.1f s",
+                  job.height, bounds.min_difficulty_from, wait)
+
+    async def _refresh_at_min_difficulty(self, wait: float) -> None:
+        await self._clock.sleep(wait)
+        await self.refresh(clean_if_new_tip=True, via="min-difficulty")
 
     def _log_rate_limited(self, key: str, message: str, *args) -> None:
         """Log an error at most once a minute per key: a node can refuse every template."""
@@ -236,7 +337,7 @@ class GBTWorkSource:
             if not self._longpoll_id:
                 await asyncio.sleep(LONGPOLL_RETRY_MIN)
                 continue
-            params = dict(GBT_PARAMS, longpollid=self._longpoll_id)
+            params = dict(gbt_params(self.network), longpollid=self._longpoll_id)
             try:
                 template = await self.rpc.call("getblocktemplate", params, timeout=LONGPOLL_TIMEOUT)
             except RPCError:

@@ -45,6 +45,9 @@ class Job:
     height: int | None = None
     transactions: tuple[Transaction, ...] = ()  # the template's, without the coinbase (GBT only)
     min_time: int | None = None  # the earliest ntime the node accepts, when known
+    # The latest ntime a block of this job stays valid at, when a rule caps it (testnet
+    # min-difficulty: normal bits only up to 20 minutes after the parent; see work/rules.py).
+    max_time: int | None = None
     created_monotonic: float = field(default_factory=time.monotonic, compare=False)
 
     @property

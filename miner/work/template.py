@@ -8,6 +8,11 @@
                         checked against default_witness_commitment when given
                    no:  no commitment, and no transaction may carry witness data
              ──► build_coinbase(...) + coinbase_merkle_branch(txids) ──► Job
+             ──► network rules on ntime (work/rules.py), given the network and the
+                 previous block's time: testnet's 20-minute rule caps or floors ntime
+                 (Job.max_time / Job.min_time), BIP94's timewarp rule floors it
+    "!signet" ──► only challenge 51 (OP_TRUE): the block then needs just the witness
+                 commitment, which segwit templates always get here
 
 A node is trusted for policy (which transactions, what fee) but not for arithmetic: a
 template whose hashes, commitment or target disagree with its own data would have us
@@ -24,11 +29,20 @@ from miner.chain.coinbase import witness_commitment as compute_witness_commitmen
 from miner.chain.encoding import DecodeError
 from miner.chain.hashes import internal_from_hex_display
 from miner.chain.merkle import coinbase_merkle_branch, witness_root
+from miner.chain.networks import Network
 from miner.chain.target import bits_to_target
 from miner.chain.tx import MAX_MONEY_SATS, Transaction
 from miner.work.job import Job
+from miner.work.rules import (
+    HeaderTimeBounds,
+    RuleError,
+    SignetChallengeError,
+    header_time_bounds,
+    require_op_true_challenge,
+)
 
-__all__ = ["TemplateError", "TEMPLATE_ERROR_REASONS", "job_from_template", "segwit_active"]
+__all__ = ["TemplateError", "TEMPLATE_ERROR_REASONS", "UnsupportedSignetChallenge", "job_from_template",
+           "segwit_active"]
 
 _U32_MAX = 0xFFFFFFFF
 
@@ -43,7 +57,8 @@ TEMPLATE_ERROR_REASONS = frozenset({
     "time",                  # curtime / mintime
     "coinbasevalue",
     "rules",
-    "unsupported_rule",      # a "!rule" we do not implement (BIP9: must not mine then)
+    "unsupported_rule",      # a "!rule" we do not implement (BIP9: must not mine then),
+                             # or a signet challenge other than OP_TRUE
     "transaction",           # an entry that is not a well-formed non-coinbase transaction
     "txid_mismatch",
     "wtxid_mismatch",
@@ -54,9 +69,10 @@ TEMPLATE_ERROR_REASONS = frozenset({
 })
 
 # "!rule": the client must understand the rule to use the template (BIP9 / BIP145).
-# Segwit we implement (the commitment); "!signet" would need a signet solution in the
-# coinbase, which we cannot make, so such templates are refused rather than mined wrong.
-_UNDERSTOOD_REQUIRED_RULES = frozenset({"segwit"})
+# Segwit we implement (the commitment). "!signet" we implement for the OP_TRUE challenge
+# only (no solution needed, see work/rules.py); any other challenge needs a signature in
+# the coinbase, which we cannot make, so such templates are refused rather than mined wrong.
+_UNDERSTOOD_REQUIRED_RULES = frozenset({"segwit", "signet"})
 
 
 class TemplateError(ValueError):
@@ -66,6 +82,10 @@ class TemplateError(ValueError):
         assert reason in TEMPLATE_ERROR_REASONS, reason
         super().__init__(f"getblocktemplate {message}")
         self.reason = reason
+
+
+class UnsupportedSignetChallenge(TemplateError):
+    """A signet template whose challenge needs a signature: nothing on this chain can be mined."""
 
 
 def segwit_active(rules: list[str]) -> bool:
@@ -212,6 +232,30 @@ def _witness_commitment(template: dict, txs: list[Transaction], segwit: bool) ->
     return commitment
 
 
+def _check_signet(template: dict, rules: list[str], network: Network | None) -> None:
+    """Refuse a signet template unless its challenge is OP_TRUE and segwit is active."""
+    # Core lists "!signet" and sends signet_challenge on every signet (rpc/mining.cpp).
+    if "!signet" not in rules and "signet" not in rules and not (network and network.signet_blocks):
+        return
+    try:
+        require_op_true_challenge(template.get("signet_challenge"))
+    except SignetChallengeError as e:
+        raise UnsupportedSignetChallenge("unsupported_rule", str(e)) from None
+    if not segwit_active(rules):
+        # signet.cpp refuses a block without a witness commitment, which only segwit gives.
+        raise TemplateError("rules", f"signet template without segwit in its rules {rules!r:.80}")
+
+
+def _time_bounds(template: dict, network: Network | None, height: int, bits: int,
+                 prev_time: int | None, curtime: int) -> HeaderTimeBounds:
+    if network is None:
+        return HeaderTimeBounds()
+    try:
+        return header_time_bounds(network, height=height, bits=bits, prev_time=prev_time, curtime=curtime)
+    except RuleError as e:
+        raise TemplateError("bits", f"'bits' {template['bits']}: {e}") from None
+
+
 def job_from_template(
     template: dict[str, Any],
     *,
@@ -221,13 +265,21 @@ def job_from_template(
     tag: bytes = b"/gridminer/",
     clean: bool,
     ntime: int | None = None,
+    network: Network | None = None,
+    prev_time: int | None = None,
 ) -> Job:
-    """The Job for a getblocktemplate result, paying the whole coinbasevalue to payout_script."""
+    """The Job for a getblocktemplate result, paying the whole coinbasevalue to payout_script.
+
+    With `network` the network's header-time rules apply (testnet3/testnet4 need
+    `prev_time`, the previous block's header time); without it, none do.
+    """
     # The caller's own arguments are configuration, not template data: plain errors.
     if not isinstance(payout_script, (bytes, bytearray)) or not payout_script:
         raise ValueError("payout_script must be a non-empty scriptPubKey")
     if ntime is not None and not 0 <= ntime <= _U32_MAX:
         raise ValueError(f"ntime out of uint32 range: {ntime}")
+    if prev_time is not None and not 0 <= prev_time <= _U32_MAX:
+        raise ValueError(f"prev_time out of uint32 range: {prev_time}")
     if not isinstance(template, dict):
         raise TemplateError("malformed", f"result must be a JSON object, got {type(template).__name__}")
 
@@ -243,6 +295,8 @@ def job_from_template(
     mintime = _int(template, "mintime", "time", 0, _U32_MAX) if "mintime" in template else None
     coinbase_value = _int(template, "coinbasevalue", "coinbasevalue", 0, MAX_MONEY_SATS)
     rules = _parse_rules(template)
+    _check_signet(template, rules, network)
+    bounds = _time_bounds(template, network, height, bits, prev_time, curtime)
     txs = _parse_transactions(template)
     commitment = _witness_commitment(template, txs, segwit_active(rules))
 
@@ -254,10 +308,18 @@ def job_from_template(
     except ValueError as e:
         raise TemplateError("coinbase", f"coinbase cannot be built: {e}") from None
 
+    # A header time below mintime (median time past + 1) is "time-too-old"; the rules'
+    # bounds are the 20-minute and timewarp rules (Core < 29's mintime lacks the latter).
+    floors = [t for t in (mintime, bounds.earliest) if t is not None]
+    min_time = max(floors) if floors else None
+    max_time = bounds.latest
+    if min_time is not None and max_time is not None and min_time > max_time:
+        raise TemplateError("time", f"no valid ntime: earliest {min_time} > latest {max_time}")
     job_ntime = curtime if ntime is None else ntime
-    if mintime is not None:
-        # A header time below mintime (median time past + 1) is "time-too-old".
-        job_ntime = max(job_ntime, mintime)
+    if min_time is not None:
+        job_ntime = max(job_ntime, min_time)
+    if max_time is not None:
+        job_ntime = min(job_ntime, max_time)
     return Job(
         job_id=job_id,
         prev_hash_internal=prev_hash_internal,
@@ -270,5 +332,6 @@ def job_from_template(
         clean=clean,
         height=height,
         transactions=tuple(txs),
-        min_time=mintime,
+        min_time=min_time,
+        max_time=max_time,
     )

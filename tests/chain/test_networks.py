@@ -1,13 +1,22 @@
-"""The network table: names, genesis hashes and proof-of-work limits."""
+"""The network table: names, genesis hashes, proof of work, ports, per-network rules.
+
+Expected values are Bitcoin Core's src/kernel/chainparams.cpp and src/chainparamsbase.cpp,
+BIP94 (testnet4) and bcoin 1.0.2's lib/protocol/networks.js, copied here independently of
+the table so a wrong edit there fails.
+"""
 
 from dataclasses import replace
 
 import pytest
 
 from miner.chain.block import Block
+from miner.chain.coinbase import encode_script_num, push_data
+from miner.chain.encoding import compact_size
+from miner.chain.hashes import ZERO_HASH, sha256d
 from miner.chain.header import BlockHeader
-from miner.chain.networks import NETWORKS, Network, get_network
-from miner.chain.target import target_to_bits
+from miner.chain.networks import DEFAULT_SIGNET_CHALLENGE_HEX, NETWORKS, Network, get_network
+from miner.chain.target import DIFF1_TARGET, bits_to_target, target_to_bits
+from miner.chain.tx import Transaction, TxIn, TxOut
 
 from .vectors import load_json
 
@@ -114,3 +123,124 @@ def test_unknown_network_lists_valid_names():
 def test_network_is_frozen():
     with pytest.raises(AttributeError):
         get_network("mainnet").bech32_hrp = "tb"
+
+
+# -- testnet4 genesis: the real block bytes (BIP94), and rebuilt as Core's CreateGenesisBlock does
+
+
+def test_testnet4_genesis_block_bytes_hash_to_the_table():
+    vector = load_json("testnet4_genesis.json")
+    block = Block.from_bytes(bytes.fromhex(vector["block"]))
+    assert block.serialize().hex() == vector["block"]
+    assert block.hash_hex_display() == vector["hash"] == get_network("testnet4").genesis_hash_hex_display
+    assert block.compute_merkle_root()[::-1].hex() == vector["merkleroot"]
+    header = block.header
+    assert (header.version, header.time, header.nonce, header.bits) == (1, 1714777860, 393743547, 0x1D00FFFF)
+    assert header.prev_hash_internal == ZERO_HASH
+    assert block.check(check_pow=True) == []
+    assert header.target() <= get_network("testnet4").pow_limit
+
+
+def test_testnet4_genesis_rebuilt_like_create_genesis_block():
+    """CreateGenesisBlock(msg, <33 zero bytes> OP_CHECKSIG, 1714777860, 393743547, 0x1d00ffff, 1, 50 BTC)."""
+    vector = load_json("testnet4_genesis.json")
+    script_sig = (push_data(encode_script_num(486604799)) + push_data(encode_script_num(4))
+                  + push_data(vector["message"].encode()))
+    output_script = push_data(bytes.fromhex(vector["pubkey"])) + b"\xac"  # OP_CHECKSIG
+    coinbase = Transaction(version=1, inputs=(TxIn(ZERO_HASH, 0xFFFFFFFF, script_sig),),
+                           outputs=(TxOut(50 * 100_000_000, output_script),))
+    header = BlockHeader(version=1, prev_hash_internal=ZERO_HASH,
+                         merkle_root_internal=coinbase.txid_internal(), time=vector["time"],
+                         bits=int(vector["bits"], 16), nonce=vector["nonce"])
+    assert header.hash_hex_display() == get_network("testnet4").genesis_hash_hex_display
+    assert Block(header, (coinbase,)).serialize().hex() == vector["block"]
+
+
+# -- ports, timing, rules
+
+
+@pytest.mark.parametrize(
+    ("name", "p2p", "rpc"),
+    [
+        ("mainnet", 8333, 8332),
+        ("testnet", 18333, 18332),
+        ("testnet4", 48333, 48332),
+        ("signet", 38333, 38332),
+        ("regtest", 18444, 18443),
+        ("bcoin-regtest", 48444, 48332),
+    ],
+)
+def test_default_ports(name, p2p, rpc):
+    net = get_network(name)
+    assert (net.default_p2p_port, net.default_rpc_port) == (p2p, rpc)
+
+
+@pytest.mark.parametrize(
+    ("name", "spacing", "timespan", "interval"),
+    [
+        ("mainnet", 600, 14 * 24 * 3600, 2016),
+        ("testnet", 600, 14 * 24 * 3600, 2016),
+        ("testnet4", 600, 14 * 24 * 3600, 2016),
+        ("signet", 600, 14 * 24 * 3600, 2016),
+        ("regtest", 600, 24 * 3600, 144),  # Core's regtest: one-day periods
+        ("bcoin-regtest", 600, 14 * 24 * 3600, 2016),
+    ],
+)
+def test_retarget_timing(name, spacing, timespan, interval):
+    net = get_network(name)
+    assert (net.target_spacing_s, net.target_timespan_s, net.difficulty_adjustment_interval) == \
+        (spacing, timespan, interval)
+
+
+@pytest.mark.parametrize(
+    ("name", "min_difficulty", "no_retargeting", "bip94", "signet"),
+    [
+        ("mainnet", False, False, False, False),
+        ("testnet", True, False, False, False),
+        ("testnet4", True, False, True, False),
+        ("signet", False, False, False, True),
+        ("regtest", True, True, False, False),
+        ("bcoin-regtest", True, True, False, False),  # targetReset / noRetargeting
+    ],
+)
+def test_consensus_flags(name, min_difficulty, no_retargeting, bip94, signet):
+    net = get_network(name)
+    assert (net.pow_allow_min_difficulty, net.pow_no_retargeting, net.enforce_bip94, net.signet_blocks) == \
+        (min_difficulty, no_retargeting, bip94, signet)
+
+
+@pytest.mark.parametrize(
+    ("name", "bits"),
+    [("mainnet", 0x1D00FFFF), ("testnet", 0x1D00FFFF), ("testnet4", 0x1D00FFFF),
+     ("signet", 0x1E0377AE), ("regtest", 0x207FFFFF), ("bcoin-regtest", 0x207FFFFF)],
+)
+def test_pow_limit_bits(name, bits):
+    net = get_network(name)
+    assert net.pow_limit_bits == bits
+    # The compact form drops low-order bits: its target is at most the limit, never above.
+    dropped = net.pow_limit - bits_to_target(bits)
+    assert 0 <= dropped < 1 << (8 * ((bits >> 24) - 3))
+
+
+def test_testnet_minimum_difficulty_is_difficulty_one():
+    assert bits_to_target(get_network("testnet4").pow_limit_bits) == DIFF1_TARGET
+
+
+def test_default_signet_challenge_gives_the_public_signets_message_start():
+    """Core: message start = first 4 bytes of sha256d(serialized challenge script); the public
+    signet's is 0a03cf40 (en.bitcoin.it/wiki/Signet), so the table's challenge is that one."""
+    challenge = bytes.fromhex(DEFAULT_SIGNET_CHALLENGE_HEX)
+    assert sha256d(compact_size(len(challenge)) + challenge)[:4].hex() == "0a03cf40"
+    assert get_network("signet").signet_challenge_hex == DEFAULT_SIGNET_CHALLENGE_HEX
+    # OP_1 <33-byte key> <33-byte key> OP_2 OP_CHECKMULTISIG: 1-of-2, so a signature.
+    assert (challenge[0], challenge[1], challenge[35], challenge[-2:]) == (0x51, 33, 33, b"\x52\xae")
+
+
+def test_only_signet_has_a_challenge():
+    assert [n.name for n in NETWORKS.values() if n.signet_challenge_hex] == ["signet"]
+
+
+@pytest.mark.parametrize("alias", ["main", "test", "testnet4", "signet", "regtest"])
+def test_every_core_chain_name_resolves(alias):
+    """getblockchaininfo "chain" values (Core's ChainTypeToString)."""
+    assert get_network(alias).name in NETWORKS
