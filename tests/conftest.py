@@ -21,6 +21,10 @@ import pytest
 
 log = logging.getLogger(__name__)
 
+# An outside project that uses the gridminer pytest plugin: run in a subprocess against
+# the installed wheel by tests/testing/test_plugin_outside.py, never collected here.
+collect_ignore = ["plugin_project"]
+
 
 def _default_kind() -> str:
     return os.environ.get("GRIDMINER_REGTEST_NODE", "").strip() or "bcoin"

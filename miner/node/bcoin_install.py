@@ -2,7 +2,10 @@
 
 Why a cache keyed by the lockfile: `npm ci` takes seconds, not the minutes a node
 download and build would, but it should still run once per pin, not once per test
-run, and never write node_modules into the repo. The install directory is
+run, and never write node_modules into the repo or the installed package. The pin
+(package.json, package-lock.json, the leveldown preload) lives in miner/node/bcoin/,
+shipped as package data, so an installed gridminer installs the same node as a clone.
+The install directory is
 $XDG_CACHE_HOME/gridminer/regtest-node-<first 16 hex of the lockfile's SHA-256> (else
 ~/.cache/...): a changed lockfile installs afresh next to the old one. A finished
 install carries a marker file; a file lock serialises parallel installers; a staging
@@ -28,7 +31,8 @@ from pathlib import Path
 
 __all__ = [
     "BCOIN_VERSION",
-    "DEPLOY_DIR",
+    "PIN_DIR",
+    "PIN_FILES",
     "INSTALL_MARKER",
     "LEVELDOWN_SHIM",
     "RegtestError",
@@ -43,9 +47,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BCOIN_VERSION = "1.0.2"
-# deploy/regtest in the source tree: package.json, package-lock.json, the preload shim.
-DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "regtest"
+# package.json, package-lock.json and the preload shim: package data, next to this module.
+PIN_DIR = Path(__file__).resolve().parent / "bcoin"
 LEVELDOWN_SHIM = "leveldown-null-range.js"
+PIN_FILES = ("package.json", "package-lock.json", LEVELDOWN_SHIM)
 # Written last into a finished install; a directory without it is not used.
 INSTALL_MARKER = ".gridminer-install-complete"
 # Hex digits of the lockfile's SHA-256 in the install directory's name.
@@ -73,19 +78,21 @@ def cache_root(env: Mapping[str, str] = os.environ) -> Path:
     return Path(base) / "gridminer"
 
 
-def lockfile_key(deploy_dir: Path = DEPLOY_DIR) -> str:
-    """Short SHA-256 of deploy/regtest/package-lock.json: the install directory's key."""
-    lock = deploy_dir / "package-lock.json"
+def lockfile_key(pin_dir: Path = PIN_DIR) -> str:
+    """Short SHA-256 of the pinned package-lock.json: the install directory's key."""
+    lock = pin_dir / "package-lock.json"
     try:
         data = lock.read_bytes()
     except FileNotFoundError:
-        raise RegtestError(f"{lock} is missing: run `npm install` in {deploy_dir} and commit the lockfile") from None
+        raise RegtestError(f"{lock} is missing: the pinned regtest node needs it (in a clone: run "
+                           f"`npm install --package-lock-only --ignore-scripts` in {pin_dir}; an installed "
+                           "gridminer ships it as package data, so reinstall the package)") from None
     return hashlib.sha256(data).hexdigest()[:INSTALL_KEY_HEX]
 
 
-def bcoin_install_dir(deploy_dir: Path = DEPLOY_DIR, root: Path | None = None) -> Path:
+def bcoin_install_dir(pin_dir: Path = PIN_DIR, root: Path | None = None) -> Path:
     """Where install_bcoin puts (or has put) the pinned node for this lockfile."""
-    return (root or cache_root()) / f"regtest-node-{lockfile_key(deploy_dir)}"
+    return (root or cache_root()) / f"regtest-node-{lockfile_key(pin_dir)}"
 
 
 def find_node_tools() -> tuple[str, str]:
@@ -108,14 +115,15 @@ def find_node_tools() -> tuple[str, str]:
     return node, npm
 
 
-def install_bcoin(deploy_dir: Path = DEPLOY_DIR, root: Path | None = None, *,
+def install_bcoin(pin_dir: Path = PIN_DIR, root: Path | None = None, *,
                   timeout: float = NPM_CI_TIMEOUT_S) -> Path:
     """Install the pinned bcoin with `npm ci` unless this lockfile's install exists; return its directory."""
     _, npm = find_node_tools()
-    for name in ("package.json", "package-lock.json", LEVELDOWN_SHIM):
-        if not (deploy_dir / name).is_file():
-            raise RegtestError(f"{deploy_dir / name} is missing (the regtest node is pinned there)")
-    target = bcoin_install_dir(deploy_dir, root)
+    for name in PIN_FILES:
+        if not (pin_dir / name).is_file():
+            raise RegtestError(f"{pin_dir / name} is missing (the regtest node is pinned there; an installed "
+                               "gridminer ships it as package data: reinstall the package)")
+    target = bcoin_install_dir(pin_dir, root)
     if (target / INSTALL_MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +135,7 @@ def install_bcoin(deploy_dir: Path = DEPLOY_DIR, root: Path | None = None, *,
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             for name in ("package.json", "package-lock.json"):
-                shutil.copy2(deploy_dir / name, staging / name)
+                shutil.copy2(pin_dir / name, staging / name)
             env = dict(os.environ, npm_config_update_notifier="false", npm_config_fund="false",
                        npm_config_audit="false")
             started = time.monotonic()

@@ -1,7 +1,8 @@
 """The regtest node that tests and `make run` mine against: pinned bcoin, or bitcoind when asked.
 
 Why bcoin: it installs from the npm registry in seconds with no compiler (pinned at
-1.0.2 by deploy/regtest/package.json and package-lock.json), so a fresh clone can mine
+1.0.2 by miner/node/bcoin/package.json and package-lock.json, shipped as package data),
+so a fresh clone, or an installed gridminer, can mine
 real regtest blocks. bcoin_install.py puts it (`npm ci --ignore-scripts`) into a
 per-user cache keyed by the lockfile's hash, never into the repo. Install scripts are
 skipped on purpose: they compile native add-ons with node-gyp (bcrypto, bsip, bstring,
@@ -11,11 +12,12 @@ bcoin-org's switch to the pure JavaScript backends (mrmr has no automatic fallba
 without the switch it dies with "Cannot find module 'mrmr.node'"); leveldown loads
 its prebuilt N-API binary at run time.
 
-If `bitcoind` is on PATH the same class runs it instead (kind="bitcoind": temp
-datadir, cookie auth, ZMQ hashblock/sequence on a free port, a "gridminer" wallet).
-kind="auto" takes $GRIDMINER_REGTEST_NODE, else bcoin when node and npm are on PATH,
-else bitcoind. Everything binds to 127.0.0.1 on free ports; logs go to
-<datadir>/node.log.
+The same class runs Bitcoin Core instead with kind="bitcoind" (the `bitcoind` on PATH,
+or the executable given as bitcoind=...): temp datadir, cookie auth, ZMQ
+hashblock/sequence on a free port, a "gridminer" wallet. kind="auto" takes bitcoind
+when a path is given, else $GRIDMINER_REGTEST_NODE, else bcoin when node and npm are on
+PATH, else bitcoind on PATH (miner.testing.RegtestNode prefers bitcoind instead).
+Everything binds to 127.0.0.1 on free ports; logs go to <datadir>/node.log.
 
 Facts about bcoin 1.0.2 regtest, checked against the running node (the tests in
 tests/node/test_regtest.py keep the important ones true):
@@ -30,7 +32,7 @@ tests/node/test_regtest.py keep the important ones true):
   --seeds=, (an empty list; "--seeds=" alone is ignored) keeps it alone.
   --max-outbound=0 is refused by an assertion.
 - Persistent datadirs (--memory=false) work with leveldown 6.1.1 only with
-  deploy/regtest/leveldown-null-range.js preloaded: bdb 0.2.3 passes unset range bounds
+  miner/node/bcoin/leveldown-null-range.js preloaded: bdb 0.2.3 passes unset range bounds
   as null and leveldown 6 reads them as the key "null", so every iteration is empty and
   the wallet fails to initialise ("assert(tip)"). With the preload, the chain and the
   wallet survive SIGTERM and SIGKILL restarts. SIGTERM ends bcoin without a graceful
@@ -100,9 +102,9 @@ from miner.chain.address import address_to_script
 from miner.metrics import Metrics
 from miner.node.bcoin_install import (
     BCOIN_VERSION,
-    DEPLOY_DIR,
     INSTALL_MARKER,
     LEVELDOWN_SHIM,
+    PIN_DIR,
     RegtestError,
     RegtestUnavailable,
     bcoin_install_dir,
@@ -123,8 +125,9 @@ __all__ = [
     "cache_root",
     "lockfile_key",
     "find_node_tools",
+    "find_bitcoind",
     "BCOIN_VERSION",
-    "DEPLOY_DIR",
+    "PIN_DIR",
     "INSTALL_MARKER",
 ]
 
@@ -213,8 +216,24 @@ def _kill_quietly(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(STOP_TIMEOUT_S)
 
 
-def _resolve_kind(kind: str, env: Mapping[str, str] = os.environ) -> Literal["bcoin", "bitcoind"]:
+def find_bitcoind(path: str | os.PathLike[str] | None = None) -> str:
+    """The bitcoind executable: the path given (checked), else the one on PATH; RegtestUnavailable if none."""
+    if path is not None:
+        given = Path(path).expanduser()
+        if not given.is_file() or not os.access(given, os.X_OK):
+            raise RegtestUnavailable(f"bitcoind {str(given)!r} is not an executable file")
+        return str(given.resolve())
+    found = shutil.which("bitcoind")
+    if found is None:
+        raise RegtestUnavailable("bitcoind not found on PATH (install Bitcoin Core, or give its path)")
+    return found
+
+
+def _resolve_kind(kind: str, env: Mapping[str, str] = os.environ,
+                  bitcoind: str | os.PathLike[str] | None = None) -> Literal["bcoin", "bitcoind"]:
     if kind == "auto":
+        if bitcoind is not None:
+            return "bitcoind"
         wanted = env.get(KIND_ENV, "").strip()
         if wanted:
             kind = wanted
@@ -246,15 +265,18 @@ class RegtestNode:
     def __init__(self, kind: Kind = "auto", *, datadir: str | os.PathLike[str] | None = None,
                  persistent: bool = True, metrics: Metrics | None = None,
                  rpc_timeout: float = 30.0, log_level: str = "info",
-                 start_timeout: float = START_TIMEOUT_S, deploy_dir: Path = DEPLOY_DIR,
-                 cache_dir: Path | None = None) -> None:
-        self.kind: Literal["bcoin", "bitcoind"] = _resolve_kind(kind)
+                 start_timeout: float = START_TIMEOUT_S, pin_dir: Path = PIN_DIR,
+                 cache_dir: Path | None = None, bitcoind: str | os.PathLike[str] | None = None) -> None:
+        self.kind: Literal["bcoin", "bitcoind"] = _resolve_kind(kind, bitcoind=bitcoind)
+        if bitcoind is not None and self.kind != "bitcoind":
+            raise ValueError(f"bitcoind={str(bitcoind)!r} given for a {self.kind} node")
+        self._bitcoind_path = bitcoind
         self.persistent = persistent or self.kind == "bitcoind"
         self.metrics = metrics if metrics is not None else Metrics()
         self.rpc_timeout = rpc_timeout
         self.log_level = log_level
         self.start_timeout = start_timeout
-        self._deploy_dir = deploy_dir
+        self._pin_dir = pin_dir
         self._cache_dir = cache_dir
         self._given_datadir = Path(datadir).expanduser().resolve() if datadir is not None else None
         self._datadir: Path | None = self._given_datadir
@@ -350,7 +372,11 @@ class RegtestNode:
     # -- lifecycle --
 
     def __enter__(self) -> RegtestNode:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # __exit__ will not run: leave no process or temp datadir behind
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.close()
@@ -359,12 +385,8 @@ class RegtestNode:
         """Start the node (installing bcoin first if needed) and wait until RPC answers."""
         if self.running:
             return self
-        install = install_bcoin(self._deploy_dir, self._cache_dir) if self.kind == "bcoin" else None
-        bitcoind = None
-        if self.kind == "bitcoind":
-            bitcoind = shutil.which("bitcoind")
-            if bitcoind is None:
-                raise RegtestUnavailable("bitcoind not found on PATH")
+        install = install_bcoin(self._pin_dir, self._cache_dir) if self.kind == "bcoin" else None
+        bitcoind = find_bitcoind(self._bitcoind_path) if self.kind == "bitcoind" else None
         self._ensure_datadir()
         fixed_ports = self._ports is not None  # a restart keeps its ports
         attempts = 1 if fixed_ports else PORT_ATTEMPTS
@@ -451,7 +473,20 @@ class RegtestNode:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
-    # -- wallet and mining --
+    # -- RPC, wallet and mining --
+
+    def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
+        """One node RPC from synchronous code: node.call("getblockcount")."""
+        return self.rpc.call_sync(method, *params, timeout=timeout)
+
+    def owns_address(self, address: str) -> bool:
+        """Whether address belongs to the node's wallet (so the wallet must see blocks paying it)."""
+        if self.kind == "bcoin":
+            return self._bcoin_owns(address)
+        try:
+            return bool(self.wallet_call("getaddressinfo", address).get("ismine"))
+        except RPCError:
+            return False
 
     def new_address(self, kind: AddressKind = "bech32") -> str:
         """A fresh address of the node's wallet: bech32 (P2WPKH) or legacy (P2PKH)."""
@@ -521,8 +556,8 @@ class RegtestNode:
         ours = address is None
         if address is None:
             address = self.new_address("legacy")
-        elif self.kind == "bcoin":
-            ours = self._bcoin_owns(address)
+        else:
+            ours = self.owns_address(address)
         hashes = self.rpc.call_sync("generatetoaddress", n, address,
                                     timeout=self.rpc_timeout + n * MINE_TIMEOUT_PER_BLOCK_S)
         if ours:
@@ -555,7 +590,7 @@ class RegtestNode:
         with os.fdopen(fd, "w") as f:
             f.write(f"api-key: {self._api_key}\n")
         return [
-            node, "--require", str(self._deploy_dir / LEVELDOWN_SHIM),
+            node, "--require", str(self._pin_dir / LEVELDOWN_SHIM),
             str(install / "node_modules" / "bcoin" / "bin" / "node"),
             "--network=regtest",
             f"--config={conf}",

@@ -14,7 +14,7 @@ from miner.chain.block import Block
 from miner.chain.hashes import sha256d
 from miner.chain.target import bits_to_target, hash_meets_target
 from miner.node.regtest import (
-    DEPLOY_DIR,
+    PIN_DIR,
     INSTALL_MARKER,
     RegtestError,
     RegtestNode,
@@ -55,7 +55,7 @@ def test_install_is_cached_under_the_lockfile_hash(regtest_node):
     target = bcoin_install_dir()
     assert target.name == f"regtest-node-{lockfile_key()}"
     assert (target / INSTALL_MARKER).is_file()
-    assert not (DEPLOY_DIR / "node_modules").exists(), "the node must not be installed into the repo"
+    assert not (PIN_DIR / "node_modules").exists(), "the node must not be installed into the repo"
     started = time.monotonic()
     assert install_bcoin() == target
     assert time.monotonic() - started < 2.0
@@ -63,7 +63,7 @@ def test_install_is_cached_under_the_lockfile_hash(regtest_node):
 
 def test_changed_lockfile_gets_a_new_install_dir(tmp_path):
     copy = tmp_path / "regtest"
-    shutil.copytree(DEPLOY_DIR, copy, ignore=shutil.ignore_patterns("node_modules"))
+    shutil.copytree(PIN_DIR, copy, ignore=shutil.ignore_patterns("node_modules"))
     before = lockfile_key(copy)
     (copy / "package-lock.json").write_text((copy / "package-lock.json").read_text() + "\n")
     assert lockfile_key(copy) != before
