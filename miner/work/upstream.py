@@ -73,7 +73,14 @@ class UpstreamWorkSource:
     def info(self, job: Job) -> ClientJob | None:
         """What we know about a job we published (None for one we never did, or forgot)."""
         entry = self._issued.get(id(job))
-        return entry[1] if entry is not None and entry[0] is job else None
+        if entry is not None and entry[0] is job:
+            return entry[1]
+        # A subscriber that missed a clean job gets the next one as a copy marked clean
+        # (JobChannel keeps the flag): that copy is still the job we issued.
+        for issued, cj in reversed(self._issued.values()):
+            if issued.job_id == job.job_id and replace(issued, clean=job.clean) == job:
+                return cj
+        return None
 
     async def run(self) -> None:
         await self.failover.run()
