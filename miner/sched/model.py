@@ -97,6 +97,7 @@ REASONS = (
     "demand_response",         # forced curtailment window
     "price_missing",           # no fresh price: fail-safe applied
     "optimizer",               # the rolling-horizon optimiser's plan
+    "always_on",               # the always-on baseline runs whatever the price
 )
 
 
