@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
                                      "starts the pinned regtest node and mines to a new address of its "
                                      "wallet. RPC user/password come from the config file or "
                                      "GRIDMINER_RPC_USER / GRIDMINER_RPC_PASSWORD, never from here.")
+    from miner.sched.backtest import add_arguments as add_backtest_arguments
+
+    add_backtest_arguments(sub.add_parser(
+        "backtest", help="replay real power prices through the scheduling policies",
+        description="Simulate each site hour by hour on recorded prices for always-on, the breakeven "
+                    "threshold, threshold with hysteresis, gridminer's policy and the hindsight optimum; "
+                    "print profit, energy, prices paid, uptime, starts, violations and the capture ratio."))
     run.add_argument("-c", "--config", metavar="FILE", help="TOML config file (see README: Configuration)")
     run.add_argument("--node", metavar="URL", help="node RPC URL, http://HOST:PORT (node.url)")
     run.add_argument("--rpc-cookie", metavar="FILE", help="node's RPC cookie file (node.cookie_file)")
@@ -67,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stratum server for ASICs and rigs (stratum.listen; default 127.0.0.1:3333; off)")
     run.add_argument("--metrics", metavar="HOST:PORT",
                      help="Prometheus endpoint (metrics.listen; default 127.0.0.1:9108; off to disable)")
+    run.add_argument("--sites", metavar="FILE",
+                     help="sites TOML: schedule the local workers and the sites' devices by live power "
+                          "price (sched.sites; see [sched] in the config)")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log.level")
     return parser
 
@@ -88,6 +98,7 @@ def _run(args) -> int:
             "stratum": {"listen": args.stratum},
             "metrics": {"listen": args.metrics},
             "log": {"level": args.log_level},
+            "sched": {"sites": args.sites},
         })
     except cfg.ConfigError as e:
         print(f"miner run: configuration error: {e}", file=sys.stderr)
@@ -117,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         return bench.main(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "backtest":
+        from miner.sched.backtest import run_cli
+
+        return run_cli(args)
     raise AssertionError(f"unhandled command {args.command}")
 
 

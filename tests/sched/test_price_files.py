@@ -238,10 +238,10 @@ def test_excerpts_are_in_the_repository_and_attributed():
     """The tests read only tests/data/prices: the shared price folder may be absent."""
     readme = (DATA / "README.md").read_text()
     csvs = sorted(DATA.glob("*.csv"))
-    assert len(csvs) == 6
+    assert len(csvs) >= 6
     for f in csvs:
         assert f"`{f.name}`" in readme
-        assert f.stat().st_size < 4096                  # excerpts, not the files
+        assert f.stat().st_size < 16384                 # excerpts (a week at most), not the files
     assert "green-dcc" in readme and "punnoose-1620" in readme
 
 
