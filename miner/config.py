@@ -28,7 +28,7 @@ user/password) come from the file or the environment, never from the command lin
     [stratum.sites]             # site -> password ("" for none)
     paris = "s3cret"
     # limits: max_line_bytes, messages_per_second, message_burst, max_invalid_shares,
-    # idle_timeout, unauthorized_timeout, max_connections_per_ip
+    # idle_timeout, unauthorized_timeout, max_connections_per_ip, max_worker_labels
 
     [metrics]
     listen = "127.0.0.1:9108"   # Prometheus endpoint; "off" to disable
@@ -36,6 +36,12 @@ user/password) come from the file or the environment, never from the command lin
     [log]
     level = "info"
     status_interval = 5         # seconds between status lines
+
+    [sched]                     # live scheduling by power price (off without `sites`)
+    sites = "sites.toml"        # sites file, relative to this file (--sites: to the cwd)
+    interval_seconds = 60       # seconds between scheduler steps
+    local_site = "texas"        # the site the local CPU workers belong to (and label)
+    policy = "gridminer"        # the policy by name (miner.sched.policy.make_policy)
 """
 
 from __future__ import annotations
@@ -108,6 +114,7 @@ class StratumConfig:
     idle_timeout: float = 600.0  # s without a message from an authorized miner
     unauthorized_timeout: float = 30.0  # s a connection may stay without authorizing
     max_connections_per_ip: int = 256
+    max_worker_labels: int = 200  # worker names with their own per-worker metric label; the rest: "other"
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,14 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class SchedConfig:
+    sites: str | None = None  # sites TOML (miner.sched.sites); None: no scheduler
+    interval_seconds: float = 60.0  # s between scheduler steps
+    local_site: str | None = None  # site of the local CPU workers; default: a site with a kind "local" device
+    policy: str = "gridminer"
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = NodeConfig()
     mining: MiningConfig = MiningConfig()
@@ -130,6 +145,7 @@ class Config:
     stratum: StratumConfig = StratumConfig()
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
+    sched: SchedConfig = SchedConfig()
 
     def default_journal_path(self) -> Path:
         base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
@@ -137,7 +153,7 @@ class Config:
 
 
 _SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "upstream": UpstreamConfig, "agent": AgentConfig,
-             "stratum": StratumConfig, "metrics": MetricsConfig, "log": LogConfig}
+             "stratum": StratumConfig, "metrics": MetricsConfig, "log": LogConfig, "sched": SchedConfig}
 _LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -216,6 +232,8 @@ def validate(config: Config) -> Config:
     for key in ("max_line_bytes", "max_invalid_shares", "max_connections_per_ip"):
         if getattr(st, key) < 1:
             raise ConfigError(f"stratum.{key}: expected >= 1, got {getattr(st, key)}")
+    if st.max_worker_labels < 0:
+        raise ConfigError(f"stratum.max_worker_labels: expected >= 0, got {st.max_worker_labels}")
     for key in ("messages_per_second", "message_burst", "idle_timeout", "unauthorized_timeout"):
         if getattr(st, key) <= 0:
             raise ConfigError(f"stratum.{key}: must be > 0, got {getattr(st, key)}")
@@ -229,6 +247,11 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"log.level: expected one of {', '.join(_LEVELS)}, got {lg.level!r}")
     if lg.status_interval <= 0:
         raise ConfigError(f"log.status_interval: must be > 0 seconds, got {lg.status_interval}")
+    sc = config.sched
+    if not sc.interval_seconds > 0:
+        raise ConfigError(f"sched.interval_seconds: must be > 0 seconds, got {sc.interval_seconds}")
+    if sc.local_site is not None and sc.sites is None:
+        raise ConfigError("sched.local_site: needs sched.sites (the sites file that names it)")
     return config
 
 
@@ -260,6 +283,10 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, dict[str, A
         if key not in _SECTIONS:
             raise ConfigError(f"[{key}]: unknown section (known: {', '.join(_SECTIONS)})")
     sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    if path is not None and sections["sched"].sites is not None:
+        # A sites file named in the config is relative to the config file, not the cwd.
+        sites = Path(path).parent / Path(sections["sched"].sites).expanduser()
+        sections["sched"] = replace(sections["sched"], sites=str(sites))
     for name, values in (overrides or {}).items():
         given = {k: v for k, v in values.items() if v is not None}
         if given:

@@ -5,6 +5,8 @@
                         ▲                        │ solutions (worker threads)
                         └── submit ◄─────────────┘  via the event loop
     BlockSubmitter: journal (fsync) ─► submitblock, retried until the node answers
+    [sched] sites (any mode): Scheduler ─► the WorkerPool (a device of sched.local_site),
+                              agents and ASICs of every site, by live power price
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from miner.chain.address import AddressError, address_to_script
-from miner.chain.networks import get_network
+from miner.chain.networks import Network, get_network
 from prometheus_client import start_http_server
 
 from miner.config import Config, ConfigError, parse_listen
@@ -49,7 +51,8 @@ def stratum_policy(config: Config) -> dict:
         "limits": ServerLimits(max_line_bytes=st.max_line_bytes, messages_per_second=st.messages_per_second,
                                message_burst=st.message_burst, max_invalid_shares=st.max_invalid_shares,
                                idle_timeout=st.idle_timeout, unauthorized_timeout=st.unauthorized_timeout,
-                               max_connections_per_ip=st.max_connections_per_ip),
+                               max_connections_per_ip=st.max_connections_per_ip,
+                               max_worker_labels=st.max_worker_labels),
     }
 
 
@@ -59,6 +62,13 @@ def format_rate(hashes_per_second: float) -> str:
         if hashes_per_second >= scale:
             return f"{hashes_per_second / scale:7.2f} {unit}"
     return f"{hashes_per_second:7.0f} H/s"
+
+
+def coinbase_value_sats(job: Job | None) -> int | None:
+    """What a job's coinbase pays in total (the template's coinbasevalue), None without a job."""
+    if job is None:
+        return None
+    return sum(out.value_sats for out in job.coinbase.build(bytes(job.extranonce_size)).outputs)
 
 
 @dataclass
@@ -82,6 +92,9 @@ class _Run:
         self.metrics_port: int | None = None  # the bound Prometheus port, once serving
         self.pool = None  # the CPU worker pool, while running
         self._submissions: set[asyncio.Task] = set()
+        self.fleet = None  # the [sched] sites file, loaded, when scheduling
+        self.local_site: str | None = None  # the site the local CPU workers belong to
+        self.scheduler = None  # miner.sched.scheduler.Scheduler, while running
 
     def stop(self) -> None:
         self._stop.set()
@@ -91,6 +104,7 @@ class _Run:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        self._load_sites()  # a bad sites file fails before anything starts
         exporter = self._start_metrics()
         try:
             return await self._run()
@@ -116,6 +130,47 @@ class _Run:
         self.metrics_port = server.server_port
         self._print(f"metrics at http://{host}:{server.server_port}/metrics")
         return server
+
+    @property
+    def pool_site(self) -> str:
+        """The site label of the local workers' hashes (gridminer_hashes_total{site})."""
+        return self.local_site or "local"
+
+    def _load_sites(self) -> None:
+        sc = self.config.sched
+        if sc.sites is None:
+            return
+        from miner.sched.scheduler import local_site_of
+        from miner.sched.sites import SitesError, load_sites
+
+        try:
+            self.fleet = load_sites(sc.sites)
+            self.local_site = local_site_of(self.fleet, sc.local_site)
+        except (SitesError, ValueError) as e:
+            raise ConfigError(f"sched.sites: {e}") from None
+
+    def _prepare_scheduler(self, *, rpc=None, coinbase_sats=None) -> None:
+        """Build the scheduler (with [sched] sites) once the local pool exists, before anything
+        runs: a bad feed or device table is a ConfigError; the local pool is a device of the
+        local site."""
+        if self.fleet is None:
+            return
+        from miner.sched.scheduler import build_scheduler
+
+        sc = self.config.sched
+        try:
+            self.scheduler = build_scheduler(self.fleet, metrics=self.metrics, interval_seconds=sc.interval_seconds,
+                                             policy_name=sc.policy, local_pool=self.pool, local_site=self.local_site,
+                                             rpc=rpc, coinbase_sats=coinbase_sats)
+        except ValueError as e:
+            raise ConfigError(f"sched: {e}") from None
+        devices = sum(len(d) for d in self.scheduler.devices.values())
+        self._print(f"scheduler: {len(self.fleet.sites)} site(s), {devices} device(s), every "
+                    f"{sc.interval_seconds:g} s; local workers at site {self.local_site or '-'}")
+
+    def _scheduler_tasks(self) -> list[asyncio.Task]:
+        """The scheduler's loop next to mining, if there is one."""
+        return [asyncio.create_task(self.scheduler.run(), name="scheduler")] if self.scheduler else []
 
     async def _until_stopped(self, tasks: list[asyncio.Task]) -> None:
         """Wait for stop() or for a task to fail (its exception is raised)."""
@@ -206,10 +261,27 @@ class SoloMiner(_Run):
             network = get_network(chain)  # Core's chain names ("main", "test") are aliases there
         except ValueError:
             raise ConfigError(f"node reports chain {chain!r}, which gridminer does not know") from None
+        if network.signet_blocks:
+            await self._check_signet_challenge(rpc, info, network)
         try:
             return address_to_script(address, network)
         except AddressError as e:
             raise ConfigError(f"mining.address: {e}") from None
+
+    async def _check_signet_challenge(self, rpc: NodeRPC, info: dict, network: Network) -> None:
+        """Refuse, before mining, a signet whose blocks need a signature (only OP_TRUE is minable)."""
+        from miner.work.gbt import gbt_params
+        from miner.work.rules import SignetChallengeError, require_op_true_challenge
+
+        # Newer Core says it in getblockchaininfo; every signet node says it in templates.
+        challenge = info.get("signet_challenge")
+        if challenge is None:
+            template = await rpc.call_with_retry("getblocktemplate", gbt_params(network))
+            challenge = template.get("signet_challenge") if isinstance(template, dict) else None
+        try:
+            require_op_true_challenge(challenge)
+        except SignetChallengeError as e:
+            raise ConfigError(f"node: {e}") from None
 
     async def _mine(self, rpc: NodeRPC, address: str, zmq_url: str | None) -> int:
         n, m = self.config.node, self.config.mining
@@ -242,14 +314,17 @@ class SoloMiner(_Run):
             if is_block:
                 loop.call_soon_threadsafe(self._submit, source, pool, job, solution)
 
-        pool = WorkerPool(threads, on_solution, extranonce_prefix=LOCAL_EXTRANONCE1, metrics=self.metrics)
+        pool = WorkerPool(threads, on_solution, extranonce_prefix=LOCAL_EXTRANONCE1, metrics=self.metrics,
+                          site=self.pool_site)
         self.source, self.pool = source, pool
+        self._prepare_scheduler(rpc=rpc, coinbase_sats=lambda: coinbase_value_sats(source.current))
         server = await self._start_stratum(lambda job, solution: self._submit(source, pool, job, solution))
         pool.start()
         self._print(f"mining with {threads} CPU thread(s); journal {journal.path}")
         tasks = [asyncio.create_task(source.run(), name="gbt"),
                  asyncio.create_task(self._feed(source, pool, server), name="feed"),
-                 asyncio.create_task(self._status(source, pool), name="status")]
+                 asyncio.create_task(self._status(source, pool), name="status"),
+                 *self._scheduler_tasks()]
         try:
             await self._until_stopped(tasks)
         finally:
@@ -410,7 +485,9 @@ class AgentMiner(_UpstreamRun):
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
             loop.call_soon_threadsafe(self._submit, job, solution)
 
-        self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="agent")
+        self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="agent",
+                                      site=self.pool_site)
+        self._prepare_scheduler()
         api = None
         if self.config.agent.api != "off":
             host, port = parse_listen(self.config.agent.api, "agent.api")
@@ -427,7 +504,8 @@ class AgentMiner(_UpstreamRun):
         self._print(f"agent: {threads} CPU thread(s) on {', '.join(up.pools)} as {up.user}")
         tasks = [asyncio.create_task(source.run(), name="upstream"),
                  asyncio.create_task(self._feed(), name="feed"),
-                 asyncio.create_task(self._status(), name="status")]
+                 asyncio.create_task(self._status(), name="status"),
+                 *self._scheduler_tasks()]
         try:
             await self._until_stopped(tasks)
         finally:
@@ -495,7 +573,9 @@ class ProxyMiner(_UpstreamRun):
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
             loop.call_soon_threadsafe(self._submit_local, job, solution)
 
-        self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="local")
+        self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="local",
+                                      site=self.pool_site)
+        self._prepare_scheduler()
         host, port = parse_listen(self.config.stratum.listen, "stratum.listen")
         self.server = server = StratumServer(lambda job, solution: None, host=host, port=port, metrics=self.metrics,
                                              session_extranonce1_size=PROXY_SESSION_EXTRANONCE1_SIZE,
@@ -509,7 +589,8 @@ class ProxyMiner(_UpstreamRun):
         pool.start()
         tasks = [asyncio.create_task(source.run(), name="upstream"),
                  asyncio.create_task(self._feed(), name="feed"),
-                 asyncio.create_task(self._status(), name="status")]
+                 asyncio.create_task(self._status(), name="status"),
+                 *self._scheduler_tasks()]
         try:
             await self._until_stopped(tasks)
         finally:

@@ -13,6 +13,11 @@ import platform
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
+# Label values known in advance (pre-initialised below).
+BLOCK_STAGES = ("found", "submitted", "accepted", "rejected", "stale")
+UPSTREAM_SHARE_RESULTS = ("accepted", "rejected", "unknown", "stale", "invalid")
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -65,6 +70,11 @@ class Metrics:
         self.stratum_share_work = Counter("gridminer_stratum_share_difficulty_total",
                                           "Sum of accepted shares' difficulties (x 2^32 / s = hash rate)",
                                           ["site"], registry=r)
+        self.stratum_worker_share_work = Counter(
+            "gridminer_stratum_worker_share_difficulty_total",
+            "Sum of accepted shares' difficulties per worker name (x 2^32 / s = its hash rate); only the "
+            "first stratum.max_worker_labels names get their own label, the rest count as worker=\"other\"",
+            ["worker"], registry=r)
         self.stratum_bytes = Counter("gridminer_stratum_bytes_total", "Stratum bytes, by direction (in, out)",
                                      ["direction"], registry=r)
         self.stratum_limit_hits = Counter("gridminer_stratum_limit_hits_total",
@@ -143,10 +153,23 @@ class Metrics:
                                 "Decisions made by the fail-safe for want of a price, by site", ["site"],
                                 registry=r)
         self.actuations = Counter("gridminer_device_actuations_total",
-                                  "Commands sent to devices, by site, device and result (ok, failed, retried)",
-                                  ["site", "device", "result"], registry=r)
+                                  "Commands sent to devices, by site, device and result (ok, failed, retried, "
+                                  "read_failed)", ["site", "device", "result"], registry=r)
         self.device_up = Gauge("gridminer_device_up", "1 while the device answers its control API",
                                ["site", "device"], registry=r)
+        self.sched_errors = Counter("gridminer_sched_errors_total",
+                                    "Scheduler failures that the loop survived, by kind (step, "
+                                    "hashprice_unavailable, hashprice_error, hashprice_invalid)", ["kind"],
+                                    registry=r)
+
+        # Bounded children that dashboards and alerts read, created at 0: a panel shows 0
+        # rather than no data, and increase() sees the first event (a series born at 1 shows none).
+        for stage in BLOCK_STAGES:
+            self.blocks.labels(stage)
+        for result in UPSTREAM_SHARE_RESULTS:
+            self.upstream_shares.labels(result)
+        for kind in ("unavailable", "auth"):  # the worded kinds; node codes are rpc_<code>
+            self.rpc_errors.labels(kind)
 
         # Build
         self.build_info = Gauge("gridminer_build_info", "Always 1; labels say what runs",

@@ -89,6 +89,7 @@ class WorkerPool:
         self._current: tuple[int, Job, int, bytes] | None = None  # (generation, job, share target, prefix)
         self._solved_prev: bytes | None = None  # prev hash our last block builds on
         self._paused = False
+        self._active = threads  # threads with index >= _active idle (partial power levels)
         self._stopping = False
         self._meter = RateMeter()
         self._threads: list[threading.Thread] = []
@@ -100,7 +101,7 @@ class WorkerPool:
             t = threading.Thread(target=self._run, args=(i,), name=f"gridminer-hash-{i}", daemon=True)
             t.start()
             self._threads.append(t)
-        self._metrics.workers.labels(self.site, self.worker_group).set(self.threads)
+        self._metrics.workers.labels(self.site, self.worker_group).set(self._active)
 
     def stop(self, timeout: float = 5.0) -> None:
         with self._cond:
@@ -139,6 +140,20 @@ class WorkerPool:
     def paused(self) -> bool:
         return self._paused
 
+    def set_active_threads(self, n: int) -> None:
+        """Hash on threads 0..n-1 only; the others idle within a chunk (a lower power level)."""
+        if not 0 <= n <= self.threads:
+            raise ValueError(f"active threads must be 0..{self.threads}, got {n}")
+        with self._cond:
+            self._active = n
+            self._cond.notify_all()
+        if self._threads:
+            self._metrics.workers.labels(self.site, self.worker_group).set(n)
+
+    @property
+    def active_threads(self) -> int:
+        return self._active
+
     def rate(self) -> float:
         """Measured hashes per second over the last RATE_WINDOW seconds."""
         return self._meter.rate()
@@ -154,9 +169,9 @@ class WorkerPool:
             while not self._stopping and self._generation == generation:
                 self._cond.wait()
 
-    def _wait_for_work(self) -> tuple[int, Job, int, bytes] | None:
+    def _wait_for_work(self, index: int) -> tuple[int, Job, int, bytes] | None:
         with self._cond:
-            while not self._stopping and (self._paused or self._current is None
+            while not self._stopping and (self._paused or index >= self._active or self._current is None
                                            or self._current[1].prev_hash_internal == self._solved_prev):
                 self._cond.wait()
             return None if self._stopping else self._current
@@ -172,14 +187,14 @@ class WorkerPool:
                 self._solved_prev = None
                 self._cond.notify_all()
 
-    def _still_current(self, generation: int) -> bool:
-        return not self._stopping and not self._paused and self._generation == generation \
+    def _still_current(self, generation: int, index: int) -> bool:
+        return not self._stopping and not self._paused and index < self._active and self._generation == generation \
             and self._current[1].prev_hash_internal != self._solved_prev
 
     def _run(self, index: int) -> None:
         out = np.empty(HITS_PER_CALL, dtype=np.uint32)
         chunk, counter = FIRST_CHUNK, 0
-        while (work := self._wait_for_work()) is not None:
+        while (work := self._wait_for_work(index)) is not None:
             generation, job, share_target, prefix = work
             en2_size = job.extranonce_size - len(prefix)
             counter = (counter + 1) % (1 << (8 * en2_size - 8))
@@ -187,7 +202,7 @@ class WorkerPool:
             scan_job = kscan.prepare(job.header76(extranonce))
             share_words = kscan.target_words(share_target)
             pos = 0
-            while pos < kscan.NONCE_SPACE and self._still_current(generation):
+            while pos < kscan.NONCE_SPACE and self._still_current(generation, index):
                 t0 = time.perf_counter()
                 try:
                     hits, consumed = kscan.scan_chunk(scan_job, share_words, pos,
