@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
 import numpy as np
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import csr_array
 
 from miner.sched.model import SiteSpec, SiteState
 
@@ -368,6 +366,11 @@ class _Model:
 
     def solve(self, *, relax: bool, time_limit_s: float, mip_rel_gap: float,
               lb: np.ndarray | None = None, ub: np.ndarray | None = None):
+        # scipy is imported here, not at module level: it costs ~0.5 s, and every `miner`
+        # command builds the parser that imports this module.
+        from scipy.optimize import Bounds, LinearConstraint, milp  # noqa: PLC0415
+        from scipy.sparse import csr_array  # noqa: PLC0415
+
         c = np.concatenate(self._c)
         if lb is None or ub is None:
             lb, ub = self.bounds()
