@@ -67,11 +67,10 @@ class BacktestError(ValueError):
 def load_replay_prices(fleet: FleetSpec, site: SiteSpec) -> list[PriceInterval]:
     """The site's price file as intervals, publication times made honest for a back-test.
 
-    Day-ahead prices are stamped as published at the market's local publication time
-    (feeds.DayAheadClock) in the site's `timezone`, the market zone: a file written in
-    naive UTC (CAISO, NYISO) would otherwise be stamped by the UTC day, hours too early."""
-    from miner.sched.feeds import load_price_csv
-    from miner.sched.price_files import DayAheadClock, day_ahead_published_local, zone_named
+    Day-ahead prices are stamped as published at the market's local publication time in
+    the market zone (feeds.csv_market_timezone: the site's `timezone`), as the live csv
+    feed does: a file written in naive UTC (CAISO, NYISO) is not stamped by the UTC day."""
+    from miner.sched.feeds import csv_market_timezone, load_price_csv
 
     feed = fleet.replay.get(site.name)
     if feed is None and site.feed.get("kind") == "csv":
@@ -83,18 +82,13 @@ def load_replay_prices(fleet: FleetSpec, site: SiteSpec) -> list[PriceInterval]:
         path = fleet.base_dir / path
     publication = feed.get("publication") or "day_ahead"
     try:
-        intervals = load_price_csv(path, timezone=feed.get("timezone"), currency=site.currency,
-                                   publication=publication, published_local=feed.get("published_local"))
+        return load_price_csv(path, timezone=feed.get("timezone"), currency=site.currency,
+                              publication=publication, published_local=feed.get("published_local"),
+                              market_timezone=csv_market_timezone(feed, site))
     except OSError as exc:
         raise BacktestError(f"site {site.name!r}: cannot read price file {path}: {exc}") from exc
     except ValueError as exc:
         raise BacktestError(f"site {site.name!r}: {exc}") from exc
-    if publication == "day_ahead" and site.timezone.upper() != "UTC":
-        clock = DayAheadClock(zone_named(site.timezone),
-                              day_ahead_published_local(site.timezone, feed.get("published_local")))
-        intervals = [PriceInterval(iv.start, iv.end, iv.price, iv.currency, iv.resolution, clock.published(iv.start))
-                     for iv in intervals]
-    return intervals
 
 
 def coverage(intervals_by_site: Mapping[str, Sequence[PriceInterval]]) -> tuple[datetime, datetime]:

@@ -58,7 +58,7 @@ __all__ = [
     "ERCOT_ZONE", "ERCOT_BASE_URL", "ERCOT_ENDPOINTS", "RT_INTERVAL", "parse_ercot_spp",
     "ErcotFeed", "carry_latest",
     "GRIDSTATUS_PRICE_COLUMNS", "intervals_from_records", "GridstatusFeed",
-    "FEED_KEYS", "make_feed", "feed_for_site",
+    "FEED_KEYS", "make_feed", "feed_for_site", "csv_market_timezone",
 ]
 
 log = logging.getLogger(__name__)
@@ -743,7 +743,8 @@ class GridstatusFeed:
 FEED_KEYS: dict[str, tuple[set[str], set[str]]] = {
     # kind: (required keys, optional keys)
     "static": ({"price"}, {"currency", "resolution_minutes"}),
-    "csv": ({"path"}, {"timezone", "publication", "published_local", "replay_from", "currency"}),
+    "csv": ({"path"}, {"timezone", "market_timezone", "publication", "published_local", "replay_from",
+                       "currency"}),
     "http_json": ({"url", "price_path"}, {"start_path", "end_path", "items_path", "currency",
                                           "resolution_minutes", "headers_env", "timeout_s", "timezone"}),
     "entsoe": ({"area"}, {"token_env", "base_url", "timeout_s", "published_local"}),
@@ -796,6 +797,17 @@ def _replay_from(value: object) -> datetime | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
 
 
+def csv_market_timezone(table: Mapping, site: SiteSpec) -> str | None:
+    """The market zone of a csv feed's day-ahead publication times: the table's
+    `market_timezone`, else the site's `timezone` unless that is UTC (the default, which
+    names no market); None leaves the choice to load_price_csv (the file's local clock,
+    or an error for a UTC file)."""
+    given = _string(table, "market_timezone")
+    if given is not None:
+        return given
+    return None if site.timezone.upper() == "UTC" else site.timezone
+
+
 def make_feed(table: Mapping, *, base_dir: Path, site: SiteSpec) -> PriceFeed:
     """A feed from a [site.feed] table: `kind` plus that kind's keys (FEED_KEYS). Wrong
     or missing keys raise ValueError naming the key; so does a feed whose currency is not
@@ -820,7 +832,8 @@ def make_feed(table: Mapping, *, base_dir: Path, site: SiteSpec) -> PriceFeed:
         intervals = load_price_csv(path, timezone=_string(table, "timezone"),
                                    currency=_string(table, "currency") or site.currency,
                                    publication=_string(table, "publication", "realtime") or "realtime",
-                                   published_local=_string(table, "published_local"))
+                                   published_local=_string(table, "published_local"),
+                                   market_timezone=csv_market_timezone(table, site))
         return ReplayFeed(intervals, replay_from=_replay_from(table.get("replay_from")))
     if kind == "http_json":
         headers_env = table.get("headers_env", {})

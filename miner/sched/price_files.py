@@ -162,16 +162,14 @@ class DayAheadClock:
     def __init__(self, zone: tzinfo, at: time) -> None:
         self.zone = zone
         self.at = at
-        self._by_day: dict[tuple[date, tzinfo], datetime] = {}
+        self._by_day: dict[date, datetime] = {}
 
-    def published(self, start_utc: datetime, zone: tzinfo | None = None) -> datetime:
-        """`zone` overrides the market zone (a tz-aware file without one: the row's offset)."""
-        z = zone if zone is not None else self.zone
-        day = start_utc.astimezone(z).date()
-        hit = self._by_day.get((day, z))
+    def published(self, start_utc: datetime) -> datetime:
+        day = start_utc.astimezone(self.zone).date()
+        hit = self._by_day.get(day)
         if hit is None:
-            local = datetime.combine(day - timedelta(days=1), self.at, tzinfo=z)
-            hit = self._by_day[(day, z)] = local.astimezone(UTC)
+            local = datetime.combine(day - timedelta(days=1), self.at, tzinfo=self.zone)
+            hit = self._by_day[day] = local.astimezone(UTC)
         return hit
 
 
@@ -255,17 +253,16 @@ def hourly_array(intervals: Sequence[PriceInterval], start: datetime,
 
 
 def _with_publication(rows: Iterable[tuple[datetime, datetime, float]], *, currency: str,
-                      publication: str, clock: DayAheadClock | None,
-                      row_zones: Sequence[tzinfo | None] | None = None) -> list[PriceInterval]:
+                      publication: str, clock: DayAheadClock | None) -> list[PriceInterval]:
     out = []
-    for i, (start, end, price) in enumerate(rows):
+    for start, end, price in rows:
         if publication == "realtime":
             published = start
         elif publication == "settled":
             published = end
         else:
             assert clock is not None
-            published = clock.published(start, row_zones[i] if row_zones else None)
+            published = clock.published(start)
         out.append(PriceInterval(start=start, end=end, price=price, currency=currency,
                                  resolution=end - start, published=published))
     return out
@@ -290,6 +287,23 @@ def _pick_currency(from_header: str | None, given: str | None, path: Path) -> st
     return cur
 
 
+def _day_ahead_clock(path: Path, *, market_timezone: str | None, file_zone: str | None,
+                     published_local: str | None) -> DayAheadClock:
+    """The publication clock of day-ahead prices: `published_local` on the wall clock of the
+    market zone. Without `market_timezone` the file's clock stands for the market only when
+    it is a local zone: a UTC clock (naive-UTC CAISO/PJM/NYISO files, tz-aware rows read
+    without a zone) says nothing about where 13:00 is, and guessing UTC would stamp US
+    prices up to 8 h before they were published, so that is refused."""
+    zone_name = market_timezone
+    if zone_name is None and file_zone is not None and file_zone.upper() != "UTC":
+        zone_name = file_zone
+    if zone_name is None:
+        raise ValueError(f"{path}: day-ahead publication needs market_timezone= (the zone whose "
+                         "wall clock the publication time is in, e.g. 'America/Los_Angeles' for "
+                         "CAISO): the file's clock is UTC or a row offset, not a market's")
+    return DayAheadClock(zone_named(zone_name), day_ahead_published_local(zone_name, published_local))
+
+
 def _row_spacing(starts: Sequence[datetime]) -> timedelta:
     """The most common gap between consecutive starts (gaps and DST do not fool it);
     one hour for a file with a single row (both formats are hourly by default)."""
@@ -298,12 +312,16 @@ def _row_spacing(starts: Sequence[datetime]) -> timedelta:
 
 
 def load_price_csv(path: str | Path, *, timezone: str | None = None, currency: str | None = None,
-                   publication: str = "realtime",
-                   published_local: str | None = None) -> list[PriceInterval]:
+                   publication: str = "realtime", published_local: str | None = None,
+                   market_timezone: str | None = None) -> list[PriceInterval]:
     """Read a green-dcc or ENTSO-E price file into sorted, non-overlapping UTC intervals.
 
-    `timezone`: the clock of naive timestamps (required for naive green-dcc files; the
-    ENTSO-E header names its clock) and the market zone for day-ahead publication times.
+    `timezone`: the clock of the file's timestamps (required for naive green-dcc files;
+    the ENTSO-E header names its clock). `market_timezone`: the zone whose wall clock
+    day-ahead results are published in (the delivery day and `published_local` are read
+    there). It defaults to the file's clock when that is a local zone (EU files, ENTSO-E
+    exports); a day-ahead file on a UTC clock (naive-UTC CAISO/PJM/NYISO, tz-aware rows
+    without `timezone`) needs it, else ValueError: a file's clock is not its market's.
     `publication`: "realtime" (known at start), "settled" (known at end) or "day_ahead"
     (known on the day before delivery at `published_local`, see day_ahead_published_local).
     Missing prices ("", "n/e", "-", text) are skipped; negative prices are kept."""
@@ -316,22 +334,24 @@ def load_price_csv(path: str | Path, *, timezone: str | None = None, currency: s
             raise ValueError(f"{path}: empty file")
         if header[0].strip().startswith("MTU"):
             return _load_entsoe_rows(path, header, reader, timezone=timezone, currency=currency,
-                                     publication=publication, published_local=published_local)
+                                     publication=publication, published_local=published_local,
+                                     market_timezone=market_timezone)
         if header[0].strip().lower() == "datetime" and len(header) >= 2:
             return _load_green_dcc_rows(path, header, reader, timezone=timezone, currency=currency,
-                                        publication=publication, published_local=published_local)
+                                        publication=publication, published_local=published_local,
+                                        market_timezone=market_timezone)
     raise ValueError(f"{path}: unknown price file format (header {header!r}); expected "
                      "'Datetime,Price (USD/MWh)' or an ENTSO-E export with 'MTU (...)'")
 
 
 def _load_green_dcc_rows(path: Path, header: list[str], reader: Iterable[list[str]], *,
                          timezone: str | None, currency: str | None, publication: str,
-                         published_local: str | None) -> list[PriceInterval]:
+                         published_local: str | None,
+                         market_timezone: str | None) -> list[PriceInterval]:
     cur = _pick_currency(_currency_from_header(header[1]), currency, path)
     zone = zone_named(timezone) if timezone else None
     starts: list[datetime] = []
     prices: list[float] = []
-    row_zones: list[tzinfo | None] = []
     wall = WallClock(zone) if zone is not None else None
     all_starts: list[datetime] = []   # rows without a price too: they tell the spacing
     skipped = 0
@@ -347,10 +367,8 @@ def _load_green_dcc_rows(path: Path, header: list[str], reader: Iterable[list[st
                 raise ValueError(f"{path}: naive timestamps ({row[0]!r}); give timezone= "
                                  "('UTC' for CAISO/PJM/NYISO files, the local zone for EU files)")
             start = wall.to_utc(stamp)  # before the price test: see _load_entsoe_rows
-            row_zone = None
         else:
             start = stamp.astimezone(UTC)
-            row_zone = None if zone is not None else stamp.tzinfo
         if start is not None:
             all_starts.append(start)
         price = parse_price_cell(row[1]) if len(row) > 1 else None
@@ -361,7 +379,6 @@ def _load_green_dcc_rows(path: Path, header: list[str], reader: Iterable[list[st
             log.info("%s:%d: %s does not exist in %s (spring forward); row dropped",
                      path.name, lineno, stamp, timezone)
             continue
-        row_zones.append(row_zone)
         starts.append(start)
         prices.append(price)
     if skipped:
@@ -369,11 +386,10 @@ def _load_green_dcc_rows(path: Path, header: list[str], reader: Iterable[list[st
     step = _row_spacing(sorted(all_starts))
     clock = None
     if publication == "day_ahead":
-        clock = DayAheadClock(zone if zone is not None else UTC,
-                              day_ahead_published_local(timezone, published_local))
+        clock = _day_ahead_clock(path, market_timezone=market_timezone, file_zone=timezone,
+                                 published_local=published_local)
     rows = ((s, s + step, p) for s, p in zip(starts, prices))
-    intervals = _with_publication(rows, currency=cur, publication=publication, clock=clock,
-                                  row_zones=row_zones)
+    intervals = _with_publication(rows, currency=cur, publication=publication, clock=clock)
     return merge_intervals(intervals)
 
 
@@ -387,7 +403,8 @@ def _parse_entsoe_stamp(text: str) -> datetime:
 
 def _load_entsoe_rows(path: Path, header: list[str], reader: Iterable[list[str]], *,
                       timezone: str | None, currency: str | None, publication: str,
-                      published_local: str | None) -> list[PriceInterval]:
+                      published_local: str | None,
+                      market_timezone: str | None) -> list[PriceInterval]:
     m = re.search(r"MTU\s*\(([^)]*)\)", header[0])
     clock_name = m.group(1).strip() if m else ""
     zone_name = timezone or _ENTSOE_CLOCKS.get(clock_name)
@@ -424,5 +441,6 @@ def _load_entsoe_rows(path: Path, header: list[str], reader: Iterable[list[str]]
         log.info("%s: %d rows without a price skipped", path.name, skipped)
     clock = None
     if publication == "day_ahead":
-        clock = DayAheadClock(zone, day_ahead_published_local(zone_name, published_local))
+        clock = _day_ahead_clock(path, market_timezone=market_timezone, file_zone=zone_name,
+                                 published_local=published_local)
     return merge_intervals(_with_publication(rows, currency=cur, publication=publication, clock=clock))

@@ -194,7 +194,7 @@ def _parse_site(raw: Mapping[str, Any], index: int, base_dir: Path) -> tuple[Sit
     devices = raw.get("device", [])
     if not isinstance(devices, list) or not all(isinstance(d, Mapping) for d in devices):
         raise SitesError(f"{where} device: must be [[site.device]] tables")
-    replay = _replay_feed(raw, where, base_dir, currency)
+    replay = _replay_feed(raw, where, base_dir, currency, tz)
     if feed_table is None and replay is None:
         raise SitesError(f"{where}: needs prices = \"FILE.csv\" or a [site.feed] table")
 
@@ -215,8 +215,11 @@ def _parse_site(raw: Mapping[str, Any], index: int, base_dir: Path) -> tuple[Sit
     return spec, replay
 
 
-def _replay_feed(raw: Mapping[str, Any], where: str, base_dir: Path, currency: str) -> dict | None:
-    """The CSV feed dict for `prices = FILE` (None without one)."""
+def _replay_feed(raw: Mapping[str, Any], where: str, base_dir: Path, currency: str,
+                 site_tz: str) -> dict | None:
+    """The CSV feed dict for `prices = FILE` (None without one). The site's `timezone` is
+    the market zone of day-ahead publication times (feeds.csv_market_timezone); UTC, the
+    default, names no market and is left out."""
     prices = _string(raw, "prices", where)
     price_tz = _string(raw, "price_timezone", where)
     publication = _string(raw, "publication", where)
@@ -241,6 +244,8 @@ def _replay_feed(raw: Mapping[str, Any], where: str, base_dir: Path, currency: s
             "currency": currency}
     if price_tz is not None:
         feed["timezone"] = price_tz
+    if site_tz.upper() != "UTC":
+        feed["market_timezone"] = site_tz
     if published_local is not None:
         feed["published_local"] = published_local
     return feed

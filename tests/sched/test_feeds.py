@@ -504,11 +504,15 @@ def test_make_feed_builds_each_kind(tmp_path):
 
 def test_feed_for_site_with_only_a_price_file(tmp_path):
     shutil.copy(DATA / "US-TEX-ERCO_2023_excerpt.csv", tmp_path / "US-TEX-ERCO_2023.csv")
-    site = SiteSpec(name="texas", capacity_mw=10, efficiency_j_per_th=20,
-                    feed={"kind": "csv", "path": "US-TEX-ERCO_2023.csv", "timezone": None,
-                          "publication": "day_ahead", "currency": "USD"})
+    table = {"kind": "csv", "path": "US-TEX-ERCO_2023.csv", "timezone": None,
+             "publication": "day_ahead", "currency": "USD"}
+    site = SiteSpec(name="texas", capacity_mw=10, efficiency_j_per_th=20, timezone="America/Chicago",
+                    feed=table)
     feed = feed_for_site(site, tmp_path)
     assert price_at(run(feed.fetch(utc(2023, 11, 5, 7, 10))), utc(2023, 11, 5, 7, 10)).price == 25.61
+    # rows carry offsets, not a market: a site without a zone must name one for day-ahead
+    with pytest.raises(ValueError, match="market_timezone"):
+        feed_for_site(SiteSpec(name="texas", capacity_mw=10, efficiency_j_per_th=20, feed=table), tmp_path)
     with pytest.raises(ValueError, match="no price feed"):
         feed_for_site(SiteSpec(name="x", capacity_mw=1, efficiency_j_per_th=20), tmp_path)
 
@@ -545,3 +549,22 @@ def test_csv_feed_currency_must_match_the_site(tmp_path):
     with pytest.raises(ValueError, match="EUR"):
         make_feed({"kind": "csv", "path": "de.csv", "timezone": "Europe/Berlin"},
                   base_dir=tmp_path, site=SITE_USD)
+
+
+def test_csv_feed_stamps_day_ahead_in_the_sites_market_zone(tmp_path):
+    """A naive-UTC CAISO file replayed live: the site's zone (or the table's market_timezone)
+    places publication at 13:30 Pacific the day before, not 13:30 UTC (8 h of look-ahead)."""
+    shutil.copy(DATA / "US-CAL-CISO_2024_head.csv", tmp_path / "caiso.csv")
+    table = {"kind": "csv", "path": "caiso.csv", "timezone": "UTC", "publication": "day_ahead"}
+    la = SiteSpec(name="ca", capacity_mw=1, efficiency_j_per_th=20, timezone="America/Los_Angeles")
+    # 2023-12-31 08:00Z is the first hour of Dec 31 in LA: published Dec 30 13:30 PST = 21:30Z
+    before, after = utc(2023, 12, 30, 21, 29), utc(2023, 12, 30, 21, 30)
+    hour = utc(2023, 12, 31, 8)
+    for site, tbl in ((la, table),
+                      (SiteSpec(name="ca", capacity_mw=1, efficiency_j_per_th=20),
+                       {**table, "market_timezone": "America/Los_Angeles"})):
+        first_of_dec31 = {iv.start: iv for iv in make_feed(tbl, base_dir=tmp_path, site=site).intervals}[hour]
+        assert first_of_dec31.published == after
+        assert not first_of_dec31.known_at(before) and first_of_dec31.known_at(after)
+    with pytest.raises(ValueError, match="market_timezone"):
+        make_feed(table, base_dir=tmp_path, site=SiteSpec(name="ca", capacity_mw=1, efficiency_j_per_th=20))

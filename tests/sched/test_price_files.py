@@ -191,6 +191,48 @@ def test_day_ahead_publication_times():
     assert {iv.start: iv.published for iv in noon}[utc(2023, 11, 5, 7)] == utc(2023, 11, 4, 17)
 
 
+def test_day_ahead_on_a_utc_clock_is_stamped_in_the_market_zone():
+    """Naive-UTC CAISO: the file's clock is not the market's. Published 13:30 Pacific (the
+    default US time) on the day before the delivery day in Los Angeles, not 13:30 UTC,
+    which would be 8 h early for 08:00Z..23:59Z rows."""
+    ivs = load_price_csv(DATA / "US-CAL-CISO_2024_head.csv", timezone="UTC", publication="day_ahead",
+                         market_timezone="America/Los_Angeles")
+    pub = {iv.start: iv.published for iv in ivs}
+    la = ZoneInfo("America/Los_Angeles")
+    for start, published in pub.items():
+        delivery_day = start.astimezone(la).date()
+        expected = datetime.combine(delivery_day - timedelta(days=1), datetime.min.time(), tzinfo=la)
+        assert published == (expected + timedelta(hours=13, minutes=30)).astimezone(UTC)
+    assert pub[utc(2023, 12, 31, 8)] == utc(2023, 12, 30, 21, 30)    # Dec 31 00:00 PST
+    assert pub[utc(2024, 1, 1, 7)] == utc(2023, 12, 30, 21, 30)      # Dec 31 23:00 PST
+    assert pub[utc(2024, 1, 1, 8)] == utc(2023, 12, 31, 21, 30)      # Jan 1 00:00 PST
+    # No market zone on a UTC clock: refused, not guessed as UTC (look-ahead) ...
+    with pytest.raises(ValueError, match="market_timezone"):
+        load_price_csv(DATA / "US-CAL-CISO_2024_head.csv", timezone="UTC", publication="day_ahead")
+    # ... nor as the offsets of tz-aware rows
+    with pytest.raises(ValueError, match="market_timezone"):
+        load_price_csv(DATA / "US-TEX-ERCO_2023_excerpt.csv", publication="day_ahead")
+    ercot = load_price_csv(DATA / "US-TEX-ERCO_2023_excerpt.csv", publication="day_ahead",
+                           market_timezone="America/Chicago")
+    assert {iv.start: iv.published for iv in ercot}[utc(2023, 3, 12, 8)] == utc(2023, 3, 11, 19, 30)
+    # realtime and settled files need no market zone
+    assert load_price_csv(DATA / "US-CAL-CISO_2024_head.csv", timezone="UTC", publication="settled")
+
+
+def test_market_zone_defaults_to_a_local_file_clock_and_can_be_overridden():
+    local = load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin", publication="day_ahead")
+    same = load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin", publication="day_ahead",
+                          market_timezone="Europe/Berlin")
+    assert [iv.published for iv in local] == [iv.published for iv in same]
+    # a market zone given wins over the file's clock (13:00 CET -> 13:30 Eastern)
+    ny = load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin", publication="day_ahead",
+                        market_timezone="America/New_York")
+    assert {iv.start: iv.published for iv in ny}[utc(2023, 10, 29, 5)] == utc(2023, 10, 28, 17, 30)
+    with pytest.raises(ValueError, match="unknown time zone"):
+        load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin", publication="day_ahead",
+                       market_timezone="Mars/Olympus")
+
+
 def test_realtime_and_settled_publication():
     rt = load_price_csv(DATA / "US-CAL-CISO_2024_head.csv", timezone="UTC")
     assert all(iv.published == iv.start for iv in rt)

@@ -121,7 +121,7 @@ def test_every_extra_key(tmp_path):
     assert de.devices == ({"kind": "agent", "url": "127.0.0.1:4028"}, {"kind": "local"})
     assert de.feed == {"kind": "csv", "path": str(tmp_path.resolve() / "prices" / "DE-LU_2023.csv"),
                        "timezone": "Europe/Berlin", "publication": "day_ahead", "currency": "EUR",
-                       "published_local": "12:45"}
+                       "market_timezone": "Europe/Berlin", "published_local": "12:45"}
     # a live feed table is passed through; the price file stays for the back-test
     assert pjm.feed == {"kind": "static", "price": 30.0}
     assert fleet.replay["pjm"]["publication"] == "realtime"
