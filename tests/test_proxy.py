@@ -115,6 +115,11 @@ def test_proxy_forwards_shares_and_fails_over_and_back(regtest_node_factory, tmp
                 await until_current_job(rig, proxy)
                 back = proxy.failover.state.index
                 third = await mine_one(rig, 3)
+                # Every forwarded share was a block at regtest difficulty: the upstream answers
+                # the share at once and submits the block right after. Wait for it here, while
+                # the upstreams still run: terminated first, a block stays in its journal.
+                await wait_until(lambda: node.rpc.call_sync("getblockcount") >= h0 + 3, 15,
+                                 "the forwarded blocks on the node")
                 return first, second, third, back, h0
             finally:
                 proxy.stop()
@@ -137,12 +142,7 @@ def test_proxy_forwards_shares_and_fails_over_and_back(regtest_node_factory, tmp
                 print("UPSTREAM", proc.pid, proc.stderr.read().decode()[-3000:])
     assert first["result"] is True and second["result"] is True and third["result"] is True, (first, second, third)
     assert back == 0, "the proxy returns to the first pool once it is healthy"
-    # Every forwarded share was a block at regtest difficulty: the upstream answers the share
-    # at once and submits the block right after, so give the node a moment.
-    deadline = time.monotonic() + 15
-    while node.rpc.call_sync("getblockcount") < h0 + 3:
-        assert time.monotonic() < deadline, "the forwarded blocks never reached the node"
-        time.sleep(0.1)
+    assert node.rpc.call_sync("getblockcount") >= h0 + 3
     assert proxy.stats.accepted == 3 and proxy.stats.rejected == 0
     sample = proxy.metrics.registry.get_sample_value
     assert sample("gridminer_upstream_failovers_total") >= 2  # to the second pool and back (at least)

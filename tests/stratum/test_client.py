@@ -435,7 +435,12 @@ def test_upstream_source_with_a_worker_pool_mines_shares_the_pool_accepts():
             old_job = source.current
             old_info = source.info(old_job)
             extranonce = old_info.extranonce1 + bytes(4)
-            nonce = kernels.search(old_job.header76(extranonce), old_info.share_target, 0, 1 << 22, threads=1)[0]
+            # Vardiff may have raised the share difficulty by now: search until a share turns up.
+            header76, found, start = old_job.header76(extranonce), [], 0
+            while not found and start < 1 << 32:
+                found = kernels.search(header76, old_info.share_target, start, 1 << 24, threads=1)
+                start += 1 << 24
+            nonce = found[0]
             solution = Solution(old_job.job_id, extranonce, old_job.ntime, nonce, old_job.version)
             await fo.client.close("test")  # the failover reconnects: a new epoch
             await wait_until(lambda: fo.up and source.info(source.current).epoch != old_info.epoch, what="reconnect")
