@@ -271,6 +271,12 @@ class Scheduler:
         self._error_logged: dict[str, float] = {}
         self._stopping = asyncio.Event()
         self.steps = 0
+        # Per-site counters exist from the start at 0, so increase() sees their first event.
+        m = self.metrics
+        for name in self.sites:
+            for counter in (m.site_starts, m.site_energy, m.site_cost, m.site_credit, m.site_revenue,
+                            m.failsafe):
+                counter.labels(name)
 
     # -- running ---------------------------------------------------------------------------
 

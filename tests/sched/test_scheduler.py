@@ -258,7 +258,7 @@ def test_a_device_that_refuses_to_wake_is_retried_counted_and_not_hashing(caplog
     assert sample(metrics, "gridminer_device_actuations_total", site="texas", device="rig1", result="failed") == 2
     assert sample(metrics, "gridminer_device_up", site="texas", device="rig1") == 1  # it answers, and refuses
     assert sample(metrics, "gridminer_site_hashing", site="texas") == 0
-    assert sample(metrics, "gridminer_site_starts_total", site="texas") is None
+    assert sample(metrics, "gridminer_site_starts_total", site="texas") == 0
     # The plan says run; what the policy sees next is the truth: off, since unchanged.
     assert sample(metrics, "gridminer_site_power_level", site="texas") == 1.0
     assert policy.seen_states[1]["texas"] == SiteState(0.0, T0 - timedelta(hours=3))
@@ -328,7 +328,7 @@ def test_devices_found_hashing_at_start_make_the_site_on_since_long_ago(caplog):
     assert policy.seen_states[0] == {"texas": SiteState(1.0, None), "paris": SiteState()}
     assert plan.decisions["texas"].level == 0.0, "long ago: the min on time does not hold it"
     assert running.commands == [0.0] and running.level == 0.0
-    assert sample(metrics, "gridminer_site_starts_total", site="texas") is None
+    assert sample(metrics, "gridminer_site_starts_total", site="texas") == 0
     assert sched.states["texas"] == SiteState(0.0, T0)
     assert "site texas: found hashing at 100% when the scheduler started" in caplog.text
 
@@ -367,7 +367,7 @@ def test_modelled_power_when_devices_report_none_and_negative_prices_earn_credit
     assert sample(metrics, "gridminer_site_power_watts", site="texas") == 2e6  # capacity x level
     assert sample(metrics, "gridminer_site_energy_joules_total", site="texas") == pytest.approx(3.6e9)
     assert sample(metrics, "gridminer_site_energy_credit_usd_total", site="texas") == pytest.approx(20.0)
-    assert sample(metrics, "gridminer_site_energy_cost_usd_total", site="texas") is None
+    assert sample(metrics, "gridminer_site_energy_cost_usd_total", site="texas") == 0
     modelled_ths = 2e6 / 25.0   # no rate reported: capacity / efficiency
     assert sample(metrics, "gridminer_site_revenue_usd_total", site="texas") == pytest.approx(
         modelled_ths * HASHPRICE * 0.98 * 0.5 / 24)
