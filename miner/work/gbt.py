@@ -173,9 +173,12 @@ class GBTWorkSource:
             loops.append(self._longpoll_loop())
         if self.settings.zmq_url:
             loops.append(self._zmq_loop())
-        self._tasks += [asyncio.create_task(c) for c in loops]
+        loop_tasks = [asyncio.create_task(c) for c in loops]
+        self._tasks += loop_tasks
         try:
-            await asyncio.gather(*self._tasks)
+            # Only the loops: a refresh timer in _tasks is cancelled whenever a new job
+            # re-arms it, and gathering a cancelled task would cancel this whole source.
+            await asyncio.gather(*loop_tasks)
         finally:
             for t in self._tasks:
                 t.cancel()

@@ -384,3 +384,29 @@ def test_no_timer_on_regtest(regtest_node):
     assert source.min_difficulty_refresh_in is None
     assert metrics.registry.get_sample_value("gridminer_rpc_calls_total", {"method": "getblockheader"}) is None
     assert metrics.registry.get_sample_value("gridminer_rpc_calls_total", {"method": "getblocktemplate"}) == 1
+
+
+def test_periodic_refreshes_re_arm_the_timer_without_stopping_the_source(tmp_path):
+    """Each refresh cancels and re-arms the min-difficulty timer; the source must go on
+    (it once gathered the first timer with its loops, and its cancellation ended run())."""
+    async def scenario():
+        tip = ChainTip(PREV_HASH, 40000, PREV_TIME, MTP, NORMAL_BITS)
+        content = TemplateContent(default_witness_commitment=EMPTY_COMMITMENT_SCRIPT)
+        with FakeCoreNode("testnet4", tip, content, lambda: PREV_TIME + 300) as node, \
+                Journal(tmp_path / "j.jsonl") as journal:
+            rpc = NodeRPC(node.url, node.auth, timeout=10)
+            settings = GBTSettings(payout_script=PAYOUT_SCRIPT, poll_interval=3600, template_refresh=0.2,
+                                   longpoll=False)
+            source = GBTWorkSource(rpc, BlockSubmitter(rpc, journal), settings)
+            task = asyncio.create_task(source.run())
+            try:
+                await wait_until(lambda: node.methods().count("getblocktemplate") >= 4 or task.done(), timeout=10,
+                                 what="four templates")
+                assert not task.done(), "the work source stopped"
+                assert source.min_difficulty_refresh_in is not None  # armed again for the normal job
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                rpc.close()
+
+    asyncio.run(scenario())
