@@ -78,7 +78,8 @@ class UpstreamWorkSource:
         # A subscriber that missed a clean job gets the next one as a copy marked clean
         # (JobChannel keeps the flag): that copy is still the job we issued.
         for issued, cj in reversed(self._issued.values()):
-            if issued.job_id == job.job_id and replace(issued, clean=job.clean) == job:
+            if (issued.job_id == job.job_id and issued.created_monotonic == job.created_monotonic
+                    and replace(issued, clean=job.clean) == job):
                 return cj
         return None
 
