@@ -313,13 +313,19 @@ class Scheduler:
         if hashprice is None:
             # No revenue figure, no breakeven: every site follows its fail-safe.
             prices, hashprice = {name: [] for name in self.sites}, 0.0
-        plan = self.policy.decide(dict(self.states), prices, now, hashprice)
+        # Off the event loop: a coupled fleet's MILP may take a second or more, and the
+        # loop carries new-tip jobs, stratum and found blocks.
+        plan = await asyncio.to_thread(self.policy.decide, dict(self.states), prices, now, hashprice)
         self._record_plan(plan)
         sites = [name for name in self.sites if name in plan.decisions]
         outcomes = await asyncio.gather(*(self._actuate(name, plan.decisions[name].level) for name in sites))
         for name, devices in zip(sites, outcomes):
-            self._integrate(name, now)
-            self._update_state(name, plan.decisions[name], devices, now)
+            try:  # one site's bad figures must not stall the others' bookkeeping
+                self._integrate(name, now)
+                self._update_state(name, plan.decisions[name], devices, now)
+            except Exception:
+                log.exception("scheduler: site %s: bookkeeping failed; the other sites go on", name)
+                self.metrics.sched_errors.labels("site").inc()
         self.plan = plan
         return plan
 
@@ -514,7 +520,7 @@ class Scheduler:
             else:
                 level = (before.level or 1.0) if hashing else 0.0   # a curtail that did not take
             hashrate_hs = sum(d.reading.hashrate_hs for d in devices if d.hashing)
-            powers = [d.reading.power_w for d in devices if d.reading is not None]
+            powers = [_usable_watts(d.reading.power_w) for d in devices if d.reading is not None]
             reported_power = sum(powers) if len(powers) == len(devices) and None not in powers else None
         else:  # a site with no devices is modelled: it does what the plan says
             level, hashing, hashrate_hs, reported_power = decision.level, decision.level > 0, 0.0, None
@@ -528,8 +534,13 @@ class Scheduler:
         if decision.level > 0 and devices and not hashing:
             self._log_limited(f"wake:{name}", "site %s: no device hashing although planned at %.0f%%; "
                               "the site stays off", name, decision.level * 100)
-        power_w = reported_power if reported_power is not None else site.capacity_mw * 1e6 * level
-        hashrate_ths = hashrate_hs / 1e12 if hashrate_hs > 0 else site.hashrate_ths * level
+        if reported_power is not None:
+            power_w = reported_power
+            hashrate_ths = hashrate_hs / 1e12 if hashrate_hs > 0 else site.hashrate_ths * level
+        else:
+            # Cost and revenue from the same source: the site's model at this level (a
+            # measured CPU hash rate against a 10 MW modelled draw would book a fantasy loss).
+            power_w, hashrate_ths = site.capacity_mw * 1e6 * level, site.hashrate_ths * level
         m = self.metrics
         if devices:
             m.site_hashing.labels(name).set(1 if hashing else 0)
@@ -638,3 +649,10 @@ def build_scheduler(fleet: Any, *, metrics: Metrics, interval_seconds: float = 6
     return Scheduler(fleet, make_policy(fleet, policy_name), feeds, devices, metrics=metrics,
                      hashprice_source=hashprice_source_for(fleet.economics, rpc=rpc, coinbase_sats=coinbase_sats),
                      interval_seconds=interval_seconds)
+
+
+def _usable_watts(value: float | None) -> float | None:
+    """A device's reported watts, or None (unreported) when firmware sends nonsense."""
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return value

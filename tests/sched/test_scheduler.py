@@ -373,6 +373,23 @@ def test_modelled_power_when_devices_report_none_and_negative_prices_earn_credit
         modelled_ths * HASHPRICE * 0.98 * 0.5 / 24)
 
 
+def test_nonsense_watts_count_as_unreported_and_the_bookkeeping_goes_on():
+    # Firmware that reports negative power once made Counter.inc() raise on every later
+    # step, freezing the state the policy sees.
+    fleet = fleet_of({"name": "texas", "capacity_mw": 2.0, "efficiency_j_per_th": 25.0})
+    feed = SettableFeed(40.0)
+    sched, _, metrics = make(fleet, {"texas": feed}, {"texas": [Rig("rig1", power_w=-1.0, hashrate_hs=1e15)]})
+
+    async def scenario():
+        for minutes in (0, 30, 60):
+            await sched.step(at(minutes))
+
+    asyncio.run(scenario())
+    assert sample(metrics, "gridminer_site_power_watts", site="texas") == 2e6  # modelled: capacity x level
+    assert sample(metrics, "gridminer_site_energy_joules_total", site="texas") == pytest.approx(2 * 3.6e9)
+    assert sample(metrics, "gridminer_sched_errors_total", kind="site") is None
+
+
 def test_a_site_without_devices_follows_the_plan():
     fleet = fleet_of({"name": "modelled", "capacity_mw": 3.0})
     sched, _, metrics = make(fleet, {"modelled": SettableFeed(10.0)}, {})
