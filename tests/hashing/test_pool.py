@@ -94,7 +94,8 @@ def test_shares_below_the_block_target_keep_hashing(pool_factory):
     job = make_job("s", HARD_BITS)
     share_target = 1 << 244  # ~1 share per 4096 nonces
     pool.set_job(job, share_target=share_target)
-    items = got.wait_for(lambda xs: len(xs) >= 40)
+    # Both threads must have found shares (under load one may start a little later).
+    items = got.wait_for(lambda xs: len(xs) >= 40 and len({s.extranonce[0] for _, s, _ in xs}) == 2)
     assert not any(is_block for _, _, is_block in items)
     for _, solution, _ in items:
         header = job.solution_header(solution)
