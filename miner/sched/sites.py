@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
-from zoneinfo import ZoneInfo
 
 from miner.sched.economics import HashpriceError, HashpriceSeries, load_hashprice_csv
 from miner.sched.model import UTC, DemandResponseWindow, SiteSpec
+from miner.sched.price_files import zone_named
 
 
 class SitesError(ValueError):
@@ -291,12 +291,10 @@ def _datetime(value: Any, where: str, zone) -> datetime:
 
 
 def _zone(name: str, where: str, key: str):
-    if name.upper() == "UTC":
-        return UTC
     try:
-        return ZoneInfo(name)
-    except (KeyError, ValueError) as exc:
-        raise SitesError(f"{where} {key}: unknown time zone {name!r}") from exc
+        return zone_named(name)
+    except ValueError as exc:
+        raise SitesError(f"{where} {key}: {exc}") from exc
 
 
 def _resolve(base_dir: Path, name: str) -> Path:
