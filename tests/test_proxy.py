@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,8 @@ from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, Stratum
 from miner.controller import ProxyMiner
 from miner.metrics import Metrics
 from tests.stratum.test_server import Miner
-from tests.waiting import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from miner.node.regtest import free_port
+from tests.waiting import wait_port, wait_until
 
 
 def start_upstream(node, port: int, journal) -> subprocess.Popen:
@@ -31,19 +25,6 @@ def start_upstream(node, port: int, journal) -> subprocess.Popen:
                              "--address", node.new_address("bech32"), "--threads", "0",
                              "--stratum", f"127.0.0.1:{port}", "--metrics", "off", "--journal", str(journal),
                              "--log-level", os.environ.get("PROXY_TEST_UPSTREAM_LOG", "warning")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, f"nothing listens on {port}"
-            time.sleep(0.1)
-
-
 
 
 async def until_current_job(rig: Miner, proxy: ProxyMiner) -> None:

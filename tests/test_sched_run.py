@@ -25,7 +25,7 @@ import pytest
 
 from miner import config as cfg
 from tests.test_agent import api_call
-from tests.test_proxy import free_port
+from miner.node.regtest import free_port
 
 TOKEN = "rig7-s3cret"
 

@@ -178,7 +178,7 @@ class WalletHTTPError(RegtestError):
 # --- small helpers ----------------------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -577,7 +577,7 @@ class RegtestNode:
         names = ("rpc", "wallet") if self.kind == "bcoin" else ("rpc", "zmq")
         ports: dict[str, int] = {}
         while len(set(ports.values())) < len(names):
-            ports = {name: _free_port() for name in names}
+            ports = {name: free_port() for name in names}
         return ports
 
     def _bcoin_command(self, install: Path) -> list[str]:

@@ -34,6 +34,8 @@ import yaml
 
 from tests.deploy.deployfiles import (ALERTS, load_alert_rules, load_dashboards, promql_regex_value, substitute,
                                       targets, variable_query, variables)
+from miner.node.regtest import free_port
+from tests.waiting import tail, wait_port
 
 pytestmark = pytest.mark.live_prometheus
 
@@ -60,28 +62,6 @@ READY = (
     "gridminer_agent_api_requests_total",
     "gridminer_device_actuations_total",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            assert proc.poll() is None, f"process exited ({proc.returncode}):\n{tail(log)}"
-            assert time.monotonic() < deadline, f"nothing listens on {port}:\n{tail(log)}"
-            time.sleep(0.1)
-
-
-def tail(path: Path, chars: int = 3000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
 # --- the parts of the scenario ------------------------------------------------------------
@@ -328,7 +308,7 @@ def test_every_dashboard_query_returns_data_and_every_alert_is_valid(prometheus_
         return procs[name]
 
     try:
-        wait_port(ports["stratum"], start("solo", solo_cmd), logs["solo"])
+        wait_port(ports["stratum"], proc=start("solo", solo_cmd), log=logs["solo"])
         start("agent", agent_cmd)
         start("prometheus", prom_cmd)
         misbehave(ports["stratum"])

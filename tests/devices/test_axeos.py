@@ -9,6 +9,7 @@ import time
 import pytest
 
 from miner.devices.axeos import AxeOSDevice, AxeOSError, choose_level, level_of, parse_levels
+from miner.node.regtest import free_port
 from miner.sched.model import DeviceError
 from tests.devices.emulators import AxeOSEmulator
 
@@ -199,12 +200,8 @@ def test_junk_info_is_malformed():
 
 def test_unreachable_and_silent_devices_fail_within_the_timeout():
     async def scenario():
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
         with pytest.raises(DeviceError) as e:
-            await AxeOSDevice("gone", f"http://127.0.0.1:{port}", timeout=1.0).read()
+            await AxeOSDevice("gone", f"http://127.0.0.1:{free_port()}", timeout=1.0).read()
         assert kind(e.value) == "unreachable"
 
         with socket.socket() as silent:  # accepts connections (backlog) and never answers

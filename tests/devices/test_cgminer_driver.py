@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from miner.devices.cgminer import (
     hashrate_hs,
     parse_text_reply,
 )
+from miner.node.regtest import free_port
 from miner.sched.model import DeviceError
 from tests.devices.emulators import CgminerEmulator
 
@@ -40,14 +40,6 @@ def run(coro):
 
 def kind(err: BaseException) -> str:
     return getattr(err, "kind", "?")
-
-
-def closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ---------------------------------------------------------------------------------
@@ -507,7 +499,7 @@ def test_a_hanging_miner_times_out_within_the_bound():
 
 def test_unreachable_miner_is_a_device_error():
     async def scenario():
-        dev = CgminerDevice("s9", "127.0.0.1", closed_port(), timeout=2.0)
+        dev = CgminerDevice("s9", "127.0.0.1", free_port(), timeout=2.0)
         with pytest.raises(DeviceError) as e:
             await dev.read()
         assert kind(e.value) == "unreachable" and "127.0.0.1" in str(e.value)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from miner.metrics import Metrics
+from miner.node.regtest import free_port
 from miner.node.rpc import (
     NodeInitialDownload,
     NodeNotConnected,
@@ -44,10 +45,7 @@ CORE_REGTEST_ADDRESS = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080"
 
 def dead_url() -> str:
     """A loopback URL where nothing listens (connection refused at once)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
+    return f"http://127.0.0.1:{free_port()}/"
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:

@@ -9,7 +9,6 @@ import asyncio
 import http.server
 import json
 import shutil
-import socket
 import threading
 import urllib.parse
 from datetime import datetime, timedelta
@@ -37,6 +36,7 @@ from miner.sched.feeds import (
     parse_ercot_spp,
     price_at,
 )
+from miner.node.regtest import free_port
 from miner.sched.model import UTC, FeedError, PriceInterval, SiteSpec
 from tests.sched.test_price_files import DATA, H, rows, utc
 
@@ -334,11 +334,8 @@ def test_http_json_failures_have_kinds(server, monkeypatch):
 
 
 def test_dead_port_is_unreachable():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with pytest.raises(FeedError) as e:
-        run(HTTPJSONFeed(f"http://127.0.0.1:{port}/p", price_path="p", timeout=2).fetch(utc(2025, 1, 1)))
+        run(HTTPJSONFeed(f"http://127.0.0.1:{free_port()}/p", price_path="p", timeout=2).fetch(utc(2025, 1, 1)))
     assert e.value.kind == "unreachable"
 
 
