@@ -190,16 +190,20 @@ def parse_price_cell(text: str) -> float | None:
 
 
 def merge_intervals(*series: Sequence[PriceInterval]) -> list[PriceInterval]:
-    """Sort and de-duplicate: where intervals overlap, the one from the earlier series
-    (then the earlier start) wins; the result has no overlaps."""
-    tagged = sorted(((iv.start, n, i, iv) for n, s in enumerate(series) for i, iv in enumerate(s)),
-                    key=lambda t: (t[0], t[1], t[2]))
-    out: list[PriceInterval] = []
-    for _, n, _, iv in tagged:
-        if out and iv.start < out[-1].end:
-            continue
-        out.append(iv)
-    return out
+    """Sort and de-duplicate: where intervals overlap, the one from the earlier series wins
+    (within a series, the earlier start), whatever their starts; the result has no
+    overlaps. So merge_intervals(newest_answer, what_we_had) lets a revised or re-anchored
+    price replace everything it overlaps."""
+    kept: list[PriceInterval] = []     # sorted by start, non-overlapping
+    starts: list[datetime] = []
+    for s in series:
+        for iv in sorted(s, key=lambda iv: iv.start):
+            i = bisect.bisect_right(starts, iv.start)
+            if (i > 0 and kept[i - 1].end > iv.start) or (i < len(kept) and kept[i].start < iv.end):
+                continue
+            kept.insert(i, iv)
+            starts.insert(i, iv.start)
+    return kept
 
 
 def price_at(intervals: Sequence[PriceInterval], now: datetime) -> PriceInterval | None:

@@ -20,7 +20,6 @@ Clocks and sleeps are injected so tests drive `step()` with a fake clock.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import math
 import time
@@ -195,19 +194,6 @@ class DeviceOutcome:
     applied: bool                      # the level was set this step (or already in force)
     reading: DeviceReading | None      # None: the device did not answer read()
     hashing: bool                      # counted as hashing (a device that did not wake is not)
-
-
-def overlay(newer: Sequence[PriceInterval], older: Sequence[PriceInterval]) -> list[PriceInterval]:
-    """older + newer, sorted; an older interval overlapping any newer one is dropped (a
-    revised or re-anchored price replaces what it overlaps, whatever their starts)."""
-    newer = merge_intervals(newer)
-    starts = [iv.start for iv in newer]
-
-    def overlaps(iv: PriceInterval) -> bool:
-        i = bisect.bisect_left(starts, iv.end)  # newer intervals starting before iv ends
-        return i > 0 and newer[i - 1].end > iv.start
-
-    return sorted([*newer, *(iv for iv in older if not overlaps(iv))], key=lambda iv: iv.start)
 
 
 def price_age_seconds(intervals: Sequence[PriceInterval], now: datetime) -> float | None:
@@ -385,7 +371,7 @@ class Scheduler:
             self._feed_failed(name, "error", repr(e), logged=True)
             return
         horizon = now - timedelta(seconds=HISTORY_SECONDS)
-        self.intervals[name] = [iv for iv in overlay(fresh, self.intervals[name]) if iv.end > horizon]
+        self.intervals[name] = [iv for iv in merge_intervals(fresh, self.intervals[name]) if iv.end > horizon]
         self.fetched_at[name] = now
         if self._error_logged.pop(f"feed:{name}", None) is not None:
             log.info("site %s: price feed restored", name)

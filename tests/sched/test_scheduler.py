@@ -18,10 +18,10 @@ import pytest
 
 from miner.metrics import Metrics
 from miner.sched.economics import breakeven_usd_per_mwh
-from miner.sched.feeds import StaticFeed
+from miner.sched.feeds import StaticFeed, merge_intervals
 from miner.sched.model import UTC, DeviceError, DeviceReading, FeedError, PriceInterval, SiteState
 from miner.sched.scheduler import (HashpriceUnavailable, NodeHashprice, RetryPolicy, Scheduler, SeriesHashprice,
-                                   StaticHashprice, describe, overlay)
+                                   StaticHashprice, describe)
 from miner.sched.policy import make_policy
 from miner.sched.sites import parse_sites
 
@@ -228,7 +228,7 @@ def test_feed_errors_of_every_kind_are_counted_and_the_other_sites_go_on(caplog)
     assert "a bug in a feed" in caplog.text
 
 
-def test_overlay_lets_the_newest_answer_win():
+def test_the_newest_answer_wins_over_what_it_overlaps():
     hour = timedelta(hours=1)
 
     def iv(start, price, length=hour):
@@ -236,7 +236,7 @@ def test_overlay_lets_the_newest_answer_win():
 
     old = [iv(T0 - hour, 1.0), iv(T0, 2.0), iv(T0 + hour, 3.0)]
     # A live feed re-anchors its one price at each fetch: [T0+10min, +1h) replaces both it overlaps.
-    got = overlay([iv(T0 + timedelta(minutes=10), 9.0)], old)
+    got = merge_intervals([iv(T0 + timedelta(minutes=10), 9.0)], old)
     assert [(x.start, x.price) for x in got] == [(T0 - hour, 1.0), (T0 + timedelta(minutes=10), 9.0)]
 
 
