@@ -40,6 +40,7 @@ import numpy as np
 
 from miner.sched.economics import HashpriceError, breakeven_usd_per_mwh
 from miner.sched.model import UTC, PriceInterval, SiteSpec
+from miner.sched.price_files import utc_datetime
 from miner.sched.optimize import (Problem, Unit, UnitState, VIOLATION_KINDS, fleet_slack, site_violations,
                                   solve, solve_milp)
 from miner.sched.policy import (HOUR_S, LOOKBACK_H, MAX_HORIZON_H, POLICY_NAMES, PriceBook, current_price,
@@ -165,16 +166,6 @@ class BacktestResult:
 # The simulation
 
 
-def _as_datetime(value: datetime | date | str) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if not isinstance(value, datetime):
-        value = datetime(value.year, value.month, value.day)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
-
-
 def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
                  end: datetime | date | str | None = None, policies: Sequence[str] = ALL_POLICIES, *,
                  prices: Mapping[str, Sequence[PriceInterval]] | None = None,
@@ -195,8 +186,8 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
     if prices is None:
         prices = {s.name: load_replay_prices(fleet, s) for s in sites}
     first, last = coverage({s.name: prices.get(s.name, ()) for s in sites})
-    start_dt = _as_datetime(start) if start is not None else first
-    end_dt = _as_datetime(end) if end is not None else last
+    start_dt = utc_datetime(start) if start is not None else first
+    end_dt = utc_datetime(end) if end is not None else last
     start_s = math.ceil(start_dt.timestamp() / HOUR_S) * HOUR_S
     end_s = math.floor(end_dt.timestamp() / HOUR_S) * HOUR_S
     n = int((end_s - start_s) // HOUR_S)

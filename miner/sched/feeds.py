@@ -43,6 +43,7 @@ from miner.sched.price_files import (
     parse_local_hhmm,
     parse_price_cell,
     price_at,
+    utc_datetime,
     zone_named,
 )
 
@@ -785,16 +786,10 @@ def _string(table: Mapping, key: str, default: str | None = None) -> str | None:
 def _replay_from(value: object) -> datetime | None:
     if value is None:
         return None
-    if isinstance(value, date) and not isinstance(value, datetime):
-        value = datetime.combine(value, time(0))
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise ValueError(f"[site.feed] replay_from: not an ISO date/time: {value!r}") from exc
-    if not isinstance(value, datetime):
-        raise ValueError(f"[site.feed] replay_from must be a date or date-time, got {value!r}")
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    try:
+        return utc_datetime(value)
+    except ValueError as exc:
+        raise ValueError(f"[site.feed] replay_from: {exc}") from exc
 
 
 def csv_market_timezone(table: Mapping, site: SiteSpec) -> str | None:

@@ -94,6 +94,22 @@ def localize(naive: datetime, zone: tzinfo, *, fold: int = 0) -> datetime | None
     return aware
 
 
+def utc_datetime(value: object, zone: tzinfo = UTC, *, allow_date: bool = True) -> datetime:
+    """A configured time (a datetime, an ISO string, or with `allow_date` a date meaning
+    its midnight) in UTC; a naive one is wall-clock time in `zone`. ValueError says why."""
+    if allow_date and isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time(0))
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(f"not an ISO date-time: {value!r}") from exc
+    if not isinstance(value, datetime):
+        wanted = "a date or date-time" if allow_date else "a date-time"
+        raise ValueError(f"expected {wanted}, got {value!r}")
+    return (value if value.tzinfo else value.replace(tzinfo=zone)).astimezone(UTC)
+
+
 def is_ambiguous(naive: datetime, zone: tzinfo) -> bool:
     """True for a wall-clock time that occurs twice (autumn fall back)."""
     if zone is UTC:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from miner.sched.economics import HashpriceError, HashpriceSeries, load_hashprice_csv
-from miner.sched.model import UTC, DemandResponseWindow, SiteSpec
-from miner.sched.price_files import zone_named
+from miner.sched.model import DemandResponseWindow, SiteSpec
+from miner.sched.price_files import utc_datetime, zone_named
 
 
 class SitesError(ValueError):
@@ -278,16 +278,10 @@ def _parse_windows(raw: Any, where: str, tz: str) -> tuple[DemandResponseWindow,
 
 def _datetime(value: Any, where: str, zone) -> datetime:
     """A TOML datetime or ISO string; naive ones are wall-clock time of the site's zone."""
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value)
-        except ValueError as exc:
-            raise SitesError(f"{where}: not an ISO date-time: {value!r}") from exc
-    if not isinstance(value, datetime):
-        raise SitesError(f"{where}: expected a date-time, got {value!r}")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=zone)
-    return value.astimezone(UTC)
+    try:
+        return utc_datetime(value, zone, allow_date=False)
+    except ValueError as exc:
+        raise SitesError(f"{where}: {exc}") from exc
 
 
 def _zone(name: str, where: str, key: str):
