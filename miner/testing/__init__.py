@@ -15,6 +15,8 @@
 - StratumMiner: gridminer's stratum client and kernel, to test someone else's pool.
 - reorg(node, depth, blocks=None): invalidate the top blocks and mine a competing branch
   (Bitcoin Core and bcoin); returns a Reorg with the old and new tips.
+- SignetNode: Bitcoin Core on a private OP_TRUE signet (-signetchallenge=51), for
+  mining tests on a chain with real signet rules; connect two of them.
 - MinerdProcess, find_minerd: pooler's minerd (a stock C stratum miner) mining into a
   pool, its accepted/rejected answers counted; MinerdUnavailable says what to install.
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from miner.testing.mining import MiningError, MiningTimeout, mine, mine_until
     from miner.testing.node import RegtestNode
     from miner.testing.reorgs import Reorg, reorg
+    from miner.testing.signet import SignetNode
     from miner.testing.stratum_miner import (
         MinerSession,
         ReceivedJob,
@@ -60,6 +63,7 @@ _EXPORTS = {
     "RegtestUnavailable": "miner.node.regtest",
     "Reorg": "miner.testing.reorgs",
     "ShareResult": "miner.testing.stratum_miner",
+    "SignetNode": "miner.testing.signet",
     "StratumMessage": "miner.testing.tap",
     "StratumMiner": "miner.testing.stratum_miner",
     "StratumMinerError": "miner.testing.stratum_miner",
