@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import zmq
 
 from miner.chain.address import address_to_script
@@ -53,9 +54,15 @@ def mine(node, tmp_path, address, blocks, timeout=120.0) -> SoloMiner:
 
 
 def coinbase_script_hex(node, height: int) -> str:
+    return block_at(node, height)["tx"][0]["vout"][0]["scriptPubKey"]["hex"]
+
+
+def block_at(node, height: int) -> dict:
+    """getblock with its transactions decoded: bcoin takes (verbose, details), Core a verbosity."""
     block_hash = node.rpc.call_sync("getblockhash", height)
-    block = node.rpc.call_sync("getblock", block_hash, True, True)
-    return block["tx"][0]["vout"][0]["scriptPubKey"]["hex"]
+    if node.kind == "bcoin":
+        return node.rpc.call_sync("getblock", block_hash, True, True)
+    return node.rpc.call_sync("getblock", block_hash, 2)
 
 
 
@@ -82,9 +89,12 @@ def test_mempool_transactions_with_a_segwit_spend_are_mined(regtest_node_factory
     # bcoin activates segwit by version bits at height 432; mining with the template's
     # version signals it. Coinbases to a P2WPKH address make every wallet spend a segwit one.
     mine(node, tmp_path, wallet_bech32, blocks=440, timeout=300)
-    info = node.rpc.call_sync("getblockchaininfo")
-    segwit = info.get("bip9_softforks", {}).get("segwit", {}).get("status") or \
-        info.get("softforks", {}).get("segwit", {}).get("active")
+    if node.kind == "bcoin":
+        info = node.rpc.call_sync("getblockchaininfo")
+        segwit = info["bip9_softforks"]["segwit"]["status"]
+    else:  # Core moved deployments to getdeploymentinfo (v23); segwit is buried there
+        info = node.rpc.call_sync("getdeploymentinfo")
+        segwit = info["deployments"]["segwit"]["active"]
     assert segwit in ("active", True), info
 
     # The wallet follows the chain asynchronously, and bcoin's sendtoaddress returns a txid
@@ -102,8 +112,7 @@ def test_mempool_transactions_with_a_segwit_spend_are_mined(regtest_node_factory
         miner = mine(node, tmp_path, wallet_bech32, blocks=1)
         assert miner.stats.rejected == 0
         for height in range(height + 1, node.rpc.call_sync("getblockcount") + 1):
-            block = node.rpc.call_sync("getblock", node.rpc.call_sync("getblockhash", height), True, True)
-            for tx in block["tx"][1:]:
+            for tx in block_at(node, height)["tx"][1:]:
                 mined.add(tx["txid"])
                 witness_seen |= tx.get("hash", tx["txid"]) != tx["txid"]
         if set(txids) <= mined:
@@ -169,7 +178,16 @@ def test_new_tip_by_zmq_within_100_ms(regtest_node_factory, node_kind, tmp_path)
 
 # --- the node dies while we mine, and a block found meanwhile is not lost --------------------
 
-def test_node_killed_and_restarted_while_mining(regtest_node_factory, node_kind, tmp_path):
+def test_node_killed_and_restarted_while_mining(regtest_node_factory, node_kind, tmp_path, request):
+    if node_kind == "bitcoind":
+        # Two defects, seen on Core only: miner.controller reads the cookie file once
+        # (load_auth -> a fixed RPCAuth) while Core writes a new cookie at every start, so
+        # every call after the restart gets HTTP 401; and with the cookie re-read, Core's
+        # kill -9 has lost its last unflushed block, its tip is one lower, and the miner
+        # keeps mining on the lost block ("prev-blk-not-found"): work chosen by height.
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "the solo miner keeps the RPC cookie it read at start (Core writes a new one at every start), "
+            "and a node tip that went lower after kill -9 strands it (issue 11 defect 3)")))
     node = regtest_node_factory(kind=node_kind, persistent=True)
     address = node.new_address("bech32")
     miner = miner_for(node, tmp_path, address)

@@ -28,8 +28,8 @@ def test_an_absent_peer_is_named_with_what_to_install(monkeypatch, tmp_path):
         find_minerd()
 
 
-def test_a_peer_whose_shared_library_is_missing_is_named_with_the_packages(monkeypatch, tmp_path):
-    """A real executable linked against a library that is then removed: the loader refuses it."""
+def executable_missing_a_library(tmp_path, name: str):
+    """A real executable linked against a library that is then removed: the loader refuses to start it."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler (cc) to build an executable with a missing library")
@@ -38,13 +38,31 @@ def test_a_peer_whose_shared_library_is_missing_is_named_with_the_packages(monke
     subprocess.run([cc, "-shared", "-fPIC", "-o", tmp_path / "libgridminergone.so", tmp_path / "lib.c"], check=True)
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    subprocess.run([cc, "-o", bindir / "minerd", tmp_path / "main.c", f"-L{tmp_path}", "-lgridminergone"],
+    subprocess.run([cc, "-o", bindir / name, tmp_path / "main.c", f"-L{tmp_path}", "-lgridminergone"],
                    check=True)
     (tmp_path / "libgridminergone.so").unlink()
+    return bindir / name
+
+
+def test_a_peer_whose_shared_library_is_missing_is_named_with_the_packages(monkeypatch, tmp_path):
+    bindir = executable_missing_a_library(tmp_path, "minerd").parent
     only_on_path(monkeypatch, bindir)
     problem = peer_problem("minerd")
     assert problem == (f"{bindir / 'minerd'} cannot start: missing shared libraries libgridminergone.so; "
                        f"install them: {APT_LINE}")
+
+
+def test_a_regtest_bitcoind_missing_a_library_is_unavailable_not_broken(tmp_path):
+    """The node launcher turns the loader's refusal into RegtestUnavailable, which tests skip on."""
+    from miner.node.regtest import RegtestNode, RegtestUnavailable
+
+    bitcoind = executable_missing_a_library(tmp_path, "bitcoind")
+    node = RegtestNode("bitcoind", bitcoind=bitcoind, datadir=tmp_path / "data")
+    try:
+        with pytest.raises(RegtestUnavailable, match=r"bitcoind cannot start here: .*libgridminergone\.so"):
+            node.start()
+    finally:
+        node.close()
 
 
 def test_the_loader_message_alone_is_enough(monkeypatch, tmp_path):

@@ -91,3 +91,38 @@ def test_bad_arguments_are_refused_before_touching_the_chain(regtest_node, depth
     with pytest.raises(ValueError, match=error):
         reorg(regtest_node, depth, blocks)
     assert regtest_node.call("getbestblockhash") == tip
+
+
+# -- the solo miner across a reorg (what the helper is for) --------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 defect 3: a reorg to a lower height strands the solo miner on the "
+                                       "invalidated tip (its blocks answered bad-prevblk); work is chosen by height")
+def test_the_solo_miner_follows_a_reorg_to_a_lower_height(regtest_node_factory, node_kind, tmp_path):
+    """Mining continues on the node's new best tip after it drops two blocks for one."""
+    import asyncio
+
+    from tests.test_solo import miner_for
+    from tests.waiting import wait_until
+
+    node = regtest_node_factory(kind=node_kind, persistent=False)
+    address = node.new_address("bech32")
+    miner = miner_for(node, tmp_path, address, threads=1)
+
+    async def scenario() -> Reorg:
+        task = asyncio.create_task(miner.run())
+        try:
+            await wait_until(lambda: miner.stats.accepted >= 3, 60, "first blocks")
+            miner.pool.pause()  # the node alone decides the chain while it reorganises
+            r = await asyncio.to_thread(reorg, node, 2, 1)
+            accepted = miner.stats.accepted
+            miner.pool.resume()
+            await wait_until(lambda: miner.stats.accepted >= accepted + 2, 30, "our blocks on the new tip")
+            return r
+        finally:
+            miner.stop()
+            await asyncio.wait_for(task, 30)
+
+    r = asyncio.run(scenario())
+    after = node.call("getblockhash", r.new_height + 1)
+    assert node.call("getblockheader", after)["previousblockhash"] == r.new_tip
