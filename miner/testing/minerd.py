@@ -14,6 +14,12 @@ from the pool makes minerd print "accepted: A/T (P%), R khash/s (yay!!!)" or "(b
 A is its count of accepted shares and T - A of rejected ones. With debug=True minerd
 also prints "DEBUG: reject reason: ..." lines, gathered in reject_reasons.
 
+Options: threads (-t), retry_pause (-R: seconds minerd waits before it reconnects after a
+failed connect or authorize; its own default is 30), debug (-D), extra_args (anything
+else, e.g. ["--retries", "0"] to exit after one failed connection). Useful log lines to
+count: "Stratum requested work restart" (a clean job), "Stratum connection interrupted"
+(the pool closed the connection), "Stratum authentication failed".
+
 Leaving the `with` block (or stop()) sends SIGTERM, then SIGKILL after a few seconds;
 a finalizer kills a forgotten process when the object is collected.
 find_minerd() raises MinerdUnavailable with a reason that says what to install when

@@ -15,7 +15,11 @@ regtest. A "gridminer" descriptor wallet is loaded, as on regtest.
 What a signet costs: the proof of work is real, at the signet's minimum difficulty
 (bits 1e0377ae, difficulty ~0.00113: about 4.8 million hashes a block, a second or more of
 one CPU core), so tests keep the blocks they mine few; coinbases mature after 100 blocks
-as everywhere. Only bitcoind: bcoin has no custom signets.
+as everywhere. Core's generatetoaddress works on a signet too, given maxtries well above
+its default of 1,000,000 (a block takes ~4.8 million on average): several seconds a block
+on one thread, so a mature coinbase costs minutes; gridminer's own tests load a recorded
+101-block chain instead (tests/data/signet_op_true_101.json). Only bitcoind: bcoin has
+no custom signets.
 """
 
 from __future__ import annotations
