@@ -96,8 +96,6 @@ def test_bad_arguments_are_refused_before_touching_the_chain(regtest_node, depth
 # -- the solo miner across a reorg (what the helper is for) --------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 3: a reorg to a lower height strands the solo miner on the "
-                                       "invalidated tip (its blocks answered bad-prevblk); work is chosen by height")
 def test_the_solo_miner_follows_a_reorg_to_a_lower_height(regtest_node_factory, node_kind, tmp_path):
     """Mining continues on the node's new best tip after it drops two blocks for one."""
     import asyncio
