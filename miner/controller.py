@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,18 @@ from miner.stratum.server import Authorizer, ServerLimits, StratumServer
 from miner.work.gbt import GBTSettings, GBTWorkSource
 from miner.work.job import Job, Solution
 from miner.work.journal import Journal
+from miner.work.race import BlockRace, Verdict
 from miner.work.submit import BlockSubmitter
 
 log = logging.getLogger(__name__)
 
 # The local CPU pool's extranonce1: stratum clients get other, unique values.
 LOCAL_EXTRANONCE1 = bytes(4)
+# Tasks of a run that end when their work is done (the others run until the stop).
+ONE_SHOT_TASKS = frozenset({"kernel"})
+# A kernel warm-up longer than this (seconds) is a compile: say so, and how it goes.
+KERNEL_QUIET_WAIT = 2.0
+KERNEL_PROGRESS_INTERVAL = 10.0
 # At shutdown, how long in-flight block submissions may still take (seconds).
 SHUTDOWN_SUBMIT_WAIT = 10.0
 
@@ -77,6 +84,8 @@ class RunStats:
     accepted: int = 0
     rejected: int = 0
     stale: int = 0
+    inconclusive: int = 0  # valid blocks the node keeps off its best chain (another block won the tip)
+    held: int = 0  # blocks found while one on the same tip was with the node (kept as backups, see work/race.py)
     difficulty_accepted: float = 0.0
 
 
@@ -173,15 +182,64 @@ class _Run:
         return [asyncio.create_task(self.scheduler.run(), name="scheduler")] if self.scheduler else []
 
     async def _until_stopped(self, tasks: list[asyncio.Task]) -> None:
-        """Wait for stop() or for a task to fail (its exception is raised)."""
+        """Wait for stop() or for a task to fail (its exception is raised) or end; a task
+        named in ONE_SHOT_TASKS may end, and the run goes on."""
         stopper = asyncio.create_task(self._stop.wait())
+        waiting = {stopper, *tasks}
         try:
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stopper and t.exception() is not None:
-                    raise t.exception()
+            while True:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t is not stopper and t.exception() is not None:
+                        raise t.exception()
+                if any(t is stopper or t.get_name() not in ONE_SHOT_TASKS for t in done):
+                    return
         finally:
             stopper.cancel()
+
+    async def _start_pool_when_warm(self) -> None:
+        """Start the local workers once the kernel is compiled (or loaded from numba's cache).
+
+        Everything else (the stratum server, the work source) is already serving: a cold
+        compile takes most of a minute, and rigs must not wait for it. The compile runs on
+        a daemon thread, so a stop during it does not wait for it either.
+        """
+        pool = self.pool
+        if pool is None or pool.threads == 0:
+            if pool is not None:
+                pool.start()
+            return
+        from kernels.scan import warm_up
+
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if not ready.done():
+                ready.set_exception(error) if error is not None else ready.set_result(None)
+
+        def compile_kernel() -> None:
+            error = None
+            try:
+                warm_up()
+            except BaseException as e:  # reported on the loop, which raises it in this task
+                error = e
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the run stopped meanwhile
+                loop.call_soon_threadsafe(settle, error)
+
+        t0 = time.monotonic()
+        threading.Thread(target=compile_kernel, name="gridminer-kernel-warm-up", daemon=True).start()
+        done, _ = await asyncio.wait([ready], timeout=KERNEL_QUIET_WAIT)
+        if not done:
+            self._print("compiling the SHA-256d kernel for this CPU (first start only); "
+                        "the stratum server is already serving")
+            while not done:
+                done, _ = await asyncio.wait([ready], timeout=KERNEL_PROGRESS_INTERVAL)
+                if not done:
+                    self._print(f"still compiling the kernel ({time.monotonic() - t0:.0f} s)")
+            self._print(f"kernel ready after {time.monotonic() - t0:.1f} s: {pool.threads} CPU thread(s) start hashing")
+        ready.result()
+        pool.start()
 
     def _print(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
@@ -221,6 +279,9 @@ class SoloMiner(_Run):
         super().__init__(config, metrics=metrics, out=out)
         self._node = None  # the regtest node when this run started it
         self.stratum_port: int | None = None  # the bound stratum port, once serving
+        self.server: StratumServer | None = None
+        self.race: BlockRace[tuple[Job, Solution]] = BlockRace()
+        self._done = False  # --blocks reached
         self.source: GBTWorkSource | None = None  # set while mining (for status and tests)
 
     async def _run(self) -> int:
@@ -306,10 +367,9 @@ class SoloMiner(_Run):
             poll_interval=n.poll_interval, template_refresh=n.template_refresh, longpoll=n.longpoll,
             zmq_url=zmq_url), self.metrics)
         from miner.hashing.pool import WorkerPool
-        from kernels.scan import default_threads, warm_up
+        from kernels.scan import default_threads
 
         threads = default_threads() if m.threads is None else m.threads
-        await asyncio.to_thread(warm_up)  # compile or load the kernel before the clock matters
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
@@ -320,10 +380,10 @@ class SoloMiner(_Run):
                           site=self.pool_site)
         self.source, self.pool = source, pool
         self._prepare_scheduler(rpc=rpc, coinbase_sats=lambda: coinbase_value_sats(source.current))
-        server = await self._start_stratum(lambda job, solution: self._submit(source, pool, job, solution))
-        pool.start()
+        self.server = server = await self._start_stratum(lambda job, solution: self._submit(source, pool, job, solution))
         self._print(f"mining with {threads} CPU thread(s); journal {journal.path}")
         tasks = [asyncio.create_task(source.run(), name="gbt"),
+                 asyncio.create_task(self._start_pool_when_warm(), name="kernel"),
                  asyncio.create_task(self._feed(source, pool, server), name="feed"),
                  asyncio.create_task(self._status(source, pool), name="status"),
                  *self._scheduler_tasks()]
@@ -340,19 +400,45 @@ class SoloMiner(_Run):
 
     def _submit(self, source: GBTWorkSource, pool, job: Job, solution: Solution) -> None:
         self.stats.found += 1
-        self._track(self._submit_one(source, pool, job, solution))
+        if self._done:
+            return  # --blocks reached: a block found after that is not sent
+        verdict = self.race.offer(job.prev_hash_internal, (job, solution))
+        if verdict is Verdict.SUBMIT:
+            self._track(self._submit_one(source, pool, job, solution))
+            return
+        if verdict is Verdict.HOLD:
+            self.stats.held += 1
+        else:
+            self.stats.stale += 1
+        self.metrics.blocks.labels(stage=verdict.value).inc()
+        log.debug("block on %s for job %s not sent (%s)", job.prev_hash_hex_display, job.job_id, verdict.value)
 
     async def _submit_one(self, source: GBTWorkSource, pool, job: Job, solution: Solution) -> None:
         outcome = await source.submit(job, solution)  # the submitter logs the node's answer
-        if not outcome.accepted:
-            self.stats.rejected += 1
-            pool.retry_tip(job.prev_hash_internal)  # that tip is open again: our block on it did not count
+        prev = job.prev_hash_internal
+        if outcome.accepted or outcome.inconclusive:
+            # The tip is finished either way: ours won it, or the node has another block
+            # on it. Blocks still arriving on it are stale, never sent.
+            self.race.finish(prev)
+            if self.server is not None and hasattr(self.server, "retire_tip"):  # TEMP until the server has it
+                self.server.retire_tip(prev)
+            if outcome.inconclusive:
+                self.stats.inconclusive += 1
+                return
+            self.stats.accepted += 1
+            blocks = self.config.mining.blocks
+            if blocks and self.stats.accepted >= blocks and not self._done:
+                self._done = True
+                pool.pause()  # not one block more than asked for
+                self._print(f"{blocks} block(s) accepted: done")
+                self.stop()
             return
-        self.stats.accepted += 1
-        blocks = self.config.mining.blocks
-        if blocks and self.stats.accepted >= blocks and not self._stop.is_set():
-            self._print(f"{blocks} block(s) accepted: done")
-            self.stop()
+        self.stats.rejected += 1
+        backup = self.race.rejected(prev)
+        if backup is not None:
+            self._track(self._submit_one(source, pool, *backup))  # the next block found on that tip
+        else:
+            pool.retry_tip(prev)  # that tip is open again: our block on it did not count
 
     async def _start_stratum(self, on_block) -> StratumServer | None:
         if self.config.stratum.listen == "off":
@@ -369,7 +455,13 @@ class SoloMiner(_Run):
         return server
 
     async def _feed(self, source: GBTWorkSource, pool, server: StratumServer | None) -> None:
+        tip: bytes | None = None
         async for job in source.jobs():
+            if job.prev_hash_internal != tip:
+                if tip is not None:
+                    self.race.finish(tip)  # the node moved off it: a block on it would only compete
+                self.race.reopen(job.prev_hash_internal)  # a reorg back to a finished tip
+                tip = job.prev_hash_internal
             pool.set_job(job)
             if server is not None:
                 server.broadcast(job)

@@ -301,7 +301,9 @@ def test_metrics_endpoint_counts_blocks_and_hashes(regtest_node_factory, node_ki
     async def scenario() -> str:
         task = asyncio.create_task(miner.run())
         try:
-            await wait_until(lambda: miner.stats.accepted >= 3 and miner.metrics_port, 30, "blocks")
+            # The height gauge follows the job on the new tip, which comes after the answer.
+            await wait_until(lambda: miner.stats.accepted >= 3 and miner.metrics_port
+                             and (miner.source.height or 0) >= 4, 30, "blocks")
             url = f"http://127.0.0.1:{miner.metrics_port}/metrics"
             return await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
         finally:
