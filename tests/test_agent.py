@@ -7,10 +7,14 @@ import asyncio
 import json
 import os
 
+import pytest
+
 from miner.config import AgentConfig, Config, LogConfig, MetricsConfig, MiningConfig, StratumConfig, UpstreamConfig
 from miner.controller import AgentMiner
 from miner.metrics import Metrics
+from miner.stratum import protocol as p
 from miner.stratum.server import StratumServer
+from miner.testing import RegtestNode, RegtestUnavailable, StratumPool
 from tests.stratum.test_session import make_job
 from tests.waiting import wait_until
 
@@ -73,3 +77,86 @@ def test_agent_mines_a_pool_and_is_curtailed_through_the_cgminer_api():
     assert devs["DEVS"][0]["Status"] == "Idle"
     # Honest counting: what the agent calls accepted is what the pool accepted.
     assert stats.accepted == server_accepted and stats.rejected == 0
+
+
+# --- against a real pool on a regtest node ----------------------------------------------------
+
+# A share difficulty far above regtest's network difficulty (about 4.66e-10), as a pool
+# that keeps its own difficulty sets it: one share per ~1M hashes, so hashes meet the
+# network target long before they meet the pool's.
+POOL_DIFFICULTY = 2.0 ** -20
+# How long the pool's jobs are held back while the test tells the agent that difficulty.
+NOTIFY_HOLD_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def pool_node():
+    """A regtest node of this module's own (bitcoind when on PATH, else the pinned bcoin)."""
+    node = RegtestNode()
+    try:
+        try:
+            node.start()
+        except RegtestUnavailable as e:
+            pytest.skip(f"regtest node unavailable: {e}")
+        yield node
+    finally:
+        node.close()
+
+
+def agent_config(pool_url: str, threads: int = 1) -> Config:
+    return Config(mining=MiningConfig(mode="agent", threads=threads),
+                  upstream=UpstreamConfig(pools=[pool_url], user="site1.rig1"),
+                  agent=AgentConfig(api="127.0.0.1:0", token=TOKEN),
+                  stratum=StratumConfig(listen="off"), metrics=MetricsConfig(listen="off"),
+                  log=LogConfig(status_interval=60))
+
+
+async def set_pool_difficulty(pool: StratumPool, difficulty: float) -> None:
+    """Make the agent mine at `difficulty` from its first job on.
+
+    Our own server caps a share's difficulty at the network's (a share is never harder
+    than a block), so on regtest it never holds a difficulty above it; pools that keep
+    their own do. The pool's jobs are held back (delay_notify) until the agent has the
+    server's set_difficulty and then ours, which applies from the next job on.
+    """
+    await wait_until(lambda: pool.find("mining.set_difficulty", direction="out"), 30,
+                     "the pool's set_difficulty")
+    pool.send({"id": None, "method": "mining.set_difficulty", "params": [difficulty]})
+    pool.delay_notify(0, 0)
+
+
+def test_a_pool_rejection_never_stops_the_agent(pool_node):
+    """Issue: the agent took a hash that met regtest's target for a block, sent it to a pool
+    at difficulty above the network's, retired the tip when the pool rejected it, and
+    hashed nothing more. Now the share target is the pool's and no answer stops it."""
+    with StratumPool(pool_node, difficulty=1.0) as pool:
+        pool.delay_notify(NOTIFY_HOLD_S, count=None)
+        # That pool's verdict on the agent's first share (the old agent sent one that met
+        # the network target but not the pool's: a low-difficulty share).
+        pool.reject_next_share(p.StratumError.LOW_DIFFICULTY)
+
+        async def scenario():
+            agent = AgentMiner(agent_config(pool.url), metrics=Metrics(), out=open(os.devnull, "w"))
+            task = asyncio.create_task(agent.run())
+            try:
+                await set_pool_difficulty(pool, POOL_DIFFICULTY)
+                await wait_until(lambda: agent.stats.rejected >= 1, 60, "the pool's rejection")
+                rejected_at = agent.stats.accepted
+                await wait_until(lambda: agent.stats.accepted >= rejected_at + 3, 120,
+                                 "shares accepted after the rejection")
+                rate, status = agent.pool.rate(), agent.status_line()
+                agent.stop()
+                await asyncio.wait_for(task, 30)
+                return agent, rate, status
+            finally:
+                agent.stop()
+                await asyncio.gather(task, return_exceptions=True)
+
+        agent, rate, status = asyncio.run(scenario())
+        submits = pool.find("mining.submit", direction="in")
+    assert agent.stats.rejected == 1 and agent.stats.accepted >= 3
+    assert rate > 0 and "paused" not in status and "curtailed" not in status
+    # Every share the agent sent met the pool's difficulty, not merely the network's.
+    assert agent.pool.hardware_errors == 0
+    assert len(submits) == agent.stats.accepted + agent.stats.rejected + agent.stats.stale
+    assert agent.pool.best_share >= POOL_DIFFICULTY
