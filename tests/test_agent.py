@@ -140,9 +140,10 @@ def test_a_pool_rejection_never_stops_the_agent(pool_node):
             task = asyncio.create_task(agent.run())
             try:
                 await set_pool_difficulty(pool, POOL_DIFFICULTY)
-                await wait_until(lambda: agent.stats.rejected >= 1, 60, "the pool's rejection")
-                rejected_at = agent.stats.accepted
-                await wait_until(lambda: agent.stats.accepted >= rejected_at + 3, 120,
+                await wait_until(lambda: agent.source.rejects[p.StratumError.LOW_DIFFICULTY], 60,
+                                 "the pool's rejection")
+                accepted_then = agent.stats.accepted
+                await wait_until(lambda: agent.stats.accepted >= accepted_then + 3, 120,
                                  "shares accepted after the rejection")
                 rate, status = agent.pool.rate(), agent.status_line()
                 agent.stop()
@@ -154,9 +155,106 @@ def test_a_pool_rejection_never_stops_the_agent(pool_node):
 
         agent, rate, status = asyncio.run(scenario())
         submits = pool.find("mining.submit", direction="in")
-    assert agent.stats.rejected == 1 and agent.stats.accepted >= 3
+    # The injected verdict is the only low-difficulty one (others are jobs gone stale when
+    # a block of the pool moved the tip, answered 21 by the pool).
+    assert agent.source.rejects[p.StratumError.LOW_DIFFICULTY] == 1 and agent.stats.accepted >= 3
     assert rate > 0 and "paused" not in status and "curtailed" not in status
     # Every share the agent sent met the pool's difficulty, not merely the network's.
     assert agent.pool.hardware_errors == 0
     assert len(submits) == agent.stats.accepted + agent.stats.rejected + agent.stats.stale
     assert agent.pool.best_share >= POOL_DIFFICULTY
+
+
+def test_a_paused_or_curtailed_agent_reports_no_rate_and_real_share_figures(pool_node):
+    """Issue: a paused agent's cgminer devs said Idle with MHS 5s > 0 and the status line
+    decayed over the rate window; Found Blocks, Best Share and Hardware Errors were 0."""
+    from miner.devices.local import LocalWorkers
+
+    with StratumPool(pool_node, difficulty=1.0) as pool:
+        pool.delay_notify(NOTIFY_HOLD_S, count=None)
+
+        async def scenario():
+            agent = AgentMiner(agent_config(pool.url), metrics=Metrics(), out=open(os.devnull, "w"))
+            task = asyncio.create_task(agent.run())
+            seen = {}
+            try:
+                await set_pool_difficulty(pool, POOL_DIFFICULTY)
+                await wait_until(lambda: agent.stats.accepted >= 2, 120, "accepted shares")
+                port = agent.api_port
+                seen["summary"] = (await api_call(port, "summary"))["SUMMARY"][0]
+                seen["network_hits"], seen["best"] = agent.pool.network_hits, agent.pool.best_share
+                await api_call(port, "pause", token=TOKEN)
+                seen["paused"] = (await api_call(port, "summary"))["SUMMARY"][0]
+                seen["paused_dev"] = (await api_call(port, "devs"))["DEVS"][0]
+                seen["paused_line"] = agent.status_line()
+                await api_call(port, "resume", token=TOKEN)
+                await wait_until(lambda: agent.pool.rate() > 0, 30, "hashing again")
+                seen["running_line"] = agent.status_line()
+                curtail = LocalWorkers("rig", agent.pool)  # the scheduler's device for these workers
+                await curtail.apply(0.0)
+                seen["curtailed_dev"] = (await api_call(port, "devs"))["DEVS"][0]
+                seen["curtailed_line"] = agent.status_line()
+                await curtail.apply(1.0)
+                await wait_until(lambda: agent.pool.rate() > 0, 30, "hashing again")
+                agent.pool.set_active_threads(0)
+                seen["no_threads"] = (await api_call(port, "summary"))["SUMMARY"][0]
+                seen["no_threads_line"] = agent.status_line()
+                agent.stop()
+                await asyncio.wait_for(task, 30)
+                return seen
+            finally:
+                agent.stop()
+                await asyncio.gather(task, return_exceptions=True)
+
+        seen = asyncio.run(scenario())
+    summary = seen["summary"]
+    # On regtest every share also meets the network target: each is a found block.
+    assert summary["Found Blocks"] >= summary["Accepted"] >= 2
+    assert summary["Found Blocks"] <= seen["network_hits"]
+    assert POOL_DIFFICULTY <= summary["Best Share Difficulty"] <= seen["best"]
+    assert summary["Hardware Errors"] == 0
+    assert summary["MHS 5s"] > 0
+    assert seen["paused"]["MHS 5s"] == 0 and seen["paused"]["MHS av"] == 0 and seen["paused"]["Paused"]
+    assert seen["paused_dev"]["Status"] == "Idle" and seen["paused_dev"]["MHS 5s"] == 0
+    assert seen["paused_line"].split("|")[0].strip() == "0 H/s" and seen["paused_line"].endswith("| paused")
+    assert "paused" not in seen["running_line"] and "curtailed" not in seen["running_line"]
+    assert seen["curtailed_dev"]["MHS 5s"] == 0 and seen["curtailed_line"].endswith("| curtailed")
+    assert seen["no_threads"]["MHS 5s"] == 0 and seen["no_threads_line"].endswith("| curtailed")
+
+
+def test_hardware_errors_reach_the_cgminer_api():
+    """A kernel result that fails verification is a hardware error (cgminer's meaning), shown
+    by summary and devs. The kernel here returns one wrong nonce: a faulty device."""
+    from kernels import scan as kscan
+    from miner.chain.target import difficulty_to_target
+    from miner.devices.agent_api import AgentAPIServer
+    from miner.hashing.pool import WorkerPool
+    from miner.controller import RigState
+
+    share_target = difficulty_to_target(2.0 ** -20)
+    wrong = []
+
+    def faulty_scan(scan_job, target_words, start, count, out):
+        hits, consumed = kscan.scan_chunk(scan_job, target_words, start, count, out)
+        if not wrong:
+            wrong.append(start)  # the first nonce of the range: no share (checked below)
+            hits = [start, *hits]
+        return hits, consumed
+
+    async def scenario():
+        agent = AgentMiner(agent_config("stratum+tcp://127.0.0.1:1"), metrics=Metrics(), out=open(os.devnull, "w"))
+        agent.pool = WorkerPool(1, lambda *a: None, scan_chunk=faulty_scan)
+        agent.pool.start()
+        api = AgentAPIServer(RigState(agent), host="127.0.0.1", port=0, token=TOKEN)
+        await api.start()
+        try:
+            agent.pool.set_job(make_job("hw"), share_target=share_target)
+            await wait_until(lambda: agent.pool.hardware_errors, 30, "the wrong hit")
+            return (await api_call(api.port, "summary"))["SUMMARY"][0], (await api_call(api.port, "devs"))["DEVS"][0]
+        finally:
+            await api.stop()
+            await asyncio.to_thread(agent.pool.stop)
+
+    summary, dev = asyncio.run(scenario())
+    assert summary["Hardware Errors"] == 1 and dev["Hardware Errors"] == 1
+    assert summary["Device Hardware%"] > 0

@@ -122,7 +122,8 @@ class AgentState(Protocol):
     """What the API reads and drives. Rates are hashes per second.
 
     stats(): elapsed_s, hashes_total, rate_5s, rate_avg, accepted, rejected, stale,
-        found_blocks, difficulty_accepted, best_share, hardware_errors
+        found_blocks, difficulty_accepted, best_share (the highest share difficulty
+        hashed, a float), hardware_errors
         (optional: rate_1m, rate_5m, rate_15m, difficulty_rejected, difficulty_stale,
         last_share_time).
     devices(): one dict per CPU worker group: index, enabled, status ("Alive"/"Idle"),
@@ -653,6 +654,9 @@ class AgentAPIServer:
             "Difficulty Rejected": d_rej,
             "Difficulty Stale": d_stale,
             "Best Share": _int(s.get("best_share")),
+            # cgminer's field is an integer; shares below difficulty 1 (regtest, tiny
+            # miners) would all read 0 there, so the exact figure comes next to it.
+            "Best Share Difficulty": float(_num(s.get("best_share"))),
             "Device Hardware%": _pct(hw, hw + acc + rej),
             "Device Rejected%": _pct(d_rej, d_all),
             "Pool Rejected%": _pct(d_rej, d_all),
