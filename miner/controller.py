@@ -477,7 +477,8 @@ class _UpstreamRun(_Run):
 
         up = self.config.upstream
         return PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
-                            probe_interval=up.probe_interval, metrics=self.metrics)
+                            probe_interval=up.probe_interval, follow_reconnect=up.follow_reconnect,
+                            metrics=self.metrics)
 
     def _count_answer(self, job: Job, answer) -> None:
         """Count a share by the pool's real answer, never by what we hoped it would say."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -258,3 +259,57 @@ def test_hardware_errors_reach_the_cgminer_api():
     summary, dev = asyncio.run(scenario())
     assert summary["Hardware Errors"] == 1 and dev["Hardware Errors"] == 1
     assert summary["Device Hardware%"] > 0
+
+
+POOL_PASSWORD = "pool-pass-7f3a9c"
+
+
+@pytest.mark.parametrize("policy", ["same-host", "any", "never"])
+def test_client_reconnect_goes_to_the_configured_host_only(pool_node, policy):
+    """A pool's client.reconnect to another host would take our worker name and password
+    there: followed only as upstream.follow_reconnect says (default: the same host)."""
+    with StratumPool(pool_node) as pool, StratumPool(pool_node, host="127.0.0.2") as elsewhere, \
+            StratumPool(pool_node) as same_host:
+        config = agent_config(pool.url, threads=0)
+        config = replace(config, upstream=replace(config.upstream, password=POOL_PASSWORD, follow_reconnect=policy))
+
+        def ping(n: int) -> None:
+            """The agent answers in order: once it answers this ping it has handled what came before."""
+            after = pool.messages[-1].seq
+            pool.send({"id": n, "method": "mining.ping", "params": []})
+            pool.wait_for_message(direction="in", after=after, timeout=30,
+                                  predicate=lambda m: isinstance(m.data, dict) and m.data.get("id") == n)
+
+        async def scenario():
+            agent = AgentMiner(config, metrics=Metrics(), out=open(os.devnull, "w"))
+            task = asyncio.create_task(agent.run())
+            try:
+                await wait_until(lambda: agent.failover is not None and agent.failover.up, 30, "the pool")
+                client = agent.failover.client
+                pool.send_reconnect("127.0.0.2", elsewhere.port)  # another host
+                if policy == "any":
+                    await wait_until(lambda: elsewhere.find("mining.authorize"), 30, "the other host")
+                else:
+                    await asyncio.to_thread(ping, 1001)
+                pool.send_reconnect("127.0.0.1", same_host.port)  # the configured host, another port
+                if policy == "same-host":
+                    await wait_until(lambda: same_host.find("mining.authorize"), 30, "the same host's port")
+                elif policy == "never":
+                    await asyncio.to_thread(ping, 1002)
+                return client.reconnects, client.reconnects_refused
+            finally:
+                agent.stop()
+                await asyncio.gather(task, return_exceptions=True)
+
+        followed, refused = asyncio.run(scenario())
+        authorized_elsewhere = [m.params for m in elsewhere.find("mining.authorize")]
+        authorized_same_host = [m.params for m in same_host.find("mining.authorize")]
+    if policy == "same-host":
+        assert authorized_elsewhere == [] and not elsewhere.connections
+        assert authorized_same_host == [["site1.rig1", POOL_PASSWORD]]
+        assert (followed, refused) == (1, 1)
+    elif policy == "any":
+        assert authorized_elsewhere == [["site1.rig1", POOL_PASSWORD]]
+    else:
+        assert not elsewhere.connections and not same_host.connections
+        assert (followed, refused) == (0, 2)
