@@ -354,6 +354,11 @@ class AgentAPIServer:
             except Exception:  # noqa: BLE001 - metrics must never break the API
                 log.debug("agent API: requests metric failed", exc_info=True)
 
+    def _scrub(self, text: str) -> str:
+        """Request text fit for a log line or a reply: the token, wherever a client put it
+        (a command, an id), is replaced before anything is cut short."""
+        return text.replace(self._token, "<token>") if self._token else text
+
     def _count_error(self, reason: str, peer: Any, detail: str = "") -> None:
         self.errors_by_reason[reason] += 1
         log.warning("agent API: %s from %s%s", reason, peer, f": {detail}" if detail else "")
@@ -558,7 +563,7 @@ class AgentAPIServer:
         self._count_request(req.cmd)
         spec = _COMMANDS.get(req.cmd)
         if spec is None:
-            self._count_error("invalid_command", peer, repr(req.cmd[:40]))
+            self._count_error("invalid_command", peer, repr(self._scrub(req.cmd)[:40]))
             return self._status("E", MSG_INVCMD, "Invalid command")
         handler, privileged = spec
         if privileged:
@@ -823,8 +828,11 @@ class AgentAPIServer:
             idx = int(idx_text)
         except ValueError:
             idx = -1
+            # Not a number: often the token put where the id goes (`ascdisable|<token>`),
+            # or a mistyped one: neither is echoed or logged.
+            idx_text = "(not a number)"
         if idx != 0:
-            self._count_error("invalid_id", "-", f"{req.cmd} {idx_text[:20]!r}")
+            self._count_error("invalid_id", "-", f"{req.cmd} {idx_text[:20]}")
             return self._status("E", MSG_INVASC, f"Invalid {kind} id {idx_text[:20]} - range is 0 - 0")
         if req.cmd.endswith("disable"):
             if await self._set_paused(True):
