@@ -569,6 +569,8 @@ class AgentMiner(_UpstreamRun):
             self._print(self.status_line())
 
     def status_line(self) -> str:
+        if self.pool is None or self.failover is None:
+            return "starting"
         state, hashing = self.failover.state, hashing_state(self.pool)
         return (f"{format_rate(self.pool.rate())} | pool {state.url or '-'} "
                 f"{'up' if state.up else 'down'} | shares accepted {self.stats.accepted} "
