@@ -427,7 +427,8 @@ class RigState:
     def devices(self) -> list[dict]:
         pool = self._run.pool
         rate = pool.rate() if pool is not None else 0.0
-        return [{"index": 0, "enabled": not self.paused, "status": "Idle" if self.paused else "Alive",
+        idle = pool is None or pool.paused or pool.active_threads == 0  # paused or curtailed to nothing
+        return [{"index": 0, "enabled": not self.paused, "status": "Idle" if idle else "Alive",
                  "rate_5s": rate, "rate_avg": rate, "accepted": self._run.stats.accepted,
                  "rejected": self._run.stats.rejected,
                  "hardware_errors": pool.hardware_errors if pool else 0,
