@@ -260,6 +260,12 @@ def validate(config: Config) -> Config:
                                   "is upstream.user, the password upstream.password or GRIDMINER_POOL_PASSWORD")
             if not url.startswith("stratum+tcp://"):
                 raise ConfigError(f"upstream.pools[{i}]: expected stratum+tcp://HOST:PORT, got {url!r}")
+            from miner.stratum.client import PoolURL  # the client's own parser: one place for the form
+
+            try:
+                PoolURL.parse(url)
+            except ValueError as e:
+                raise ConfigError(f"upstream.pools[{i}]: {e}") from None
         if not config.upstream.user:
             raise ConfigError(f"upstream.user: {m.mode} mode needs a worker name (e.g. site.rig)")
         if config.agent.api != "off":

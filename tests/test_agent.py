@@ -20,6 +20,7 @@ from tests.stratum.test_session import make_job
 from tests.waiting import wait_until
 
 TOKEN = "s3cret-token"
+POOL_PASSWORD = "pool-pass-7f3a9c"
 
 
 async def api_call(port: int, command: str, **extra) -> dict:
@@ -243,7 +244,9 @@ def test_hardware_errors_reach_the_cgminer_api():
         return hits, consumed
 
     async def scenario():
-        agent = AgentMiner(agent_config("stratum+tcp://127.0.0.1:1"), metrics=Metrics(), out=open(os.devnull, "w"))
+        config = agent_config("stratum+tcp://127.0.0.1:1")
+        config = replace(config, upstream=replace(config.upstream, password=POOL_PASSWORD))
+        agent = AgentMiner(config, metrics=Metrics(), out=open(os.devnull, "w"))
         agent.pool = WorkerPool(1, lambda *a: None, scan_chunk=faulty_scan)
         agent.pool.start()
         api = AgentAPIServer(RigState(agent), host="127.0.0.1", port=0, token=TOKEN)
@@ -251,6 +254,8 @@ def test_hardware_errors_reach_the_cgminer_api():
         try:
             agent.pool.set_job(make_job("hw"), share_target=share_target)
             await wait_until(lambda: agent.pool.hardware_errors, 30, "the wrong hit")
+            shown = json.dumps([await api_call(api.port, cmd) for cmd in ("config", "pools", "summary", "stats")])
+            assert TOKEN not in shown and POOL_PASSWORD not in shown, "the API shows no secret"
             return (await api_call(api.port, "summary"))["SUMMARY"][0], (await api_call(api.port, "devs"))["DEVS"][0]
         finally:
             await api.stop()
@@ -260,8 +265,6 @@ def test_hardware_errors_reach_the_cgminer_api():
     assert summary["Hardware Errors"] == 1 and dev["Hardware Errors"] == 1
     assert summary["Device Hardware%"] > 0
 
-
-POOL_PASSWORD = "pool-pass-7f3a9c"
 
 
 @pytest.mark.parametrize("policy", ["same-host", "any", "never"])

@@ -72,6 +72,7 @@ level = "debug"
     ("[mining]\nmode = \"agent\"\n[upstream]\npools = [\"stratum+tcp://h:1\"]\n", "upstream.user"),
     ("[mining]\nmode = \"agent\"\n[upstream]\npools = [\"http://h:1\"]\nuser = \"a.b\"\n", "upstream.pools"),
     ("[upstream]\nprobe_interval = 0\n", "upstream.probe_interval"),
+    ("[mining]\nmode = \"agent\"\n[upstream]\npools = [\"stratum+tcp://h\"]\nuser = \"a.b\"\n", "upstream.pools[0]"),
     ("[node\n", "gridminer.toml"),
 ])
 def test_bad_settings_name_their_key(tmp_path, text, key):
