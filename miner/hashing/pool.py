@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -56,6 +56,16 @@ SOLVED_TIPS = 16
 SolutionCallback = Callable[[Job, Solution, bool], None]
 # kernels.scan.scan_chunk's shape: (job, target words, start, count, out) -> (hits, consumed)
 ScanChunk = Callable[[kscan.ScanJob, np.ndarray, int, int, np.ndarray], tuple[list[int], int]]
+
+
+class _Work(NamedTuple):
+    """What the threads hash: one job, its hit target and extranonce prefix."""
+
+    generation: int
+    job: Job
+    hit_target: int  # the pool's share target (pool work) or the job's network target (solo)
+    prefix: bytes
+    pool_work: bool  # the pool decides what a hit is worth: no block concept, no retired tips
 
 
 class RateMeter:
@@ -131,8 +141,7 @@ class WorkerPool:
         self._unanswered = 0
         self._cond = threading.Condition()
         self._generation = 0
-        # (generation, job, hit target, prefix, pool work)
-        self._current: tuple[int, Job, int, bytes, bool] | None = None
+        self._current: _Work | None = None
         self._solved_tips: deque[bytes] = deque(maxlen=SOLVED_TIPS)  # prev hashes our blocks build on
         self._paused = False
         self._paused_by: str | None = None
@@ -184,7 +193,7 @@ class WorkerPool:
             raise ValueError(f"share target must be in 1..2**256-1, got {target}")
         with self._cond:
             self._generation += 1
-            self._current = (self._generation, job, target, prefix, pool_work)
+            self._current = _Work(self._generation, job, target, prefix, pool_work)
             self._cond.notify_all()
 
     def pause(self, by: str | None = None) -> None:
@@ -238,10 +247,10 @@ class WorkerPool:
             while not self._stopping and self._generation == generation:
                 self._cond.wait()
 
-    def _retired(self, work: tuple[int, Job, int, bytes, bool]) -> bool:
-        return not work[4] and work[1].prev_hash_internal in self._solved_tips
+    def _retired(self, work: _Work) -> bool:
+        return not work.pool_work and work.job.prev_hash_internal in self._solved_tips
 
-    def _wait_for_work(self, index: int, hashing: bool) -> tuple[int, Job, int, bytes, bool] | None:
+    def _wait_for_work(self, index: int, hashing: bool) -> _Work | None:
         """The work to hash next (None: stopping); the calling thread counts as idle while it waits."""
         with self._cond:
             while not self._stopping and (self._paused or index >= self._active or self._current is None

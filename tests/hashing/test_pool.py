@@ -196,6 +196,8 @@ def test_a_slow_threads_block_on_an_old_tip_does_not_reopen_the_new_one(pool_fac
         if threading.current_thread().name == "gridminer-hash-1" and not release.is_set():
             held.set()
             release.wait(30)
+        elif not held.is_set():
+            held.wait(30)  # thread 0 finds the block on P only once thread 1 is inside a chunk of P
         return kscan.scan_chunk(*args)
 
     pool, got = pool_factory(threads=2, scan_chunk=scan_holding_thread_1)
