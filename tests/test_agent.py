@@ -88,7 +88,7 @@ def test_agent_mines_a_pool_and_is_curtailed_through_the_cgminer_api():
 # network target long before they meet the pool's.
 POOL_DIFFICULTY = 2.0 ** -20
 # How long the pool's jobs are held back while the test tells the agent that difficulty.
-NOTIFY_HOLD_S = 3.0
+NOTIFY_HOLD_S = 5.0
 
 
 @pytest.fixture(scope="module")
