@@ -148,7 +148,7 @@ def test_rate_meter_window():
 def test_a_found_block_retires_its_tip_until_it_moves_or_is_retried(pool_factory):
     pool, got = pool_factory(threads=2)
     pool.set_job(make_job("a", REGTEST_BITS, height=1))
-    got.wait_for(lambda xs: len(xs) == 1)
+    got.wait_for(lambda xs: len(xs) >= 1)  # ">=": a second block fails below, clearly, not as a timeout
     # A refreshed template for the same tip (new fees, same prev hash) must not be mined:
     # a second block on that prev hash would compete with our own.
     refreshed = make_job("a2", REGTEST_BITS, height=1)
@@ -159,11 +159,11 @@ def test_a_found_block_retires_its_tip_until_it_moves_or_is_retried(pool_factory
     time.sleep(0.3)
     assert len(got.items) == 1
     pool.retry_tip(refreshed.prev_hash_internal)  # the node rejected our block: the tip is open again
-    got.wait_for(lambda xs: len(xs) == 2)
+    got.wait_for(lambda xs: len(xs) >= 2)
     assert got.items[1][0] is refreshed
     pool.set_job(make_job("b", REGTEST_BITS, height=2))  # a new tip
-    got.wait_for(lambda xs: len(xs) == 3)
-    assert got.items[2][0].job_id == "b"
+    got.wait_for(lambda xs: len(xs) >= 3)
+    assert [j.job_id for j, _, _ in got.items] == ["a", "a2", "b"]
 
 
 def hash_int(job, solution) -> int:
