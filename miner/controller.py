@@ -477,6 +477,23 @@ class SoloMiner(_Run):
 
 
 
+# Who paused the local workers when the agent API did (WorkerPool.pause(by=...)); a pause
+# by anyone else (the scheduler) is a curtailment.
+PAUSED_BY_API = "api"
+
+
+def hashing_state(pool) -> str:
+    """"paused" (by the API), "curtailed" (by the scheduler: paused or threads taken away),
+    "curtailed to a/b threads" (a partial power level), or "" while every thread may hash."""
+    if pool.paused:
+        return "paused" if pool.paused_by == PAUSED_BY_API else "curtailed"
+    if pool.active_threads == 0 and pool.threads:
+        return "curtailed"
+    if pool.active_threads < pool.threads:
+        return f"curtailed to {pool.active_threads}/{pool.threads} threads"
+    return ""
+
+
 class RigState:
     """The agent API's view of this rig (miner.devices.agent_api.AgentState)."""
 
@@ -491,16 +508,25 @@ class RigState:
     def stats(self) -> dict:
         pool, s = self._run.pool, self._run.stats
         rate = pool.rate() if pool is not None else 0.0
+        # cgminer's meanings: a found block is a share whose hash met the network target (the
+        # pool decides what becomes of it), the best share the highest difficulty hashed, a
+        # hardware error a kernel result that failed verification.
         return {"elapsed_s": time.monotonic() - self._started, "hashes_total": pool.hashes if pool else 0,
                 "rate_5s": rate, "rate_avg": rate, "accepted": s.accepted, "rejected": s.rejected,
-                "stale": s.stale, "found_blocks": 0, "difficulty_accepted": s.difficulty_accepted,
-                "best_share": 0, "hardware_errors": 0}
+                "stale": s.stale, "found_blocks": pool.network_hits if pool else 0,
+                "difficulty_accepted": s.difficulty_accepted,
+                "best_share": pool.best_share if pool else 0.0,
+                "hardware_errors": pool.hardware_errors if pool else 0}
 
     def devices(self) -> list[dict]:
         pool = self._run.pool
         rate = pool.rate() if pool is not None else 0.0
-        return [{"index": 0, "enabled": not self.paused, "status": "Idle" if self.paused else "Alive",
+        idle = pool is None or pool.paused or pool.active_threads == 0  # paused or curtailed to nothing
+        return [{"index": 0, "enabled": not self.paused, "status": "Idle" if idle else "Alive",
                  "rate_5s": rate, "rate_avg": rate, "accepted": self._run.stats.accepted,
+                 "rejected": self._run.stats.rejected,
+                 "hardware_errors": pool.hardware_errors if pool else 0,
+                 "hashes_total": pool.hashes if pool else 0,
                  "threads": pool.threads if pool else 0}]
 
     def pools(self) -> list[dict]:
@@ -519,11 +545,16 @@ class RigState:
 
     def pause(self) -> None:
         if self._run.pool is not None:
-            self._run.pool.pause()
+            self._run.pool.pause(by=PAUSED_BY_API)
 
     def resume(self) -> None:
         if self._run.pool is not None:
             self._run.pool.resume()
+
+
+# Pool modes: local shares sent upstream and not yet answered before the CPU workers wait
+# for an answer (an easy share target, as on regtest, makes every other nonce a share).
+MAX_UNANSWERED_SHARES = 64
 
 
 class _UpstreamRun(_Run):
@@ -541,7 +572,8 @@ class _UpstreamRun(_Run):
 
         up = self.config.upstream
         return PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
-                            probe_interval=up.probe_interval, metrics=self.metrics)
+                            probe_interval=up.probe_interval, follow_reconnect=up.follow_reconnect,
+                            metrics=self.metrics)
 
     def _count_answer(self, job: Job, answer) -> None:
         """Count a share by the pool's real answer, never by what we hoped it would say."""
@@ -580,7 +612,7 @@ class AgentMiner(_UpstreamRun):
             loop.call_soon_threadsafe(self._submit, job, solution)
 
         self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="agent",
-                                      site=self.pool_site)
+                                      site=self.pool_site, max_unanswered=MAX_UNANSWERED_SHARES)
         self._prepare_scheduler()
         api = None
         if self.config.agent.api != "off":
@@ -621,16 +653,24 @@ class AgentMiner(_UpstreamRun):
         self._track(self._submit_one(job, solution))
 
     async def _submit_one(self, job: Job, solution: Solution) -> None:
-        self._count_answer(job, await self.source.submit(job, solution))
+        try:
+            self._count_answer(job, await self.source.submit(job, solution))
+        finally:
+            self.pool.answered()  # whatever the pool said, the workers go on
 
     async def _status(self) -> None:
         while True:
             await asyncio.sleep(self.config.log.status_interval)
-            state = self.failover.state
-            self._print(f"{format_rate(self.pool.rate())} | pool {state.url or '-'} "
-                        f"{'up' if state.up else 'down'} | shares accepted {self.stats.accepted} "
-                        f"rejected {self.stats.rejected} stale {self.stats.stale}"
-                        f"{' | PAUSED' if self.pool.paused else ''}")
+            self._print(self.status_line())
+
+    def status_line(self) -> str:
+        if self.pool is None or self.failover is None:
+            return "starting"
+        state, hashing = self.failover.state, hashing_state(self.pool)
+        return (f"{format_rate(self.pool.rate())} | pool {state.url or '-'} "
+                f"{'up' if state.up else 'down'} | shares accepted {self.stats.accepted} "
+                f"rejected {self.stats.rejected} stale {self.stats.stale}"
+                f"{f' | {hashing}' if hashing else ''}")
 
 
 # Proxy mode: bytes of the pool's extranonce2 that name a downstream connection (65,535
@@ -668,7 +708,7 @@ class ProxyMiner(_UpstreamRun):
             loop.call_soon_threadsafe(self._submit_local, job, solution)
 
         self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="local",
-                                      site=self.pool_site)
+                                      site=self.pool_site, max_unanswered=MAX_UNANSWERED_SHARES)
         self._prepare_scheduler()
         host, port = parse_listen(self.config.stratum.listen, "stratum.listen")
         self.server = server = StratumServer(lambda job, solution: None, host=host, port=port, metrics=self.metrics,
@@ -719,7 +759,13 @@ class ProxyMiner(_UpstreamRun):
         return answer.error or StratumError.other(f"upstream: {answer.status}")
 
     def _submit_local(self, job: Job, solution: Solution) -> None:
-        self._track(self._forward(job, solution))
+        self._track(self._forward_local(job, solution))
+
+    async def _forward_local(self, job: Job, solution: Solution) -> None:
+        try:
+            await self._forward(job, solution)
+        finally:
+            self.pool.answered()  # whatever the pool said, the workers go on
 
     async def _status(self) -> None:
         while True:
