@@ -596,7 +596,7 @@ class AgentMiner(_UpstreamRun):
         self.api_port: int | None = None
 
     async def _run(self) -> int:
-        from kernels.scan import default_threads, warm_up
+        from kernels.scan import default_threads
         from miner.devices.agent_api import AgentAPIServer
         from miner.hashing.pool import WorkerPool
         from miner.work.upstream import UpstreamWorkSource
@@ -605,7 +605,6 @@ class AgentMiner(_UpstreamRun):
         self.failover = self._failover()
         self.source = source = UpstreamWorkSource(self.failover, metrics=self.metrics)
         threads = default_threads() if m.threads is None else m.threads
-        await asyncio.to_thread(warm_up)
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
@@ -626,9 +625,9 @@ class AgentMiner(_UpstreamRun):
             self.api_port = api.port
             self._print(f"cgminer-compatible API at {host}:{api.port}"
                         f"{'' if self.config.agent.token else ' (read-only: no agent.token)'}")
-        pool.start()
         self._print(f"agent: {threads} CPU thread(s) on {', '.join(up.pools)} as {up.user}")
         tasks = [asyncio.create_task(source.run(), name="upstream"),
+                 asyncio.create_task(self._start_pool_when_warm(), name="kernel"),
                  asyncio.create_task(self._feed(), name="feed"),
                  asyncio.create_task(self._status(), name="status"),
                  *self._scheduler_tasks()]
@@ -689,7 +688,6 @@ class ProxyMiner(_UpstreamRun):
         self.stratum_port: int | None = None
 
     async def _run(self) -> int:
-        from kernels.scan import warm_up
         from miner.hashing.pool import WorkerPool
         from miner.work.upstream import UpstreamWorkSource
 
@@ -700,8 +698,6 @@ class ProxyMiner(_UpstreamRun):
         self.source = source = UpstreamWorkSource(self.failover, extranonce_prefix_size=PROXY_SESSION_EXTRANONCE1_SIZE,
                                                   metrics=self.metrics)
         threads = 0 if m.threads is None else m.threads  # a proxy hashes locally only when asked
-        if threads:
-            await asyncio.to_thread(warm_up)
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
@@ -720,8 +716,8 @@ class ProxyMiner(_UpstreamRun):
             raise ConfigError(f"stratum.listen: cannot listen on {self.config.stratum.listen}: {e}") from None
         self.stratum_port = server.port
         self._print(f"proxy: rigs at stratum+tcp://{host}:{server.port} -> {', '.join(up.pools)} as {up.user}")
-        pool.start()
         tasks = [asyncio.create_task(source.run(), name="upstream"),
+                 asyncio.create_task(self._start_pool_when_warm(), name="kernel"),
                  asyncio.create_task(self._feed(), name="feed"),
                  asyncio.create_task(self._status(), name="status"),
                  *self._scheduler_tasks()]
