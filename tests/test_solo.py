@@ -121,6 +121,19 @@ def test_mempool_transactions_with_a_segwit_spend_are_mined(regtest_node_factory
     assert witness_seen, "a segwit spend (wtxid != txid) must be in our blocks"
 
 
+def test_a_run_started_right_after_a_payment_mines_it_on_core(regtest_node_factory, tmp_path):
+    """Core caches a template for 5 s whatever enters the mempool: the first job of a
+    regtest run must still hold the transaction sent just before (issue 11 item 11)."""
+    node = regtest_node_factory(kind="bitcoind", persistent=False)
+    address = node.new_address("bech32")
+    node.mine_with_node(101)
+    node.rpc.call_sync("getblocktemplate", {"rules": ["segwit"]})  # the node caches this one
+    txid = node.wallet_call("sendtoaddress", node.new_address("bech32"), 1.0)
+    height = node.rpc.call_sync("getblockcount")
+    mine(node, tmp_path, address, blocks=1)
+    assert txid in [tx["txid"] for tx in block_at(node, height + 1)["tx"]]
+
+
 # --- new tips: polling within 1 s, ZMQ within 100 ms --------------------------------------
 
 async def _switch_latency(node, tmp_path, *, settings: GBTSettings, publish=None) -> float:

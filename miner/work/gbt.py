@@ -43,6 +43,10 @@ GBT_PARAMS = {"rules": ["segwit"]}
 ERROR_LOG_INTERVAL = 60.0
 # Upper bound on one long-poll call (seconds): the node should answer well before.
 LONGPOLL_TIMEOUT = 600.0
+# Regtest: Core rebuilds a template for mempool changes only 5 s after the last one; how
+# long the first template may wait for that, and how often it asks meanwhile (seconds).
+REGTEST_TEMPLATE_CACHE_WAIT = 6.0
+REGTEST_TEMPLATE_RETRY = 0.5
 # Pause after a failed long-poll (seconds), doubling up to the cap while failures last.
 LONGPOLL_RETRY_MIN = 0.25
 LONGPOLL_RETRY_MAX = 10.0
@@ -174,7 +178,7 @@ class GBTWorkSource:
         """
         tip = await self.rpc.call_with_retry("getbestblockhash")
         await self.submitter.resubmit_pending(tip)
-        await self.refresh(clean_if_new_tip=True, via="start")
+        await self.refresh(clean_if_new_tip=True, via="start", template=await self._first_template())
         loops = [self._poll_loop(), self._refresh_loop()]
         if self.settings.longpoll:
             loops.append(self._longpoll_loop())
@@ -190,6 +194,35 @@ class GBTWorkSource:
             for t in self._tasks:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _first_template(self) -> dict | None:
+        """On regtest, a first template that holds what the mempool holds (None: refresh fetches one).
+
+        Core keeps serving a cached template for 5 s after it built one, however the
+        mempool changed meanwhile; on regtest the first job is solved at once, so a run
+        started right after `sendtoaddress` would mine an empty block. Wait out the cache
+        (bounded); other networks take their first template as it comes.
+        """
+        network = await self.node_network()
+        if not network.pow_no_retargeting:
+            return None
+        try:
+            info = await self.rpc.call_with_retry("getmempoolinfo")
+            in_mempool = info.get("size", 0) if isinstance(info, dict) else 0
+            if not isinstance(in_mempool, int) or in_mempool == 0:
+                return None
+            deadline = self._clock.monotonic() + REGTEST_TEMPLATE_CACHE_WAIT
+            while True:
+                template = await self.rpc.call_with_retry("getblocktemplate", gbt_params(network))
+                txs = template.get("transactions") if isinstance(template, dict) else None
+                if not isinstance(txs, list) or len(txs) >= in_mempool or self._clock.monotonic() >= deadline:
+                    return template
+                log.info("the node's template leaves out %d of the %d mempool transactions (its template "
+                         "cache); asking again", in_mempool - len(txs), in_mempool)
+                await self._clock.sleep(REGTEST_TEMPLATE_RETRY)
+        except RPCError as e:
+            log.warning("could not compare the first template with the mempool: %s", e)
+            return None
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
