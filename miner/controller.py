@@ -42,9 +42,10 @@ log = logging.getLogger(__name__)
 LOCAL_EXTRANONCE1 = bytes(4)
 # Tasks of a run that end when their work is done (the others run until the stop).
 ONE_SHOT_TASKS = frozenset({"kernel"})
-# A kernel warm-up longer than this (seconds) is a compile: say so, and how it goes.
-KERNEL_QUIET_WAIT = 2.0
-KERNEL_PROGRESS_INTERVAL = 10.0
+# A wait longer than this (seconds) is announced (a kernel compile, the node's first
+# install), then its elapsed time every PROGRESS_INTERVAL seconds.
+QUIET_WAIT = 2.0
+PROGRESS_INTERVAL = 10.0
 # At shutdown, how long in-flight block submissions may still take (seconds).
 SHUTDOWN_SUBMIT_WAIT = 10.0
 
@@ -201,16 +202,23 @@ class _Run:
         """Start the local workers once the kernel is compiled (or loaded from numba's cache).
 
         Everything else (the stratum server, the work source) is already serving: a cold
-        compile takes most of a minute, and rigs must not wait for it. The compile runs on
-        a daemon thread, so a stop during it does not wait for it either.
+        compile takes most of a minute, and rigs must not wait for it.
         """
         pool = self.pool
-        if pool is None or pool.threads == 0:
-            if pool is not None:
-                pool.start()
-            return
-        from kernels.scan import warm_up
+        if pool is not None and pool.threads:
+            from kernels.scan import warm_up
 
+            waited = await self._wait_visibly(warm_up, "compiling the SHA-256d kernel for this CPU (first start "
+                                                       "only); the stratum server is already serving")
+            if waited is not None:
+                self._print(f"kernel ready after {waited:.1f} s: {pool.threads} CPU thread(s) start hashing")
+        if pool is not None:
+            pool.start()
+
+    async def _wait_visibly(self, fn, what: str) -> float | None:
+        """Run fn() on a daemon thread, so that a stop never waits for it; when it takes over
+        QUIET_WAIT seconds, say what we wait for, then every PROGRESS_INTERVAL how long so far.
+        Returns the seconds it took when that was announced, else None; raises what fn raised."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
 
@@ -218,28 +226,27 @@ class _Run:
             if not ready.done():
                 ready.set_exception(error) if error is not None else ready.set_result(None)
 
-        def compile_kernel() -> None:
+        def work() -> None:
             error = None
             try:
-                warm_up()
-            except BaseException as e:  # reported on the loop, which raises it in this task
+                fn()
+            except BaseException as e:  # raised again on the loop, in the waiting task
                 error = e
             with contextlib.suppress(RuntimeError):  # the loop is gone: the run stopped meanwhile
                 loop.call_soon_threadsafe(settle, error)
 
         t0 = time.monotonic()
-        threading.Thread(target=compile_kernel, name="gridminer-kernel-warm-up", daemon=True).start()
-        done, _ = await asyncio.wait([ready], timeout=KERNEL_QUIET_WAIT)
-        if not done:
-            self._print("compiling the SHA-256d kernel for this CPU (first start only); "
-                        "the stratum server is already serving")
-            while not done:
-                done, _ = await asyncio.wait([ready], timeout=KERNEL_PROGRESS_INTERVAL)
-                if not done:
-                    self._print(f"still compiling the kernel ({time.monotonic() - t0:.0f} s)")
-            self._print(f"kernel ready after {time.monotonic() - t0:.1f} s: {pool.threads} CPU thread(s) start hashing")
+        threading.Thread(target=work, name=f"gridminer-{getattr(fn, '__name__', 'wait')}", daemon=True).start()
+        done, _ = await asyncio.wait([ready], timeout=QUIET_WAIT)
+        announced = not done
+        if announced:
+            self._print(what)
+        while not done:
+            done, _ = await asyncio.wait([ready], timeout=PROGRESS_INTERVAL)
+            if not done:
+                self._print(f"... {time.monotonic() - t0:.0f} s")
         ready.result()
-        pool.start()
+        return time.monotonic() - t0 if announced else None
 
     def _print(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
@@ -300,7 +307,8 @@ class SoloMiner(_Run):
 
             self._print("no node given: starting the pinned regtest node")
             self._node = RegtestNode()
-            await asyncio.to_thread(self._node.start)
+            await self._wait_visibly(self._node.start, "the regtest node is starting (its first start installs "
+                                                      "it with npm, a minute or two)")
             address = m.address or await asyncio.to_thread(self._node.new_address, "bech32")
             self._print(f"regtest node at {self._node.rpc_url}; mining to {address}"
                         f"{'' if m.address else ' (a new address of the node wallet, for this run)'}")

@@ -66,7 +66,6 @@ TEMPLATE_ERROR_REASONS = frozenset({
     "witness_without_segwit",
     "commitment",            # default_witness_commitment malformed or disagreeing
     "coinbase",              # the coinbase cannot be built from these values
-    "stale_template",        # builds on a block that is no longer the node's best (gbt.py)
 })
 
 # "!rule": the client must understand the rule to use the template (BIP9 / BIP145).
