@@ -32,14 +32,18 @@ from miner.stratum.server import Authorizer, ServerLimits, StratumServer
 from miner.work.gbt import GBTSettings, GBTWorkSource
 from miner.work.job import Job, Solution
 from miner.work.journal import Journal
-from miner.work.submit import BlockSubmitter
+from miner.work.submit import BlockSubmitter, node_chain_name
 
 log = logging.getLogger(__name__)
 
 # The local CPU pool's extranonce1: stratum clients get other, unique values.
 LOCAL_EXTRANONCE1 = bytes(4)
-# At shutdown, how long in-flight block submissions may still take (seconds).
-SHUTDOWN_SUBMIT_WAIT = 10.0
+# At shutdown, how long in-flight block submissions may still take (seconds); what is
+# unanswered by then stays in the journal for the next start.
+SHUTDOWN_SUBMIT_WAIT = 2.0
+# From SIGINT/SIGTERM to giving up on an orderly wind-down and cancelling the run (seconds):
+# every mode stops within 5 s.
+STOP_DEADLINE = 4.0
 
 
 def stratum_policy(config: Config) -> dict:
@@ -95,6 +99,7 @@ class _Run:
         self.fleet = None  # the [sched] sites file, loaded, when scheduling
         self.local_site: str | None = None  # the site the local CPU workers belong to
         self.scheduler = None  # miner.sched.scheduler.Scheduler, while running
+        self._serving = False  # True once _until_stopped watches for the stop itself
 
     def stop(self) -> None:
         self._stop.set()
@@ -107,7 +112,7 @@ class _Run:
         self._load_sites()  # a bad sites file fails before anything starts
         exporter = self._start_metrics()
         try:
-            return await self._run()
+            return await self._run_until_stopped()
         finally:
             if exporter is not None:
                 exporter.shutdown()
@@ -115,6 +120,33 @@ class _Run:
 
     async def _run(self) -> int:
         raise NotImplementedError
+
+    async def _run_until_stopped(self) -> int:
+        """_run(), cancelled when a stop finds it still starting (an RPC retried while the
+        node is down, say) or still winding down after STOP_DEADLINE."""
+        main = asyncio.create_task(self._run(), name=type(self).__name__)
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait([main, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if not main.done():
+                if not self._serving:
+                    main.cancel()  # nothing of ours is waiting for the stop yet
+                await asyncio.wait([main], timeout=STOP_DEADLINE)
+                if not main.done():
+                    log.warning("wind-down took over %.0f s: cancelling it", STOP_DEADLINE)
+                    main.cancel()
+            try:
+                return await main
+            except asyncio.CancelledError:
+                if not self._stop.is_set():
+                    raise  # cancelled from outside, not by our stop
+                self._print("stopped")
+                return 0
+        finally:
+            stopper.cancel()
+            if not main.done():  # we were cancelled: the run goes too
+                main.cancel()
+                await asyncio.gather(main, return_exceptions=True)
 
     def _start_metrics(self):
         """The Prometheus endpoint; a port in use is logged, and mining goes on without it."""
@@ -174,6 +206,7 @@ class _Run:
 
     async def _until_stopped(self, tasks: list[asyncio.Task]) -> None:
         """Wait for stop() or for a task to fail (its exception is raised)."""
+        self._serving = True
         stopper = asyncio.create_task(self._stop.wait())
         try:
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -291,7 +324,7 @@ class SoloMiner(_Run):
         elif self._node is not None:
             journal_path = self._node.datadir / "found-blocks.jsonl"  # a throwaway chain's blocks die with it
         else:
-            journal_path = self.config.default_journal_path()
+            journal_path = self.config.default_journal_path(await node_chain_name(rpc))
         with Journal(journal_path) as journal:
             return await self._mine_with(rpc, journal, payout_script, zmq_url)
 
@@ -342,6 +375,8 @@ class SoloMiner(_Run):
 
     async def _submit_one(self, source: GBTWorkSource, pool, job: Job, solution: Solution) -> None:
         outcome = await source.submit(job, solution)  # the submitter logs the node's answer
+        if outcome.inconclusive:
+            return  # valid, but another block took the height: not rejected, and the tip stays closed
         if not outcome.accepted:
             self.stats.rejected += 1
             pool.retry_tip(job.prev_hash_internal)  # that tip is open again: our block on it did not count

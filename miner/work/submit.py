@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Protocol
 
 from miner.chain.block import Block
+from miner.chain.networks import get_network
 from miner.metrics import Metrics
 from miner.node.rpc import (
     NodeUnavailable,
@@ -63,7 +64,7 @@ __all__ = [
     "result_from_answer",
     "result_from_error",
     "reason_label",
-    "node_chain_id",
+    "node_chain_name",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,11 +166,16 @@ def reason_label(result: str) -> str:
     return match.group(0) if match else "other"
 
 
-async def node_chain_id(rpc: Any) -> str:
-    """The node's chain as a journal names it (journal_chain_id of its block 1)."""
-    height = await rpc.call_with_retry("getblockcount")
+async def node_chain_name(rpc: Any) -> str:
+    """The node's network and chain as a default journal is named: "regtest-<block 1 prefix>".
+
+    Regtest chains (and every signet) share a genesis, so block 1 tells them apart.
+    """
+    info = await rpc.call_with_retry("getblockchaininfo")
+    network = get_network(info.get("chain") if isinstance(info, dict) else None).name
+    height = info.get("blocks") if isinstance(info, dict) else None
     block1 = await rpc.call_with_retry("getblockhash", 1) if isinstance(height, int) and height >= 1 else None
-    return journal_chain_id(block1)
+    return f"{network}-{journal_chain_id(block1)}"
 
 
 def _build_and_serialize(job: Job, solution: Solution) -> tuple[str, bytes, Block]:
@@ -303,7 +309,12 @@ class BlockSubmitter:
         if not entries:
             return []
         started = self._clock.monotonic()
-        tip_height = await self._ask("getblockcount")
+        try:
+            tip_height = await self._ask("getblockcount")
+        except RPCError as e:
+            log.error("cannot judge %d earlier journal entries (getblockcount: %s); they stay pending for "
+                      "the next start", len(entries), e)
+            return []
         tip_height = tip_height if isinstance(tip_height, int) else -1
         by_height: dict[int, list[JournalEntry]] = defaultdict(list)
         unknown_height: list[JournalEntry] = []
