@@ -512,7 +512,7 @@ class NodeRPC:
         """Call method with positional params and return its result; raises an RPCError subclass."""
         self.metrics.rpc_calls.labels(method=method).inc()
         try:
-            result = self._call_once(method, params, self.timeout if timeout is None else timeout)
+            result = self._call_rereading_cookie(method, params, self.timeout if timeout is None else timeout)
         except RPCError as e:
             self.metrics.rpc_errors.labels(kind=e.kind).inc()
             if self._closed:
@@ -575,6 +575,24 @@ class NodeRPC:
             executor.shutdown(wait=False, cancel_futures=True)
 
     # -- internals --
+
+    def _call_rereading_cookie(self, method: str, params: tuple[Any, ...], timeout: float) -> Any:
+        """_call_once; refused credentials from a cookie file are re-read, and the call made
+        again once if the cookie changed (a restarted bitcoind writes a new one)."""
+        used = self._auth
+        try:
+            return self._call_once(method, params, timeout)
+        except RPCAuthError:
+            if isinstance(self._auth_source, RPCAuth) or self._closed:
+                raise
+            self._auth = None
+            try:
+                fresh = self._current_auth(method)
+            except NodeUnavailable:
+                fresh = None
+            if fresh is None or fresh == used:
+                raise
+        return self._call_once(method, params, timeout)
 
     def _call_sync_kw(self, method: str, params: tuple[Any, ...], timeout: float | None) -> Any:
         return self.call_sync(method, *params, timeout=timeout)

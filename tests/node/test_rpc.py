@@ -445,3 +445,18 @@ def test_daemon_pool_reuses_idle_threads_and_runs_calls_in_parallel():
     pool.shutdown(wait=True)
     with pytest.raises(RuntimeError):
         pool.submit(lambda: None)
+
+
+def test_a_restarted_bitcoind_s_new_cookie_is_used_on_the_first_call(regtest_node_factory):
+    # bitcoind writes a new cookie each start: the first call after a restart was refused
+    # (HTTP 401) and only the next one re-read the cookie.
+    node = regtest_node_factory(kind="bitcoind", persistent=True)
+    rpc = NodeRPC(node.rpc_url, node.auth)
+    try:
+        height = rpc.call_sync("getblockcount")
+        node.stop()
+        node._rpc = node._wallet_rpc = None  # the node's own clients: not what is tested here
+        node.start()
+        assert rpc.call_sync("getblockcount") == height
+    finally:
+        rpc.close()
