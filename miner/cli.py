@@ -82,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
+    import gc
+
+    try:
+        return _run_config(args)
+    finally:
+        # Exit at once: otherwise interpreter shutdown garbage-collects numba's compiled
+        # objects, 2 s on a loaded machine, eating into the 5 s a stop may take.
+        gc.freeze()
+
+
+def _run_config(args) -> int:
     import asyncio
     import logging
 

@@ -230,6 +230,10 @@ class _Run:
         if not task.cancelled() and task.exception() is not None:
             log.error("submission failed", exc_info=task.exception())
 
+    def _submissions_wait_for_peer(self) -> bool:
+        """True when the submissions in flight only wait for an unreachable peer (no use waiting)."""
+        return False
+
     async def _wind_down(self, tasks: list[asyncio.Task]) -> None:
         """Stop the CPU workers, then let every submission finish (bounded) before cancelling."""
         if self.pool is not None:
@@ -239,8 +243,8 @@ class _Run:
         # to finish while the node or pool is still there. A found block stays journaled.
         await asyncio.sleep(0)
         deadline = time.monotonic() + SHUTDOWN_SUBMIT_WAIT
-        while self._submissions and time.monotonic() < deadline:
-            await asyncio.wait(set(self._submissions), timeout=deadline - time.monotonic())
+        while self._submissions and time.monotonic() < deadline and not self._submissions_wait_for_peer():
+            await asyncio.wait(set(self._submissions), timeout=min(0.1, deadline - time.monotonic()))
         for t in [*tasks, *self._submissions]:
             t.cancel()
         await asyncio.gather(*tasks, *self._submissions, return_exceptions=True)
@@ -368,6 +372,9 @@ class SoloMiner(_Run):
         self._print(f"stopped: {self.stats.found} found, {self.stats.accepted} accepted, "
                     f"{self.stats.rejected} rejected")
         return 0
+
+    def _submissions_wait_for_peer(self) -> bool:
+        return self.source is not None and self.source.submitter.waiting_for_node > 0
 
     def _submit(self, source: GBTWorkSource, pool, job: Job, solution: Solution) -> None:
         self.stats.found += 1
