@@ -329,7 +329,8 @@ class SoloMiner(_Run):
             journal_path = self._node.datadir / "found-blocks.jsonl"  # a throwaway chain's blocks die with it
         else:
             journal_path = self.config.default_journal_path(await node_chain_name(rpc))
-        with Journal(journal_path) as journal:
+        # Off the loop: replaying tens of thousands of old entries takes seconds.
+        with await asyncio.to_thread(Journal, journal_path) as journal:
             return await self._mine_with(rpc, journal, payout_script, zmq_url)
 
     async def _mine_with(self, rpc: NodeRPC, journal: Journal, payout_script: bytes, zmq_url: str | None) -> int:
