@@ -27,7 +27,7 @@ from prometheus_client import start_http_server
 
 from miner.config import Config, ConfigError, parse_listen
 from miner.metrics import Metrics
-from miner.node.rpc import AuthConfigError, NodeRPC, RPCAuthError, load_auth
+from miner.node.rpc import AuthConfigError, CookieAuth, NodeRPC, RPCAuthError, load_auth
 from miner.stratum.server import Authorizer, ServerLimits, StratumServer
 from miner.work.gbt import GBTSettings, GBTWorkSource
 from miner.work.job import Job, Solution
@@ -284,6 +284,8 @@ class SoloMiner(_Run):
             return rpc, address, n.zmq or self._node.zmq_url
         try:
             auth = load_auth(cookie_file=n.cookie_file, user=n.user, password=n.password)
+            if n.cookie_file is not None:  # re-read after failures: bitcoind writes a new one each start
+                auth = CookieAuth(n.cookie_file)
             return NodeRPC(n.url, auth, timeout=n.timeout, metrics=self.metrics), m.address, n.zmq
         except (AuthConfigError, ValueError) as e:
             raise ConfigError(f"node: {e}") from None
