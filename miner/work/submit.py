@@ -227,6 +227,9 @@ class BlockSubmitter:
         # The outage queue, oldest first, and the one task that retries it.
         self._queue: dict[str, _Queued] = {}
         self._retry_task: asyncio.Task | None = None
+        # From a submitblock without an answer until the retry loop gets one: new blocks
+        # queue at once instead of each trying the unreachable node first.
+        self._node_down = False
         # Earlier runs' pending entries not yet judged (set by resubmit_on_tip).
         self._earlier: list[JournalEntry] | None = None
         self._update_pending_gauge()
@@ -397,18 +400,20 @@ class BlockSubmitter:
         self._metrics.blocks.labels(stage="submitted").inc()
         attempts = 0
         failure: BaseException | None = None
-        if not self._queue:  # the node answers (as far as we know): straight to it
+        first_failure = False
+        if not self._node_down:  # the node answers (as far as we know): straight to it
             attempts = 1
             try:
                 result = await self._send(raw)
             except _NoAnswer as e:
                 failure = e.error
+                first_failure, self._node_down = not self._node_down, True
             else:
                 return await self._finish(block_hash, result, attempts, problems, journaled, height)
         if journaled:
             kind = "warming-up" if isinstance(failure, NodeWarmingUp) else "unavailable"
             await self._record_result(block_hash, kind, final=False)
-        if failure is not None and not self._queue:
+        if failure is not None and first_failure:
             self._warn_outage(failure, started=True)
         result, queued_attempts = await self._wait_in_queue(block_hash, None if journaled else raw)
         return await self._finish(block_hash, result, attempts + queued_attempts, problems, journaled, height)
@@ -459,7 +464,7 @@ class BlockSubmitter:
                 if failed:
                     log.info("the node answers submitblock again after %.0f s; sending %d queued block(s)",
                              self._clock.monotonic() - outage_started, len(self._queue))
-                failed, delay = False, self._initial_delay
+                failed, delay, self._node_down = False, self._initial_delay, False
                 if self._queue.get(block_hash) is item:
                     del self._queue[block_hash]
                 if not item.future.done():
