@@ -20,7 +20,7 @@ no error message or repr shows one (SECRET_KEYS; URLs with credentials are not e
     threads = 2                 # CPU hashing threads (default: every CPU)
     blocks = 0                  # stop after this many accepted blocks (0: never)
     coinbase_tag = "/gridminer/"
-    journal = "~/.local/share/gridminer/found-blocks.jsonl"
+    journal = "~/.local/share/gridminer/found-blocks.jsonl"  # default: one per chain there
 
     [stratum]
     listen = "127.0.0.1:3333"   # for ASICs and rigs; "off" to disable
@@ -160,9 +160,11 @@ class Config:
     log: LogConfig = LogConfig()
     sched: SchedConfig = SchedConfig()
 
-    def default_journal_path(self) -> Path:
+    def default_journal_path(self, chain: str) -> Path:
+        """One journal per network and chain (chain: "regtest-<block 1 hash prefix>", from
+        miner.work.submit.node_chain_name): old entries of another chain never slow a start."""
         base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-        return Path(base) / "gridminer" / "found-blocks.jsonl"
+        return Path(base) / "gridminer" / f"found-blocks-{chain}.jsonl"
 
 
 _SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "upstream": UpstreamConfig, "agent": AgentConfig,
