@@ -10,7 +10,8 @@ connection (counted) and never touch other sessions.
 
 What the abuse limits count: every message costs one token of the message-rate bucket
 except an accepted share (a fast honest miner is never throttled for being fast) and a
-share gone stale with the tip while the miner could not yet know (STALE_GRACE_S); only
+share on a job it was sent that went stale with the tip (refused before any hashing; a
+fast miner has a backlog of them on every tip, longer the busier we are); only
 shares refused as invalid (codes 20, 22-25) count toward max_invalid_shares: a stale
 share (21) is a race with the chain, not misbehaviour. Submits that arrive before the handshake
 is answered (a miner reconnecting with shares of its last job in flight) wait, and are
@@ -40,9 +41,6 @@ log = logging.getLogger(__name__)
 # most SUBMIT_HOLD_S seconds); the rest are judged at once.
 MAX_HELD_SUBMITS = 256
 SUBMIT_HOLD_S = 2.0
-# A stale share costs nothing against the message rate while the miner has had newer work
-# for less than this many seconds (or has none yet: we are the slow side); later ones do.
-STALE_GRACE_S = 10.0
 # Shares of one connection waiting for the upstream pool's answer (proxy mode); at this
 # many the session waits for the oldest answer before reading on.
 MAX_PENDING_UPSTREAM = 64
@@ -378,7 +376,7 @@ class StratumSession:
                 self._invalid_share()  # stale work is a race with the chain, not abuse
             if msg_id is not None:
                 self.reply(msg_id, None, reject_error(result.reject))
-            return result.reject is Reject.STALE and self._stale_in_grace()
+            return result.reject is Reject.STALE
         if result.is_block:
             self.server.found_block(result.issued.job, result.solution)
         if self.server.on_share is None:
@@ -408,15 +406,10 @@ class StratumSession:
         if msg_id is not None:
             self.reply(msg_id, True)
 
-    def _stale_in_grace(self) -> bool:
-        """Whether a stale share now is an honest race: this miner's newest job is stale too
-        (no newer work reached it yet), or reached it less than STALE_GRACE_S ago."""
-        latest = self.book.latest
-        return (latest is None or not self.server.ledger.is_live(latest.job)
-                or time.time() - latest.issued_at < STALE_GRACE_S)
-
     def _accepted(self, site: str, worker: str, result) -> None:
         self.invalid_shares = 0
+        if not result.remembered:
+            self._limit("duplicate_memory")
         self._count_share(site, "accepted")
         self.server.metrics.stratum_share_work.labels(site).inc(result.issued.difficulty)
         self.server.count_worker_work(worker, result.issued.difficulty)

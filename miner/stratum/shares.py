@@ -18,7 +18,6 @@ cheap checks come before the one hash:
     version   version_bits outside the agreed mask ......... 20 VERSION_BITS_OUTSIDE_MASK
     repeat    same header already submitted for the job,
               by any session ............................... 22 DUPLICATE
-              job's duplicate memory full .................. 20 TOO_MANY_SHARES
     hash      hash > share target the job was issued with .. 23 LOW_DIFFICULTY
               (unless it meets the network target: a block is always accepted)
 
@@ -27,6 +26,9 @@ low-difficulty share sent again is a DUPLICATE, exactly like an accepted one sen
 (no second hash for a repeat). The key is the header's variable part (extranonce1, then
 extranonce2, ntime, nonce, final nVersion), so version_bits=None and version_bits=0 are
 the same share, and a resumed session (same extranonce1) cannot replay its old shares.
+The memory is bounded per tip (MAX_SHARES_PER_TIP); past it a share is still judged in
+full and a valid one accepted, only not remembered (ShareResult.remembered is False): a
+valid share is never refused for our own limit (at regtest difficulty every hash is one).
 
 ntime window: [job.min_time, now + 7200] when the template gave min_time (the consensus
 rule: any such block is valid), else [job.ntime, now + 7200] as pools commonly do; 7200 s
@@ -48,7 +50,6 @@ from miner.work.job import Job, Solution
 __all__ = [
     "MAX_ISSUED_JOBS",
     "MAX_LIVE_JOBS",
-    "MAX_SHARES_PER_JOB",
     "MAX_SHARES_PER_TIP",
     "NTIME_MAX_FUTURE_S",
     "U32_MAX",
@@ -63,12 +64,9 @@ __all__ = [
 U32_MAX = 0xFFFFFFFF
 # Jobs remembered per session; a share for an older job id answers JOB_NOT_FOUND.
 MAX_ISSUED_JOBS = 16
-# Duplicate keys remembered per job and extranonce1 (one miner; ~100 bytes each). At
-# vardiff's ~1 share / 10 s a job sees a handful; reaching this means the difficulty lags
-# badly, and accepting more without duplicate memory would let repeats earn credit, so
-# the job refuses them.
-MAX_SHARES_PER_JOB = 4096
 # Duplicate keys remembered over every live job of the server (~100 bytes each: ~50 MB).
+# At vardiff's ~1 share / 10 s per miner that is hours of a large farm; it fills only when
+# the difficulty cannot rise (shares that are blocks): then shares go unremembered.
 MAX_SHARES_PER_TIP = 500_000
 # Live jobs on the current tip (template refreshes); older ones answer stale.
 MAX_LIVE_JOBS = 16
@@ -90,7 +88,6 @@ class Reject(Enum):
     NTIME_OUT_OF_RANGE = (20, "ntime_out_of_range", "ntime out of range")
     VERSION_BITS_OUTSIDE_MASK = (20, "version_bits_outside_mask", "Version bits outside the negotiated mask")
     DUPLICATE = (22, "duplicate", "Duplicate share")
-    TOO_MANY_SHARES = (20, "too_many_shares", "Too many shares for this job; take a newer job")
     LOW_DIFFICULTY = (23, "low_difficulty", "Low difficulty share")
 
     def __init__(self, code: int, label: str, message: str) -> None:
@@ -146,15 +143,13 @@ class JobLedger:
 
     A job on a retired tip is un-retired by publishing a job on it that moves the tip back
     there (a reorg back) or is clean; a plain refresh on the retired tip stays retired.
-    Duplicate memory lives only as long as its job: bounded per extranonce1 and per tip.
+    Duplicate memory lives only as long as its job, at most max_shares_per_tip keys.
     """
 
-    def __init__(self, max_live_jobs: int = MAX_LIVE_JOBS, max_shares_per_extranonce1: int = MAX_SHARES_PER_JOB,
-                 max_shares_per_tip: int = MAX_SHARES_PER_TIP) -> None:
-        if min(max_live_jobs, max_shares_per_extranonce1, max_shares_per_tip) < 1:
-            raise ValueError("max_live_jobs and the share limits must be >= 1")
+    def __init__(self, max_live_jobs: int = MAX_LIVE_JOBS, max_shares_per_tip: int = MAX_SHARES_PER_TIP) -> None:
+        if min(max_live_jobs, max_shares_per_tip) < 1:
+            raise ValueError("max_live_jobs and max_shares_per_tip must be >= 1")
         self.max_live_jobs = max_live_jobs
-        self.max_shares_per_extranonce1 = max_shares_per_extranonce1
         self.max_shares_per_tip = max_shares_per_tip
         self.tip: bytes | None = None  # prev hash (internal order) of the newest published job
         self._live: OrderedDict[int, _LiveJob] = OrderedDict()  # id(job) -> entry, oldest first
@@ -195,19 +190,20 @@ class JobLedger:
         entry = self._live.get(id(job))
         return entry is not None and entry.job is job and job.prev_hash_internal not in self._retired
 
-    def record(self, job: Job, extranonce1: bytes, key: bytes) -> Reject | None:
-        """Remember a share's header key on a live job: DUPLICATE if seen, TOO_MANY_SHARES if full."""
+    def record(self, job: Job, extranonce1: bytes, key: bytes) -> bool | None:
+        """Remember a share's header key on a live job: None if already seen (a duplicate),
+        else whether it is remembered (False once the memory is full)."""
         entry = self._live[id(job)]
         keys = entry.seen.get(extranonce1)
         if keys is None:
             keys = entry.seen[bytes(extranonce1)] = set()
         if key in keys:
-            return Reject.DUPLICATE
-        if len(keys) >= self.max_shares_per_extranonce1 or self.shares >= self.max_shares_per_tip:
-            return Reject.TOO_MANY_SHARES
+            return None
+        if self.shares >= self.max_shares_per_tip:
+            return False
         keys.add(key)
         self.shares += 1
-        return None
+        return True
 
     def shares_seen(self, job: Job) -> int:
         """How many distinct shares are remembered for the job (0 once it is stale)."""
@@ -230,14 +226,12 @@ class ShareBook:
     publishes each job it issues into it.
     """
 
-    def __init__(self, max_jobs: int = MAX_ISSUED_JOBS, max_shares_per_job: int = MAX_SHARES_PER_JOB,
-                 ledger: JobLedger | None = None) -> None:
-        if max_jobs < 1 or max_shares_per_job < 1:
-            raise ValueError("max_jobs and max_shares_per_job must be >= 1")
+    def __init__(self, max_jobs: int = MAX_ISSUED_JOBS, ledger: JobLedger | None = None) -> None:
+        if max_jobs < 1:
+            raise ValueError("max_jobs must be >= 1")
         self.max_jobs = max_jobs
         self._owns_ledger = ledger is None
-        self.ledger = ledger if ledger is not None else JobLedger(max_live_jobs=max_jobs,
-                                                                  max_shares_per_extranonce1=max_shares_per_job)
+        self.ledger = ledger if ledger is not None else JobLedger(max_live_jobs=max_jobs)
         self._entries: OrderedDict[str, IssuedJob] = OrderedDict()
 
     def issue(self, job: Job, *, job_id: str, share_target: int, now: float,
@@ -292,6 +286,7 @@ class ShareResult:
     share_difficulty: float = 0.0  # achieved: DIFF1_TARGET / hash; 0.0 when not hashed
     solution: Solution | None = None  # job_id is the Job's (source's) id, not the session's
     issued: IssuedJob | None = None  # the job the share was judged against, when known
+    remembered: bool = True  # False: the ledger's memory was full (a repeat would not be caught)
 
     @classmethod
     def rejected(cls, reason: Reject, issued: IssuedJob | None = None, **kw) -> ShareResult:
@@ -357,9 +352,9 @@ def check_share(
 
     extranonce = bytes(extranonce1) + bytes(extranonce2)
     key = extranonce2 + ntime.to_bytes(4, "little") + nonce.to_bytes(4, "little") + version.to_bytes(4, "little")
-    refused = book.ledger.record(job, bytes(extranonce1), bytes(key))
-    if refused is not None:
-        return ShareResult.rejected(refused, issued)
+    remembered = book.ledger.record(job, bytes(extranonce1), bytes(key))
+    if remembered is None:
+        return ShareResult.rejected(Reject.DUPLICATE, issued)
 
     hash_internal = job.header(extranonce, nonce, ntime, version).hash_internal()
     hash_int = hash_to_int(hash_internal)
@@ -371,5 +366,5 @@ def check_share(
                                     share_difficulty=achieved)
     solution = Solution(job_id=job.job_id, extranonce=extranonce, ntime=ntime, nonce=nonce, version=version)
     return ShareResult(accepted=True, is_block=is_block, hash_internal=hash_internal,
-                       share_difficulty=achieved, solution=solution, issued=issued)
+                       share_difficulty=achieved, solution=solution, issued=issued, remembered=remembered)
 

@@ -27,24 +27,62 @@ from tests.stratum.minerd import Minerd, require_minerd
 MIN_BLOCKS = 10
 # Upper bound of one run; the run ends as soon as MIN_BLOCKS are in (or minerd is cut off).
 RUN_TIMEOUT_S = 240.0
+# The same for the run through the plain SoloMiner (expected to fall short, see below).
+PLAIN_RUN_TIMEOUT_S = 60.0
 # Disconnect reasons that are the server's decision (anything but the miner leaving).
 SERVER_CLOSED = {"message_rate", "invalid_shares", "line_too_long", "slow_reader", "idle_timeout",
                  "unauthorized_timeout", "upstream_changed"}
 
 
-def _disconnects(metrics: Metrics) -> Counter:
+class RetiringSoloMiner(SoloMiner):
+    """SoloMiner plus the use of StratumServer.retire_tip that the solo controller is to
+    make itself: at most one block per tip in flight, and once the node accepts our block
+    on tip T, T is retired (shares on it are stale, never submitted). A stand-in so that
+    this module tests the server against minerd now; remove it when SoloMiner does this."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.server = None
+        self.in_flight: set[bytes] = set()
+        self.held_back = 0  # blocks on a tip with one of ours in flight: not submitted
+
+    async def _start_stratum(self, on_block):
+        self.server = await super()._start_stratum(on_block)
+        return self.server
+
+    def _submit(self, source, pool, job, solution) -> None:
+        if job.prev_hash_internal in self.in_flight:
+            self.held_back += 1
+            return
+        self.in_flight.add(job.prev_hash_internal)
+        super()._submit(source, pool, job, solution)
+
+    async def _submit_one(self, source, pool, job, solution) -> None:
+        accepted = self.stats.accepted
+        try:
+            await super()._submit_one(source, pool, job, solution)
+        finally:
+            if self.stats.accepted > accepted and self.server is not None:
+                self.server.retire_tip(job.prev_hash_internal)
+            self.in_flight.discard(job.prev_hash_internal)
+
+
+def _by_label(metrics: Metrics, family_name: str, label: str) -> Counter:
     out: Counter = Counter()
     for family in metrics.registry.collect():
-        if family.name == "gridminer_stratum_disconnects":
+        if family.name == family_name:
             for sample in family.samples:
                 if sample.name.endswith("_total") and sample.value:
-                    out[sample.labels["reason"]] += int(sample.value)
+                    out[sample.labels[label]] += int(sample.value)
     return out
 
 
-@pytest.fixture(scope="module")
-def minerd_run(tmp_path_factory):
-    """minerd -t 1 through `miner run --threads 0` until MIN_BLOCKS are accepted (bounded)."""
+def _disconnects(metrics: Metrics) -> Counter:
+    return _by_label(metrics, "gridminer_stratum_disconnects", "reason")
+
+
+def _run(tmp_path_factory, miner_class, timeout: float):
+    """minerd -t 1 through `miner run --threads 0` until MIN_BLOCKS are accepted (or timeout s)."""
     from miner.node.regtest import RegtestNode
 
     require_minerd()
@@ -65,7 +103,7 @@ def minerd_run(tmp_path_factory):
                                             journal=str(tmp / "journal.jsonl")),
                         stratum=StratumConfig(listen="127.0.0.1:0"), metrics=MetricsConfig(listen="off"),
                         log=LogConfig(status_interval=600))
-        solo = SoloMiner(config, metrics=metrics, out=open(os.devnull, "w"))
+        solo = miner_class(config, metrics=metrics, out=open(os.devnull, "w"))
 
         async def scenario():
             task = asyncio.create_task(solo.run())
@@ -76,11 +114,11 @@ def minerd_run(tmp_path_factory):
                     await asyncio.sleep(0.05)
                 start = await asyncio.to_thread(node.rpc.call_sync, "getblockcount")
                 with Minerd(solo.stratum_port, tmp / "minerd.log") as minerd:
-                    deadline = time.monotonic() + RUN_TIMEOUT_S
+                    deadline = time.monotonic() + timeout
                     while solo.stats.accepted < MIN_BLOCKS and time.monotonic() < deadline:
                         assert minerd.proc.poll() is None, f"minerd exited:\n{minerd.log()[-2000:]}"
                         await asyncio.sleep(0.2)
-                    seconds = RUN_TIMEOUT_S - (deadline - time.monotonic())
+                    seconds = timeout - (deadline - time.monotonic())
                     minerd.stop()
                 end = await asyncio.to_thread(node.rpc.call_sync, "getblockcount")
                 tips = await asyncio.to_thread(node.rpc.call_sync, "getchaintips")
@@ -90,16 +128,23 @@ def minerd_run(tmp_path_factory):
                 await asyncio.wait_for(task, 60)
 
         start, end, tips, seconds, minerd = asyncio.run(scenario())
-        yield {"kind": kind, "blocks": end - start, "tips": tips, "seconds": seconds, "solo": solo,
+        return {"kind": kind, "blocks": end - start, "tips": tips, "seconds": seconds, "solo": solo,
                "metrics": metrics, "minerd_log": minerd.log(), "minerd": minerd}
     finally:
         node.close()
 
 
+@pytest.fixture(scope="module")
+def minerd_run(tmp_path_factory):
+    return _run(tmp_path_factory, RetiringSoloMiner, RUN_TIMEOUT_S)
+
+
 def test_minerd_mines_blocks_through_our_server(minerd_run):
     r = minerd_run
     log = r["minerd_log"]
-    context = f"{r['kind']}, {r['seconds']:.0f} s, disconnects {dict(_disconnects(r['metrics']))}\n{log[-3000:]}"
+    context = (f"{r['kind']}, {r['seconds']:.0f} s, disconnects {dict(_disconnects(r['metrics']))}, shares "
+               f"{dict(_by_label(r['metrics'], 'gridminer_stratum_shares', 'result'))}, limits "
+               f"{dict(_by_label(r['metrics'], 'gridminer_stratum_limit_hits', 'limit'))}\n{log[-1500:]}")
     # Valid shares are never throttled and a reconnect is never refused.
     assert not SERVER_CLOSED & set(_disconnects(r["metrics"])), context
     assert "authentication failed" not in log, context
@@ -109,14 +154,24 @@ def test_minerd_mines_blocks_through_our_server(minerd_run):
         "gridminer_stratum_shares_total", {"site": "other", "result": "accepted"}) >= MIN_BLOCKS, context
 
 
-# The server answers shares on a finished tip stale and hands them to nobody once the mining
-# core calls StratumServer.retire_tip; until the solo controller does so when its block is
-# accepted (and submits at most one block per tip while one is pending), every share minerd
-# finds on a tip is sent to the node, and all but the first come back 'inconclusive'.
-@pytest.mark.xfail(strict=True, reason="needs the solo controller to retire a tip once its block is in")
 def test_minerd_storm_sends_almost_no_competing_blocks(minerd_run):
     r = minerd_run
-    competing = sum(1 for tip in r["tips"] if tip.get("status") in ("valid-headers", "valid-fork"))
-    rejected = r["solo"].stats.rejected
-    assert competing <= max(2, r["blocks"] // 10) and rejected <= max(2, r["blocks"] // 10), \
-        f"{competing} competing blocks and {rejected} refused for {r['blocks']} blocks"
+    assert r["blocks"] >= MIN_BLOCKS
+    assert _competing(r) <= max(2, r["blocks"] // 10), r["solo"].stats
+    assert r["solo"].stats.rejected <= max(2, r["blocks"] // 10), r["solo"].stats
+
+
+def _competing(r) -> int:
+    """Blocks the node has that are not on its best chain (our own 'inconclusive' ones)."""
+    return sum(1 for tip in r["tips"] if tip.get("status") in ("valid-headers", "valid-fork"))
+
+
+# The same run through the solo controller as it is: it hands every share that is a block
+# to the node (all but the first on a tip come back 'inconclusive') and never calls
+# StratumServer.retire_tip, so minerd's storm buries the node and the new jobs. Strict:
+# once the controller retires tips itself this passes, and the stand-in above must go.
+@pytest.mark.xfail(strict=True, reason="the solo controller does not retire a tip once its block is in")
+def test_minerd_through_the_plain_solo_controller(tmp_path_factory):
+    r = _run(tmp_path_factory, SoloMiner, PLAIN_RUN_TIMEOUT_S)
+    assert r["blocks"] >= MIN_BLOCKS, f"{r['blocks']} blocks in {r['seconds']:.0f} s"
+    assert _competing(r) <= max(2, r["blocks"] // 10)

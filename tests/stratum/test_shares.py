@@ -76,7 +76,7 @@ def test_reject_codes_and_labels():
     assert {r: r.code for r in Reject} == {
         Reject.NOT_SUBSCRIBED: 25, Reject.UNAUTHORIZED: 24, Reject.MALFORMED: 20, Reject.JOB_NOT_FOUND: 21,
         Reject.STALE: 21, Reject.BAD_EXTRANONCE2_SIZE: 20, Reject.NTIME_OUT_OF_RANGE: 20,
-        Reject.VERSION_BITS_OUTSIDE_MASK: 20, Reject.DUPLICATE: 22, Reject.TOO_MANY_SHARES: 20,
+        Reject.VERSION_BITS_OUTSIDE_MASK: 20, Reject.DUPLICATE: 22,
         Reject.LOW_DIFFICULTY: 23}
     assert len({r.label for r in Reject}) == len(Reject)
     assert all(r.message and r.label.isidentifier() for r in Reject)
@@ -284,8 +284,9 @@ def test_ledger_memory_is_bounded_and_freed_with_its_jobs():
         ledger.publish(job)
     assert len(ledger) == 2 and not ledger.is_live(jobs[0]) and ledger.is_live(jobs[2])
     for i in range(5):
-        assert ledger.record(jobs[2], EN1, bytes([i])) is None
-    assert ledger.record(jobs[2], EN1, b"\x09") is Reject.TOO_MANY_SHARES
+        assert ledger.record(jobs[2], EN1, bytes([i])) is True
+    assert ledger.record(jobs[2], EN1, bytes([4])) is None  # a duplicate
+    assert ledger.record(jobs[2], EN1, b"\x09") is False  # full: not remembered
     ledger.publish(make_job("next", height=2))
     assert ledger.shares == 0 and len(ledger) == 1
 
@@ -354,14 +355,18 @@ def test_ntime_window_with_min_time_follows_consensus():
     assert submit(book, ntime=1_699_998_999).reject is Reject.NTIME_OUT_OF_RANGE
 
 
-def test_too_many_shares_for_one_job():
+def test_a_valid_share_is_accepted_when_the_duplicate_memory_is_full():
+    # At regtest difficulty every hash is a share: our memory limit must not refuse them.
     job = make_job()
-    book = ShareBook(max_shares_per_job=3)
+    book = ShareBook(ledger=JobLedger(max_shares_per_tip=2))
+    book.ledger.publish(job)
     book.issue(job, job_id="s1", share_target=EASY, now=NOW)
-    for nonce in (1, 2, 3):
-        assert submit(book, nonce=nonce).reject in (None, Reject.LOW_DIFFICULTY)
-    assert submit(book, nonce=2).reject is Reject.DUPLICATE
-    assert submit(book, nonce=4).reject is Reject.TOO_MANY_SHARES
+    nonces = find(job, EASY)[:3]
+    results = [submit(book, nonce=n) for n in nonces]
+    assert all(r.accepted for r in results)
+    assert [r.remembered for r in results] == [True, True, False]
+    assert submit(book, nonce=nonces[0]).reject is Reject.DUPLICATE
+    assert submit(book, nonce=miss(job, EASY)).reject is Reject.LOW_DIFFICULTY
 
 
 @pytest.mark.parametrize("field,value", [
