@@ -514,3 +514,23 @@ def test_a_session_keeps_reading_while_the_pool_thinks():
     pong, second, first = asyncio.run(main())
     assert pong["result"] == "pong"
     assert second["error"][0] == 23 and first["result"] is True, first
+
+
+def test_after_a_failover_shares_for_the_old_pools_jobs_are_stale():
+    # set_extranonce moved the miner to the new pool's extranonce1: a share on a job sent
+    # before was judged with the new one (a low-difficulty 23 or, worse, a wrong block).
+    async def test(server, blocks):
+        line = await Line.open(server.port)
+        await line.call("mining.extranonce.subscribe", [])
+        sub = await line.call("mining.subscribe", ["m/1"])
+        await line.call("mining.authorize", ["site.rig", "x"])
+        old = await line.until(lambda m: m.get("method") == "mining.notify")
+        en1, en2 = bytes.fromhex(sub["result"][1]), bytes(sub["result"][2])
+        nonce = block_nonces(server.current_job, en1, en2, 1)[0]  # found before the failover
+        server.set_upstream(bytes.fromhex("aa"), 3, server.version_mask)
+        await line.until(lambda m: m.get("method") == "mining.set_extranonce")
+        answer = await line.call("mining.submit", json.loads(submit_line(0, old["params"][0], en2[:3], nonce))["params"])
+        return answer, len(blocks)
+
+    answer, blocks = serve_regtest(test)
+    assert answer["error"][0] == 21 and blocks == 0
