@@ -126,7 +126,8 @@ class StratumConfig:
     max_invalid_shares: int = 100  # consecutive rejected shares before a disconnect
     idle_timeout: float = 600.0  # s without a message from an authorized miner
     unauthorized_timeout: float = 30.0  # s a connection may stay without authorizing
-    max_connections_per_ip: int = 256
+    max_connections_per_ip: int = 256  # connections not yet authorized, per IPv4 address or IPv6 /64
+    max_connections: int = 100000  # stratum connections in all
     max_worker_labels: int = 200  # worker names with their own per-worker metric label; the rest: "other"
 
 
@@ -297,7 +298,7 @@ def validate(config: Config) -> Config:
                 "this server without a password (in proxy mode: into your pool account). Listen on 127.0.0.1, "
                 "or set allow_unknown_sites = false and list the sites with passwords in [stratum.sites], "
                 "or set stratum.allow_open_relay = true if the port is firewalled to your rigs")
-    for key in ("max_line_bytes", "max_invalid_shares", "max_connections_per_ip"):
+    for key in ("max_line_bytes", "max_invalid_shares", "max_connections_per_ip", "max_connections"):
         if getattr(st, key) < 1:
             raise ConfigError(f"stratum.{key}: expected >= 1, got {getattr(st, key)}")
     if st.max_worker_labels < 0:

@@ -63,7 +63,7 @@ def stratum_policy(config: Config) -> dict:
         "limits": ServerLimits(max_line_bytes=st.max_line_bytes, messages_per_second=st.messages_per_second,
                                message_burst=st.message_burst, max_invalid_shares=st.max_invalid_shares,
                                idle_timeout=st.idle_timeout, unauthorized_timeout=st.unauthorized_timeout,
-                               max_connections_per_ip=st.max_connections_per_ip,
+                               max_connections_per_ip=st.max_connections_per_ip, max_connections=st.max_connections,
                                max_worker_labels=st.max_worker_labels),
     }
 
