@@ -54,6 +54,11 @@ _REJECT_ERRORS = {
 }
 
 
+# Requests handled from one read before the event loop gets a turn (other sessions, the
+# block pipeline): a miner flooding valid shares must not delay the next job.
+LINES_PER_TURN = 16
+
+
 class Disconnect(Exception):
     """Close this session; the reason is a bounded metric label."""
 
@@ -97,6 +102,7 @@ class StratumSession:
         self._tokens_at = time.monotonic()
         self._connected_at = time.monotonic()
         self.closed = False
+        self._corked: list[bytes] | None = None  # send()'s lines while one read is handled
 
     def local_host(self, listen_host: str) -> str:
         """The address this miner reached us on: a wildcard listen address is no place to send it."""
@@ -121,13 +127,25 @@ class StratumSession:
                 if not data:
                     break
                 self.server.bytes_in.inc(len(data))
-                for item in self.framer.feed(data):
-                    if isinstance(item, Oversized):
-                        self._limit("line_length")
-                        raise Disconnect("line_too_long")
-                    await self._handle_line(item)
-                    if len(self._upstream) >= MAX_PENDING_UPSTREAM:
-                        await asyncio.wait(self._upstream, return_when=asyncio.FIRST_COMPLETED)
+                # The answers to one read go out in one write: a send() per answer was the
+                # largest single cost of a share storm.
+                self._corked = []
+                try:
+                    for n, item in enumerate(self.framer.feed(data), 1):
+                        if isinstance(item, Oversized):
+                            self._limit("line_length")
+                            raise Disconnect("line_too_long")
+                        await self._handle_line(item)
+                        if n % LINES_PER_TURN == 0:
+                            # A 64 KiB read holds hundreds of submits: let the loop run the found
+                            # block's journal, submitblock and next job in between, not after.
+                            self._uncork(keep_corked=True)
+                            await asyncio.sleep(0)
+                        if len(self._upstream) >= MAX_PENDING_UPSTREAM:
+                            self._uncork(keep_corked=True)
+                            await asyncio.wait(self._upstream, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    self._uncork()
         except asyncio.TimeoutError:
             reason = "unauthorized_timeout" if not self.workers else "idle_timeout"
             self._limit(reason)
@@ -165,6 +183,20 @@ class StratumSession:
 
     def send(self, data: bytes) -> None:
         """Queue bytes; a client that stops reading is dropped, not allowed to grow our memory."""
+        if self.closed:
+            return
+        if self._corked is not None:
+            self._corked.append(data)
+            return
+        self._write(data)
+
+    def _uncork(self, keep_corked: bool = False) -> None:
+        """Write what send() gathered while a read was handled, in order, in one write."""
+        corked, self._corked = self._corked, ([] if keep_corked else None)
+        if corked:
+            self._write(b"".join(corked))
+
+    def _write(self, data: bytes) -> None:
         if self.closed:
             return
         transport = self.writer.transport

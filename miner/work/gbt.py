@@ -77,6 +77,14 @@ def gbt_params(network: Network | None) -> dict:
     return {"rules": ["segwit", "signet"]} if network is not None and network.signet_blocks else GBT_PARAMS
 
 
+def _same_work(job: Job, current: Job | None) -> bool:
+    """Nothing a miner would do differently: the same tip, version, bits, coinbase and
+    transactions (a later curtime alone is not new work: miners roll ntime themselves)."""
+    return current is not None and (job.prev_hash_internal, job.version, job.bits, job.coinbase,
+                                    job.merkle_branch) == \
+        (current.prev_hash_internal, current.version, current.bits, current.coinbase, current.merkle_branch)
+
+
 class JobChannel:
     """Latest-value fan-out: each subscriber gets the newest job; a job it never saw
     folds its `clean` flag into the next one, so nobody misses a new tip."""
@@ -309,8 +317,13 @@ class GBTWorkSource:
             if bits_changed:
                 log.info("height %s: difficulty bits %08x -> %08x on the same tip (minimum-difficulty rule)",
                          job.height, self.current.bits, job.bits)
-            self._publish(replace(job, clean=(new_tip and clean_if_new_tip) or bits_changed),
-                          via if new_tip else None)
+            if not new_tip and not bits_changed and _same_work(job, self.current):
+                # Long-poll, ZMQ, the poll and our own submit all ask after a new block: one
+                # job per change, or every rig would restart its work for nothing.
+                log.debug("template unchanged on height %s (%s): no new job", job.height, via)
+            else:
+                self._publish(replace(job, clean=(new_tip and clean_if_new_tip) or bits_changed),
+                              via if new_tip else None)
             self._schedule_min_difficulty_refresh(network, job, prev_time, template["curtime"], fetched_at)
 
     def _schedule_min_difficulty_refresh(self, network: Network, job: Job, prev_time: int | None,
