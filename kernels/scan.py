@@ -82,6 +82,7 @@ def target_words(target: int) -> np.ndarray:
     return np.array([(target >> (224 - 32 * i)) & 0xFFFFFFFF for i in range(8)], dtype=np.uint32)
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
 def _any_set(words):
     for i in range(words.shape[0]):
         if words[i]:
