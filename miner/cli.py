@@ -28,9 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bench = sub.add_parser("bench", help="measure the SHA-256d kernel on this machine",
-                           description="Kernel hash rate per thread and on all cores, with same-run "
-                                       "references (hashlib loop, single-stream SHA-256), JIT compile "
-                                       "and cached load times.")
+                           description="Hash rate of every kernel path this CPU can run, which one is "
+                                       "chosen and why, the chosen path on all cores, same-run references "
+                                       "(hashlib loop, single-stream SHA-256, minerd when on PATH), JIT "
+                                       "compile and cached load times.")
     bench.add_argument("--seconds", type=_positive_float, default=10.0,
                        help="time spent measuring rates (default 10; compile timing comes on top)")
     bench.add_argument("--threads", type=_positive_int, default=None,
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--asm-stats", action="store_true",
                        help="also compile the lane loop afresh and count its vector instructions")
     bench.add_argument("--no-compile", action="store_true",
-                       help="skip the cold-compile and cached-load timing (two fresh processes)")
+                       help="skip the cold-compile and cached-load timing (two fresh processes per path)")
+    bench.add_argument("--no-minerd", action="store_true",
+                       help="do not run minerd as a reference even when it is on PATH")
     run = sub.add_parser("run", help="mine: solo on a node (default: start the pinned regtest node)",
                          description="Solo-mine with getblocktemplate/submitblock. With no node given, "
                                      "starts the pinned regtest node and mines to a new address of its "

@@ -307,7 +307,7 @@ class SoloMiner(_Run):
         from kernels.scan import default_threads, warm_up
 
         threads = default_threads() if m.threads is None else m.threads
-        await asyncio.to_thread(warm_up)  # compile or load the kernel before the clock matters
+        await asyncio.to_thread(warm_up, self._print)  # compile or load the kernel, saying so
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
@@ -479,7 +479,7 @@ class AgentMiner(_UpstreamRun):
         self.failover = self._failover()
         self.source = source = UpstreamWorkSource(self.failover, metrics=self.metrics)
         threads = default_threads() if m.threads is None else m.threads
-        await asyncio.to_thread(warm_up)
+        await asyncio.to_thread(warm_up, self._print)
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
@@ -567,7 +567,7 @@ class ProxyMiner(_UpstreamRun):
                                                   metrics=self.metrics)
         threads = 0 if m.threads is None else m.threads  # a proxy hashes locally only when asked
         if threads:
-            await asyncio.to_thread(warm_up)
+            await asyncio.to_thread(warm_up, self._print)
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
