@@ -17,7 +17,7 @@ import os
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,7 +31,7 @@ from kernels.exact import meets_target, sha256d_words
 
 __all__ = ["BLOCK_LANES", "NONCE_SPACE", "ScanJob", "chosen_kernel", "default_threads", "kernel_rate",
            "meets_target", "prepare", "scan", "scan_chunk", "search", "sha256d_words", "split_range",
-           "target_words", "warm_up"]
+           "start_warm_up", "target_words", "warm_up"]
 
 NONCE_SPACE = 1 << 32
 # Nonces one scan_lanes() call covers: small enough that its hit flags (1 byte each) stay in
@@ -273,3 +273,21 @@ def warm_up(progress: Callable[[str], None] | None = None, kernel: str | None = 
         done.set()
     say(f"SHA-256d kernel {kernel} ready after {time.perf_counter() - t0:.1f} s")
     return kernel
+
+
+def start_warm_up(progress: Callable[[str], None] | None = None) -> Future:
+    """warm_up() on a daemon thread; the Future gets the kernel's name.
+
+    A compile can take a minute. Waiting on this Future instead of a pool thread lets a
+    Ctrl-C end the process at once: the compile thread does not hold up the exit.
+    """
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(warm_up(progress))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="gridminer-compile", daemon=True).start()
+    return future

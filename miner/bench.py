@@ -38,6 +38,13 @@ _LOAD_PROBE = (
     "import time; t = time.perf_counter(); import kernels.scan as s; s.warm_up(); "
     "print(time.perf_counter() - t)"
 )
+# A child of processes_rate(): waits for a wall-clock start so all children hash at once.
+_PROCESS_PROBE = (
+    "import sys, time; import kernels.scan as s; k = sys.argv[1]; s.kernel_rate(k, 0.01); "
+    "time.sleep(max(0.0, float(sys.argv[2]) - time.time())); print(s.kernel_rate(k, float(sys.argv[3])))"
+)
+# Head start the processes_rate() children get to import and load the kernel (seconds).
+PROCESS_START_DELAY = 4.0
 _MINERD_THREAD_RATE = re.compile(r"thread 0: \d+ hashes, ([0-9.]+) khash/s")
 
 
@@ -71,6 +78,8 @@ class BenchResult:
     minerd_mhs_per_thread: float | None = None
     minerd_note: str = ""
     ratio_per_thread_vs_minerd: float | None = None
+    processes_mhs_all: float | None = None  # `threads` single-thread processes at once
+    ratio_processes_vs_per_thread: float | None = None
 
 
 def cpu_info() -> tuple[str, list[str]]:
@@ -119,6 +128,16 @@ def load_times(kernel: str | None = None) -> tuple[float, float]:
                                  capture_output=True, text=True)
             times.append(float(out.stdout.strip().splitlines()[-1]))
         return times[0], times[1]
+
+
+def processes_rate(n: int, seconds: float, kernel: str) -> float:
+    """MH/s of `n` single-thread processes hashing at the same time: what the cores give with
+    nothing shared, the ceiling for `n` threads of one process."""
+    start = time.time() + PROCESS_START_DELAY
+    env = dict(os.environ, **{paths.ENV_VAR: kernel})
+    procs = [subprocess.Popen([sys.executable, "-c", _PROCESS_PROBE, kernel, str(start), str(seconds)], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    return sum(float(p.communicate()[0].strip().splitlines()[-1]) for p in procs)
 
 
 def parse_minerd(output: str) -> list[float]:
@@ -170,6 +189,7 @@ def run_bench(seconds: float = 10.0, threads: int | None = None, measure_compile
     med = {k: statistics.median(v) for k, v in samples.items()}
     stream, per_thread, all_threads, loop = med["stream"], med[choice.kernel], med["all"], med["loop"]
     minerd_mhs, minerd_note = minerd_rate() if minerd else (None, "skipped")
+    procs = processes_rate(threads, max(1.0, 0.35 * seconds), choice.kernel) if threads > 1 else None
     return BenchResult(
         kernel=choice.kernel, kernel_reason=choice.reason,
         kernel_mhs_per_thread=per_thread, kernel_mhs_all=all_threads, threads=threads,
@@ -184,6 +204,7 @@ def run_bench(seconds: float = 10.0, threads: int | None = None, measure_compile
         paths_skipped={k: why for k, why in able.items() if why},
         minerd_mhs_per_thread=minerd_mhs, minerd_note=minerd_note,
         ratio_per_thread_vs_minerd=per_thread / minerd_mhs if minerd_mhs else None,
+        processes_mhs_all=procs, ratio_processes_vs_per_thread=procs / per_thread if procs else None,
     )
 
 
@@ -208,6 +229,11 @@ def format_text(r: BenchResult) -> str:
         + (f", {r.ratio_per_thread_vs_minerd:.2f}x minerd" if r.ratio_per_thread_vs_minerd else ""),
         f"  {f'{r.kernel}, {r.threads} threads':<24}{r.kernel_mhs_all:9.2f} MH/s   "
         f"{r.ratio_all_vs_per_thread:5.2f}x one thread",
+    ]
+    if r.processes_mhs_all:
+        lines.append(f"  {f'{r.threads} processes x 1 thread':<24}{r.processes_mhs_all:9.2f} MH/s   "
+                     f"{r.ratio_processes_vs_per_thread:5.2f}x one thread (what the cores give, nothing shared)")
+    lines += [
         f"  ref 1: hashlib loop     {r.hashlib_loop_mhs:9.2f} MH/s   (Python loop, sha256d per nonce)",
         f"  ref 2: single stream    {r.single_stream_mhs:9.2f} MH/s   "
         f"(hashlib SHA-256 over {SINGLE_STREAM_BYTES >> 20} MiB / 128 bytes per nonce)",

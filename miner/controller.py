@@ -183,6 +183,23 @@ class _Run:
         finally:
             stopper.cancel()
 
+    async def _warm_up_kernel(self) -> bool:
+        """Compile or load the kernel (saying so); False when stop() came first: a Ctrl-C
+        during a first-start compile must not wait for it to finish."""
+        from kernels.scan import start_warm_up
+
+        ready = asyncio.wrap_future(start_warm_up(self._print))
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait([ready, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not ready.done():
+            self._print("stopped while the kernel was compiling")
+            return False
+        ready.result()
+        return True
+
     def _print(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
 
@@ -304,10 +321,11 @@ class SoloMiner(_Run):
             poll_interval=n.poll_interval, template_refresh=n.template_refresh, longpoll=n.longpoll,
             zmq_url=zmq_url), self.metrics)
         from miner.hashing.pool import WorkerPool
-        from kernels.scan import default_threads, warm_up
+        from kernels.scan import default_threads
 
         threads = default_threads() if m.threads is None else m.threads
-        await asyncio.to_thread(warm_up, self._print)  # compile or load the kernel, saying so
+        if not await self._warm_up_kernel():
+            return 0
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
@@ -470,7 +488,7 @@ class AgentMiner(_UpstreamRun):
         self.api_port: int | None = None
 
     async def _run(self) -> int:
-        from kernels.scan import default_threads, warm_up
+        from kernels.scan import default_threads
         from miner.devices.agent_api import AgentAPIServer
         from miner.hashing.pool import WorkerPool
         from miner.work.upstream import UpstreamWorkSource
@@ -479,7 +497,8 @@ class AgentMiner(_UpstreamRun):
         self.failover = self._failover()
         self.source = source = UpstreamWorkSource(self.failover, metrics=self.metrics)
         threads = default_threads() if m.threads is None else m.threads
-        await asyncio.to_thread(warm_up, self._print)
+        if not await self._warm_up_kernel():
+            return 0
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
@@ -555,7 +574,6 @@ class ProxyMiner(_UpstreamRun):
         self.stratum_port: int | None = None
 
     async def _run(self) -> int:
-        from kernels.scan import warm_up
         from miner.hashing.pool import WorkerPool
         from miner.work.upstream import UpstreamWorkSource
 
@@ -566,8 +584,8 @@ class ProxyMiner(_UpstreamRun):
         self.source = source = UpstreamWorkSource(self.failover, extranonce_prefix_size=PROXY_SESSION_EXTRANONCE1_SIZE,
                                                   metrics=self.metrics)
         threads = 0 if m.threads is None else m.threads  # a proxy hashes locally only when asked
-        if threads:
-            await asyncio.to_thread(warm_up, self._print)
+        if threads and not await self._warm_up_kernel():
+            return 0
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:

@@ -12,7 +12,8 @@ from miner.bench import cpu_info, parse_minerd
 
 KEYS = {"kernel", "kernel_reason", "kernel_mhs_per_thread", "kernel_mhs_all", "threads", "hashlib_loop_mhs",
         "single_stream_mhs", "compile_s", "cached_load_s", "cpu_features", "paths", "paths_skipped",
-        "minerd_mhs_per_thread", "minerd_note", "ratio_per_thread_vs_minerd"}
+        "minerd_mhs_per_thread", "minerd_note", "ratio_per_thread_vs_minerd", "processes_mhs_all",
+        "ratio_processes_vs_per_thread"}
 RUNNABLE = paths.runnable()
 
 # Real output of pooler's cpuminer 2.5.1, `minerd --benchmark -a sha256d -t 1`.
