@@ -257,6 +257,11 @@ def format_asm_stats(stats: dict) -> str:
 
 
 def main(args) -> int:
+    try:
+        kscan.chosen_kernel()
+    except paths.KernelUnavailable as e:
+        print(f"miner bench: {e}", file=sys.stderr)
+        return 2
     result = run_bench(seconds=args.seconds, threads=args.threads, measure_compile=not args.no_compile,
                        minerd=not args.no_minerd)
     stats = None

@@ -107,6 +107,7 @@ def _run(args) -> int:
         print(f"miner run: configuration error: {e}", file=sys.stderr)
         return 2
     logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from kernels.paths import KernelUnavailable
     from miner.node.regtest import RegtestError
 
     try:
@@ -119,6 +120,9 @@ def _run(args) -> int:
         print(f"miner run: cannot start the regtest node: {e}\n"
               "  (install Node.js and npm, or give a node: miner run --node URL --address ADDR)", file=sys.stderr)
         return 1
+    except KernelUnavailable as e:
+        print(f"miner run: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -1,6 +1,7 @@
 """`miner bench` end to end, minerd's output parsed, and what LLVM made of each path."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -56,6 +57,18 @@ def test_bench_rejects_bad_options():
     out = subprocess.run([sys.executable, "-m", "miner", "bench", "--seconds", "-1"], capture_output=True, text=True)
     assert out.returncode == 2
     assert "--seconds" in out.stderr
+
+
+@pytest.mark.parametrize("value,message", [("gpu", "expected one of shani, avx512, avx2, lanes"),
+                                           *([("avx512", "lacks avx512f")] if RUNNABLE["lanes"] is None
+                                             and "avx512f" not in paths.cpu_flags() else []),
+                                           *([("shani", "sha")] if RUNNABLE["shani"] else [])])
+def test_a_forced_kernel_this_machine_cannot_run_is_a_clear_error(value, message):
+    out = subprocess.run([sys.executable, "-m", "miner", "bench", "--no-compile", "--no-minerd", "--seconds", "0.5"],
+                         capture_output=True, text=True, env={**os.environ, "GRIDMINER_KERNEL": value}, timeout=600)
+    assert out.returncode == 2
+    assert "GRIDMINER_KERNEL" in out.stderr and message in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 @pytest.mark.skipif("avx2" not in cpu_info()[1], reason="the CPU has no AVX2: nothing wide to check for")
