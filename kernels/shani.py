@@ -160,35 +160,8 @@ def _rounds(vbs: _Builder, states: list, msgs_per_stream: list, first_group: int
     return states
 
 
-def _scalar_tail(b: ir.IRBuilder, vb: _Builder, abef, cdgh, msgs: list) -> ir.Value:
-    """H7 from the state after 58 rounds: rounds 58..60 need only the e path (no a), done
-    on the scalar ALUs, which sit idle while the SHA unit works on the other streams."""
-    fshr = cgutils.get_or_insert_function(b.module, ir.FunctionType(_I32, [_I32, _I32, _I32]), "llvm.fshr.i32")
-
-    def el(v, i):
-        return b.extract_element(vb.const(v), ir.Constant(_I32, i))
-
-    def rotr(x, n):
-        return b.call(fshr, [x, x, ir.Constant(_I32, n)])
-
-    def big_s1(x):
-        return b.xor(b.xor(rotr(x, 6), rotr(x, 11)), rotr(x, 25))
-
-    def ch(e, f, g):
-        return b.xor(g, b.and_(e, b.xor(f, g)))
-
-    msgs.append(_schedule(vb, msgs, 15))
-    wk14, wk15 = vb.add(msgs[14], _k(14)), vb.add(msgs[15], _k(15))
-    f, e, bb = el(abef, 0), el(abef, 1), el(abef, 2)
-    h, g, d, c = el(cdgh, 0), el(cdgh, 1), el(cdgh, 2), el(cdgh, 3)
-    e59 = b.add(d, b.add(b.add(h, big_s1(e)), b.add(ch(e, f, g), el(wk14, 2))))
-    e60 = b.add(c, b.add(b.add(g, big_s1(e59)), b.add(ch(e59, e, f), el(wk14, 3))))
-    e61 = b.add(bb, b.add(b.add(f, big_s1(e60)), b.add(ch(e60, e59, e), el(wk15, 0))))
-    return b.add(e61, ir.Constant(_I32, ref.IV[7]))
-
-
 def _emit_top_words_le(builder: ir.IRBuilder, words_ptr: ir.Value, nonce: ir.Value, target_hi: ir.Value,
-                       streams: int, scalar_tail: bool = False) -> ir.Value:
+                       streams: int) -> ir.Value:
     """IR for the mask of streams whose bswap(H7) <= target_hi; nonces nonce, nonce+1, ..."""
     vb = _Builder(builder)
     b = builder
@@ -217,13 +190,9 @@ def _emit_top_words_le(builder: ir.IRBuilder, words_ptr: ir.Value, nonce: ir.Val
     iv_abef, iv_cdgh = (tuple(v) for v in abef_cdgh(ref.IV))
     msgs2 = [[vb.shuffle(abef, cdgh, [3, 2, 7, 6]), vb.shuffle(abef, cdgh, [1, 0, 5, 4]),
               (0x80000000, 0, 0, 0), (0, 0, 0, 256)] for abef, cdgh in hash1]
-    if not scalar_tail:
-        states2 = _rounds(vb, [(iv_abef, iv_cdgh)] * streams, msgs2, 0, 61)
-        h7s = [b.add(b.extract_element(vb.const(abef), ir.Constant(_I32, 0)), ir.Constant(_I32, ref.IV[7]))
-               for abef, _ in states2]
-    else:
-        states2 = _rounds(vb, [(iv_abef, iv_cdgh)] * streams, msgs2, 0, 57)
-        h7s = [_scalar_tail(b, vb, abef, cdgh, msgs2[s_]) for s_, (abef, cdgh) in enumerate(states2)]
+    states2 = _rounds(vb, [(iv_abef, iv_cdgh)] * streams, msgs2, 0, 61)
+    h7s = [b.add(b.extract_element(vb.const(abef), ir.Constant(_I32, 0)), ir.Constant(_I32, ref.IV[7]))
+           for abef, _ in states2]
 
     mask = ir.Constant(_I32, 0)
     for s, h7 in enumerate(h7s):
@@ -232,7 +201,7 @@ def _emit_top_words_le(builder: ir.IRBuilder, words_ptr: ir.Value, nonce: ir.Val
     return mask
 
 
-def _make_top_words_le(streams: int, scalar_tail: bool = False):
+def _make_top_words_le(streams: int):
     @intrinsic
     def top_words_le(typingctx, words, nonce, target_hi):
         """Bit s set where bswap(H7) of sha256d(header, nonce + s) <= target_hi, s < streams."""
@@ -242,7 +211,7 @@ def _make_top_words_le(streams: int, scalar_tail: bool = False):
 
         def codegen(context, builder, signature, args):
             arr = context.make_array(signature.args[0])(context, builder, args[0])
-            return _emit_top_words_le(builder, arr.data, args[1], args[2], streams, scalar_tail)
+            return _emit_top_words_le(builder, arr.data, args[1], args[2], streams)
 
         return sig, codegen
 
