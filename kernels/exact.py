@@ -47,8 +47,8 @@ def sha256d_words(midstate, tail, nonce):
     w = np.zeros(64, dtype=np.uint32)
     w[0], w[1], w[2] = tail[0], tail[1], tail[2]
     n = np.uint32(nonce)
-    w[3] = (n << np.uint32(24)) | ((n << np.uint32(8)) & np.uint32(0x00FF0000)) \
-        | ((n >> np.uint32(8)) & np.uint32(0x0000FF00)) | (n >> np.uint32(24))
+    w[3] = np.uint32((n << np.uint32(24)) | ((n << np.uint32(8)) & np.uint32(0x00FF0000))
+                     | ((n >> np.uint32(8)) & np.uint32(0x0000FF00)) | (n >> np.uint32(24)))
     w[4] = np.uint32(0x80000000)
     w[15] = np.uint32(640)
     first = _compress(midstate, w)
@@ -66,7 +66,8 @@ def meets_target(state, target_be):
     u = np.uint32
     for i in range(8):
         x = state[7 - i]
-        word = (x << u(24)) | ((x << u(8)) & u(0x00FF0000)) | ((x >> u(8)) & u(0x0000FF00)) | (x >> u(24))
+        # u(...): numba widens uint32 shifts, and bits past 32 would break the comparison.
+        word = u((x << u(24)) | ((x << u(8)) & u(0x00FF0000)) | ((x >> u(8)) & u(0x0000FF00)) | (x >> u(24)))
         if word != target_be[i]:
             return word < target_be[i]
     return True
