@@ -17,7 +17,7 @@ import os
 import struct
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,7 +31,7 @@ from kernels.exact import meets_target, sha256d_words
 
 __all__ = ["BLOCK_LANES", "NONCE_SPACE", "ScanJob", "chosen_kernel", "default_threads", "kernel_rate",
            "meets_target", "prepare", "scan", "scan_chunk", "search", "sha256d_words", "split_range",
-           "start_warm_up", "target_words", "warm_up"]
+           "target_words", "warm_up"]
 
 NONCE_SPACE = 1 << 32
 # Nonces one scan_lanes() call covers: small enough that its hit flags (1 byte each) stay in
@@ -242,8 +242,8 @@ def warm_up(progress: Callable[[str], None] | None = None, kernel: str | None = 
     """Choose (first start: calibrate where needed), compile or load the kernel; returns its name.
 
     progress, when given, gets one-line messages: what is compiled, every PROGRESS_EVERY
-    seconds while it runs, and the elapsed time at the end. Run this in a worker thread
-    (asyncio.to_thread) so the main thread keeps handling Ctrl-C during a compile.
+    seconds while it runs, and the elapsed time at the end. Run it on a daemon thread (as
+    the run modes do) so that a Ctrl-C during a compile need not wait for it.
     """
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -274,20 +274,3 @@ def warm_up(progress: Callable[[str], None] | None = None, kernel: str | None = 
     say(f"SHA-256d kernel {kernel} ready after {time.perf_counter() - t0:.1f} s")
     return kernel
 
-
-def start_warm_up(progress: Callable[[str], None] | None = None) -> Future:
-    """warm_up() on a daemon thread; the Future gets the kernel's name.
-
-    A compile can take a minute. Waiting on this Future instead of a pool thread lets a
-    Ctrl-C end the process at once: the compile thread does not hold up the exit.
-    """
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(warm_up(progress))
-        except BaseException as e:  # noqa: BLE001 - handed to whoever waits
-            future.set_exception(e)
-
-    threading.Thread(target=run, name="gridminer-compile", daemon=True).start()
-    return future

@@ -489,6 +489,11 @@ class NodeRPC:
             await self._sleep(delay)
             delay = min(delay * 2, max_delay)
 
+    def forget_credentials(self) -> None:
+        """Read a cookie file again on the next call (the node restarted and wrote a new one)."""
+        if not isinstance(self._auth_source, RPCAuth):
+            self._auth = None
+
     def close(self) -> None:
         """Cut calls in flight (a long-poll may otherwise hold its thread, and process exit,
         for its whole timeout) and release the worker threads; their errors go unlogged."""

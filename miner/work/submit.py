@@ -98,6 +98,11 @@ class SubmitOutcome:
         """True when the node has the block ("accepted", or "duplicate": it already had it)."""
         return self.result in ACCEPTED_RESULTS
 
+    @property
+    def inconclusive(self) -> bool:
+        """Valid, but not on the node's best chain (BIP22 "inconclusive"): another block won the tip."""
+        return self.result in ("inconclusive", "duplicate-inconclusive")
+
 
 def result_from_answer(answer: Any) -> str:
     """submitblock's return value as a journal result: null is acceptance (BIP22)."""
