@@ -20,7 +20,7 @@ no error message or repr shows one (SECRET_KEYS; URLs with credentials are not e
     threads = 2                 # CPU hashing threads (default: every CPU)
     blocks = 0                  # stop after this many accepted blocks (0: never)
     coinbase_tag = "/gridminer/"
-    journal = "~/.local/share/gridminer/found-blocks.jsonl"
+    journal = "~/.local/share/gridminer/found-blocks.jsonl"  # default: one per chain there
 
     [stratum]
     listen = "127.0.0.1:3333"   # for ASICs and rigs; "off" to disable
@@ -126,7 +126,8 @@ class StratumConfig:
     max_invalid_shares: int = 100  # consecutive rejected shares before a disconnect
     idle_timeout: float = 600.0  # s without a message from an authorized miner
     unauthorized_timeout: float = 30.0  # s a connection may stay without authorizing
-    max_connections_per_ip: int = 256
+    max_connections_per_ip: int = 256  # connections not yet authorized, per IPv4 address or IPv6 /64
+    max_connections: int = 100000  # stratum connections in all
     max_worker_labels: int = 200  # worker names with their own per-worker metric label; the rest: "other"
 
 
@@ -160,9 +161,11 @@ class Config:
     log: LogConfig = LogConfig()
     sched: SchedConfig = SchedConfig()
 
-    def default_journal_path(self) -> Path:
+    def default_journal_path(self, chain: str) -> Path:
+        """One journal per network and chain (chain: "regtest-<block 1 hash prefix>", from
+        miner.work.submit.node_chain_name): old entries of another chain never slow a start."""
         base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-        return Path(base) / "gridminer" / "found-blocks.jsonl"
+        return Path(base) / "gridminer" / f"found-blocks-{chain}.jsonl"
 
 
 _SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "upstream": UpstreamConfig, "agent": AgentConfig,
@@ -295,7 +298,7 @@ def validate(config: Config) -> Config:
                 "this server without a password (in proxy mode: into your pool account). Listen on 127.0.0.1, "
                 "or set allow_unknown_sites = false and list the sites with passwords in [stratum.sites], "
                 "or set stratum.allow_open_relay = true if the port is firewalled to your rigs")
-    for key in ("max_line_bytes", "max_invalid_shares", "max_connections_per_ip"):
+    for key in ("max_line_bytes", "max_invalid_shares", "max_connections_per_ip", "max_connections"):
         if getattr(st, key) < 1:
             raise ConfigError(f"stratum.{key}: expected >= 1, got {getattr(st, key)}")
     if st.max_worker_labels < 0:

@@ -34,7 +34,7 @@ from miner.work.gbt import GBTSettings, GBTWorkSource
 from miner.work.job import Job, Solution
 from miner.work.journal import Journal
 from miner.work.race import BlockRace, Verdict
-from miner.work.submit import BlockSubmitter
+from miner.work.submit import BlockSubmitter, node_chain_name
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,12 @@ ONE_SHOT_TASKS = frozenset({"kernel"})
 # install), then its elapsed time every PROGRESS_INTERVAL seconds.
 QUIET_WAIT = 2.0
 PROGRESS_INTERVAL = 10.0
-# At shutdown, how long in-flight block submissions may still take (seconds).
-SHUTDOWN_SUBMIT_WAIT = 10.0
+# At shutdown, how long in-flight block submissions may still take (seconds); what is
+# unanswered by then stays in the journal for the next start.
+SHUTDOWN_SUBMIT_WAIT = 2.0
+# From SIGINT/SIGTERM to giving up on an orderly wind-down and cancelling the run (seconds):
+# every mode stops within 5 s.
+STOP_DEADLINE = 4.0
 
 
 def stratum_policy(config: Config) -> dict:
@@ -59,7 +63,7 @@ def stratum_policy(config: Config) -> dict:
         "limits": ServerLimits(max_line_bytes=st.max_line_bytes, messages_per_second=st.messages_per_second,
                                message_burst=st.message_burst, max_invalid_shares=st.max_invalid_shares,
                                idle_timeout=st.idle_timeout, unauthorized_timeout=st.unauthorized_timeout,
-                               max_connections_per_ip=st.max_connections_per_ip,
+                               max_connections_per_ip=st.max_connections_per_ip, max_connections=st.max_connections,
                                max_worker_labels=st.max_worker_labels),
     }
 
@@ -105,6 +109,7 @@ class _Run:
         self.fleet = None  # the [sched] sites file, loaded, when scheduling
         self.local_site: str | None = None  # the site the local CPU workers belong to
         self.scheduler = None  # miner.sched.scheduler.Scheduler, while running
+        self._serving = False  # True once _until_stopped watches for the stop itself
 
     def stop(self) -> None:
         self._stop.set()
@@ -117,7 +122,7 @@ class _Run:
         self._load_sites()  # a bad sites file fails before anything starts
         exporter = self._start_metrics()
         try:
-            return await self._run()
+            return await self._run_until_stopped()
         finally:
             if exporter is not None:
                 exporter.shutdown()
@@ -125,6 +130,33 @@ class _Run:
 
     async def _run(self) -> int:
         raise NotImplementedError
+
+    async def _run_until_stopped(self) -> int:
+        """_run(), cancelled when a stop finds it still starting (an RPC retried while the
+        node is down, say) or still winding down after STOP_DEADLINE."""
+        main = asyncio.create_task(self._run(), name=type(self).__name__)
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait([main, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if not main.done():
+                if not self._serving:
+                    main.cancel()  # nothing of ours is waiting for the stop yet
+                await asyncio.wait([main], timeout=STOP_DEADLINE)
+                if not main.done():
+                    log.warning("wind-down took over %.0f s: cancelling it", STOP_DEADLINE)
+                    main.cancel()
+            try:
+                return await main
+            except asyncio.CancelledError:
+                if not self._stop.is_set():
+                    raise  # cancelled from outside, not by our stop
+                self._print("stopped")
+                return 0
+        finally:
+            stopper.cancel()
+            if not main.done():  # we were cancelled: the run goes too
+                main.cancel()
+                await asyncio.gather(main, return_exceptions=True)
 
     def _start_metrics(self):
         """The Prometheus endpoint; a port in use is logged, and mining goes on without it."""
@@ -185,6 +217,7 @@ class _Run:
     async def _until_stopped(self, tasks: list[asyncio.Task]) -> None:
         """Wait for stop() or for a task to fail (its exception is raised) or end; a task
         named in ONE_SHOT_TASKS may end, and the run goes on."""
+        self._serving = True
         stopper = asyncio.create_task(self._stop.wait())
         waiting = {stopper, *tasks}
         try:
@@ -262,6 +295,10 @@ class _Run:
         if not task.cancelled() and task.exception() is not None:
             log.error("submission failed", exc_info=task.exception())
 
+    def _submissions_wait_for_peer(self) -> bool:
+        """True when the submissions in flight only wait for an unreachable peer (no use waiting)."""
+        return False
+
     async def _wind_down(self, tasks: list[asyncio.Task]) -> None:
         """Stop the CPU workers, then let every submission finish (bounded) before cancelling."""
         if self.pool is not None:
@@ -271,8 +308,8 @@ class _Run:
         # to finish while the node or pool is still there. A found block stays journaled.
         await asyncio.sleep(0)
         deadline = time.monotonic() + SHUTDOWN_SUBMIT_WAIT
-        while self._submissions and time.monotonic() < deadline:
-            await asyncio.wait(set(self._submissions), timeout=deadline - time.monotonic())
+        while self._submissions and time.monotonic() < deadline and not self._submissions_wait_for_peer():
+            await asyncio.wait(set(self._submissions), timeout=min(0.1, deadline - time.monotonic()))
         for t in [*tasks, *self._submissions]:
             t.cancel()
         await asyncio.gather(*tasks, *self._submissions, return_exceptions=True)
@@ -288,6 +325,8 @@ class SoloMiner(_Run):
         self.stratum_port: int | None = None  # the bound stratum port, once serving
         self.server: StratumServer | None = None
         self.race: BlockRace[tuple[Job, Solution]] = BlockRace()
+        self.network: Network | None = None  # the node's, once asked
+        self._status_accepted = 0  # accepted blocks at the last status line
         self._done = False  # --blocks reached
         self.source: GBTWorkSource | None = None  # set while mining (for status and tests)
 
@@ -316,8 +355,8 @@ class SoloMiner(_Run):
             return rpc, address, n.zmq or self._node.zmq_url
         try:
             auth = load_auth(cookie_file=n.cookie_file, user=n.user, password=n.password)
-            if n.cookie_file is not None:
-                auth = CookieAuth(n.cookie_file)  # Core writes a new cookie at every start: re-read it
+            if n.cookie_file is not None:  # re-read after failures: bitcoind writes a new one each start
+                auth = CookieAuth(n.cookie_file)
             return NodeRPC(n.url, auth, timeout=n.timeout, metrics=self.metrics), m.address, n.zmq
         except (AuthConfigError, ValueError) as e:
             raise ConfigError(f"node: {e}") from None
@@ -334,6 +373,7 @@ class SoloMiner(_Run):
             raise ConfigError(f"node reports chain {chain!r}, which gridminer does not know") from None
         if network.signet_blocks:
             await self._check_signet_challenge(rpc, info, network)
+        self.network = network
         try:
             return address_to_script(address, network)
         except AddressError as e:
@@ -362,13 +402,15 @@ class SoloMiner(_Run):
         elif self._node is not None:
             journal_path = self._node.datadir / "found-blocks.jsonl"  # a throwaway chain's blocks die with it
         else:
-            journal_path = self.config.default_journal_path()
-        with Journal(journal_path) as journal:
+            journal_path = self.config.default_journal_path(await node_chain_name(rpc))
+        # Off the loop: replaying tens of thousands of old entries takes seconds.
+        with await asyncio.to_thread(Journal, journal_path) as journal:
             return await self._mine_with(rpc, journal, payout_script, zmq_url)
 
     async def _mine_with(self, rpc: NodeRPC, journal: Journal, payout_script: bytes, zmq_url: str | None) -> int:
         n, m = self.config.node, self.config.mining
-        submitter = BlockSubmitter(rpc, journal, self.metrics)
+        quiet = self.network is not None and self.network.pow_no_retargeting  # regtest: blocks by the hundred
+        submitter = BlockSubmitter(rpc, journal, self.metrics, block_log_level=logging.DEBUG if quiet else logging.INFO)
         source = GBTWorkSource(rpc, submitter, GBTSettings(
             payout_script=payout_script, extranonce_size=len(LOCAL_EXTRANONCE1) + self.config.stratum.extranonce2_size,
             coinbase_tag=m.coinbase_tag.encode(),
@@ -406,6 +448,9 @@ class SoloMiner(_Run):
                     f"{self.stats.rejected} rejected")
         return 0
 
+    def _submissions_wait_for_peer(self) -> bool:
+        return self.source is not None and self.source.submitter.waiting_for_node > 0
+
     def _submit(self, source: GBTWorkSource, pool, job: Job, solution: Solution) -> None:
         self.stats.found += 1
         if self._done:
@@ -428,7 +473,7 @@ class SoloMiner(_Run):
             # The tip is finished either way: ours won it, or the node has another block
             # on it. Blocks still arriving on it are stale, never sent.
             self.race.finish(prev)
-            if self.server is not None and hasattr(self.server, "retire_tip"):  # TEMP until the server has it
+            if self.server is not None:
                 self.server.retire_tip(prev)
             if outcome.inconclusive:
                 self.stats.inconclusive += 1
@@ -441,7 +486,10 @@ class SoloMiner(_Run):
                 self._print(f"{blocks} block(s) accepted: done")
                 self.stop()
             return
-        self.stats.rejected += 1
+        if outcome.rejected:
+            self.stats.rejected += 1
+        else:
+            self.stats.stale += 1
         backup = self.race.rejected(prev)
         if backup is not None:
             self._track(self._submit_one(source, pool, *backup))  # the next block found on that tip
@@ -477,11 +525,22 @@ class SoloMiner(_Run):
     async def _status(self, source: GBTWorkSource, pool) -> None:
         while True:
             await asyncio.sleep(self.config.log.status_interval)
-            job = source.current
-            age = f"{time.monotonic() - job.created_monotonic:.1f}s" if job else "-"
-            self._print(f"{format_rate(pool.rate())} | height {source.height if source.height is not None else '-'}"
-                        f" | blocks found {self.stats.found} accepted {self.stats.accepted}"
-                        f" rejected {self.stats.rejected} | job age {age}")
+            self._print(self._status_line(source, pool))
+
+    def _status_line(self, source: GBTWorkSource, pool) -> str:
+        """One line per interval: the CPU kernel's counted rate (on regtest it idles between a
+        block and the next job, so it says little), the height, and the block counts, which
+        on regtest sum up the blocks logged one by one elsewhere."""
+        s = self.stats
+        job = source.current
+        age = f"{time.monotonic() - job.created_monotonic:.1f}s" if job else "-"
+        new = s.accepted - self._status_accepted
+        self._status_accepted = s.accepted
+        others = "".join(f" {n} {name}" for name, n in (("inconclusive", s.inconclusive), ("held", s.held),
+                                                         ("stale", s.stale)) if n)
+        return (f"CPU {format_rate(pool.rate()).strip()} | height {source.height if source.height is not None else '-'}"
+                f" | blocks found {s.found} accepted {s.accepted} (+{new}) rejected {s.rejected}{others}"
+                f" | job age {age}")
 
 
 

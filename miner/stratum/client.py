@@ -285,16 +285,17 @@ class StratumClient:
             self._add_job(pool_job, difficulty)
 
     async def _configure(self) -> None:
-        """BIP310 version rolling: ask for every bit, use whatever the pool grants (none on error)."""
+        """BIP310 version rolling: ask for the BIP320 bits, use what the pool grants of them
+        (none on error); bits outside BIP320 would be consensus-visible version signals."""
         try:
             result = await self._call("mining.configure", [["version-rolling"], {
-                "version-rolling.mask": "ffffffff", "version-rolling.min-bit-count": 2}])
+                "version-rolling.mask": p.hex8(p.BIP320_VERSION_MASK), "version-rolling.min-bit-count": 2}])
         except (p.StratumError, asyncio.TimeoutError) as e:
             log.info("pool %s:%d: no version rolling (%s)", self.host, self.port, e)
             return
         if isinstance(result, dict) and result.get("version-rolling") is True:
             try:
-                self.version_mask = p.u32_from_hex8(result.get("version-rolling.mask"))
+                self.version_mask = p.u32_from_hex8(result.get("version-rolling.mask")) & p.BIP320_VERSION_MASK
             except ValueError:
                 log.warning("pool %s:%d: bad version-rolling.mask %r: no rolling", self.host, self.port,
                             result.get("version-rolling.mask"))

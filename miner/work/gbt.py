@@ -171,13 +171,15 @@ class GBTWorkSource:
     # -- running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Resubmit journaled blocks, fetch the first template, then watch for tips.
+        """Resubmit journaled blocks on the tip, fetch the first template, then watch for tips.
 
-        Journaled blocks go first: mining the tip they build on would race them with a
-        competing block of our own.
+        Journaled blocks on the tip go first: mining the tip they build on would race them
+        with a competing block of our own.
         """
         tip = await self.rpc.call_with_retry("getbestblockhash")
-        await self.submitter.resubmit_pending(tip)
+        await self.submitter.resubmit_on_tip(tip)
+        # Earlier entries on other tips cannot race our work: judged in bulk meanwhile.
+        self._spawn(self.submitter.judge_earlier_entries())
         await self.refresh(clean_if_new_tip=True, via="start", template=await self._first_template())
         loops = [self._poll_loop(), self._refresh_loop()]
         if self.settings.longpoll:
