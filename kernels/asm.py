@@ -38,7 +38,26 @@ def lane_loop_asm() -> str:
     from kernels.scan import BLOCK_LANES, prepare
 
     fresh = numba.njit(nogil=True, error_model="numpy")(lanes.scan_lanes.py_func)
-    job = prepare(bytes(76))
+    job = prepare(bytes(76), "lanes")
     hits = np.zeros(BLOCK_LANES, dtype=np.uint8)
-    fresh(job.job_words, np.uint32(0), np.int64(BLOCK_LANES), np.uint32(0), hits)
+    fresh(job.words, np.uint32(0), np.int64(BLOCK_LANES), np.uint32(0), hits)
     return fresh.inspect_asm(fresh.signatures[0])
+
+
+def shani_asm() -> str:
+    """Assembly of the SHA-NI scan (one compiled afresh, as above)."""
+    import numba
+    import numpy as np
+
+    from kernels import shani
+    from kernels.scan import prepare, target_words
+
+    fresh = numba.njit(nogil=True, error_model="numpy")(shani.scan_range.py_func)
+    job = prepare(bytes(76), "shani")
+    fresh(job.words, job.midstate, job.tail, np.int64(0), np.int64(8), target_words(0), np.empty(1, dtype=np.uint32))
+    return fresh.inspect_asm(fresh.signatures[0])
+
+
+def sha_instruction_counts(asm: str) -> dict[str, int]:
+    """How many of each x86 SHA instruction the code holds (all unrolled: per INTERLEAVE nonces)."""
+    return {op: len(re.findall(rf"\b{op}\b", asm)) for op in ("sha256rnds2", "sha256msg1", "sha256msg2")}

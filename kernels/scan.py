@@ -1,9 +1,11 @@
-"""Nonce scan: the vectorized filter from _sha256d_lanes, an exact 256-bit check, and threads.
+"""Nonce scan: a fast filter on the hash's top word, an exact 256-bit check, and threads.
 
     [start, start+count)  split into one contiguous part per thread (results stay in order)
-      └─ scan_range(): blocks of BLOCK_LANES nonces
-           └─ scan_lanes(): every lane -> hits[i] = top 32 bits of the hash <= target's
-                └─ each hit: the full sha256d recomputed, compared as a 256-bit integer
+      └─ the job's kernel path (kernels.paths picks one per machine):
+           "lanes": scan_range(): blocks of BLOCK_LANES nonces
+                      └─ scan_lanes(): every lane -> hits[i] = top 32 bits of the hash <= target's
+           "shani": shani.scan_range(): SHA-NI, INTERLEAVE nonces per step -> a bit mask
+           └─ each hit: the full sha256d recomputed (kernels.exact), compared as a 256-bit integer
 
 Nonces are u32, positions are int64: start + count may be exactly 2**32 and nothing wraps.
 All numba functions release the GIL, so N threads scale to N cores.
@@ -13,47 +15,64 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from numba import njit
 
+from kernels import paths
 from kernels import sha256 as ref
 from kernels._sha256d_lanes import JOB_WORDS, job_constants, scan_lanes
+from kernels.exact import meets_target, sha256d_words
+
+__all__ = ["BLOCK_LANES", "NONCE_SPACE", "ScanJob", "chosen_kernel", "default_threads", "kernel_rate",
+           "meets_target", "prepare", "scan", "scan_chunk", "search", "sha256d_words", "split_range",
+           "target_words", "warm_up"]
 
 NONCE_SPACE = 1 << 32
 # Nonces one scan_lanes() call covers: small enough that its hit flags (1 byte each) stay in
-# L1, large enough that the per-call cost vanishes.
+# L1, large enough that the per-call cost vanishes. Callers size their chunks in multiples.
 BLOCK_LANES = 4096
 # Nonces one scan_range() call covers in search(): the unit between Python callbacks.
 SEARCH_CHUNK = 1 << 22
 # Hits one scan_range() call can return before it stops early (and is called again).
 OUT_CAPACITY = 1 << 16
 
-_K = np.array(ref.K, dtype=np.uint32)
-_IV = np.array(ref.IV, dtype=np.uint32)
-
 
 @dataclass(frozen=True)
 class ScanJob:
-    """What the kernel needs of one 76-byte header prefix; build with prepare()."""
+    """What a kernel needs of one 76-byte header prefix; build with prepare()."""
 
     header76: bytes
+    kernel: str  # the path that scans it, one of paths.KERNELS
     midstate: np.ndarray  # uint32[8], state after the header's first 64 bytes
     tail: np.ndarray  # uint32[3], header bytes 64..75 as big-endian words
-    job_words: np.ndarray  # uint32[JOB_WORDS], from job_constants()
+    words: np.ndarray  # uint32[], the kernel's nonce-independent values
 
 
-def prepare(header76: bytes) -> ScanJob:
-    """Midstate and every nonce-independent value, once per job."""
+def prepare(header76: bytes, kernel: str | None = None) -> ScanJob:
+    """Midstate and every nonce-independent value the kernel (default: this machine's) needs, once per job."""
     if len(header76) != 76:
         raise ValueError(f"header76 must be 76 bytes (an 80-byte header without its nonce), got {len(header76)}")
-    mid = np.array(ref.midstate(header76[:64]), dtype=np.uint32)
-    tail = np.array(struct.unpack(">3I", header76[64:76]), dtype=np.uint32)
-    jc = np.zeros(JOB_WORDS, dtype=np.uint32)
-    job_constants(mid, tail, jc)
-    return ScanJob(bytes(header76), mid, tail, jc)
+    kernel = kernel or chosen_kernel().kernel
+    mid_words = ref.midstate(header76[:64])
+    tail_words = struct.unpack(">3I", header76[64:76])
+    mid = np.array(mid_words, dtype=np.uint32)
+    tail = np.array(tail_words, dtype=np.uint32)
+    if kernel == "shani":
+        from kernels import shani
+
+        words = shani.job_words(mid_words, tail_words)
+    elif kernel == "lanes":
+        words = np.zeros(JOB_WORDS, dtype=np.uint32)
+        job_constants(mid, tail, words)
+    else:
+        raise ValueError(f"unknown kernel {kernel!r}: expected one of {', '.join(paths.KERNELS)}")
+    return ScanJob(bytes(header76), kernel, mid, tail, words)
 
 
 def target_words(target: int) -> np.ndarray:
@@ -61,65 +80,6 @@ def target_words(target: int) -> np.ndarray:
     if not 0 <= target < 1 << 256:
         raise ValueError("target must be in [0, 2**256)")
     return np.array([(target >> (224 - 32 * i)) & 0xFFFFFFFF for i in range(8)], dtype=np.uint32)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _rotr(x, n):
-    return np.uint32((x >> np.uint32(n)) | (x << np.uint32(32 - n)))
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _bswap(x):
-    return np.uint32((x << np.uint32(24)) | ((x << np.uint32(8)) & np.uint32(0x00FF0000))
-                     | ((x >> np.uint32(8)) & np.uint32(0x0000FF00)) | (x >> np.uint32(24)))
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _compress(state, w):
-    """Plain loop SHA-256 compression (scalar): used only for candidates, so clarity wins."""
-    for t in range(16, 64):
-        s0 = _rotr(w[t - 15], 7) ^ _rotr(w[t - 15], 18) ^ (w[t - 15] >> np.uint32(3))
-        s1 = _rotr(w[t - 2], 17) ^ _rotr(w[t - 2], 19) ^ (w[t - 2] >> np.uint32(10))
-        w[t] = np.uint32(w[t - 16] + s0 + w[t - 7] + s1)
-    a, b, c, d, e, f, g, h = state[0], state[1], state[2], state[3], state[4], state[5], state[6], state[7]
-    for t in range(64):
-        big_s1 = _rotr(e, 6) ^ _rotr(e, 11) ^ _rotr(e, 25)
-        ch = g ^ (e & (f ^ g))
-        t1 = np.uint32(h + big_s1 + ch + _K[t] + w[t])
-        big_s0 = _rotr(a, 2) ^ _rotr(a, 13) ^ _rotr(a, 22)
-        maj = (a & b) | (c & (a | b))
-        t2 = np.uint32(big_s0 + maj)
-        h, g, f, e, d, c, b, a = g, f, e, np.uint32(d + t1), c, b, a, np.uint32(t1 + t2)
-    out = np.empty(8, dtype=np.uint32)
-    for i, v in enumerate((a, b, c, d, e, f, g, h)):
-        out[i] = np.uint32(state[i] + v)
-    return out
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def sha256d_words(midstate, tail, nonce):
-    """Final state words H0..H7 of sha256d(header76 + nonce as little-endian u32)."""
-    w = np.zeros(64, dtype=np.uint32)
-    w[0], w[1], w[2] = tail[0], tail[1], tail[2]
-    w[3] = _bswap(np.uint32(nonce))
-    w[4] = np.uint32(0x80000000)
-    w[15] = np.uint32(640)
-    first = _compress(midstate, w)
-    w2 = np.zeros(64, dtype=np.uint32)
-    w2[:8] = first
-    w2[8] = np.uint32(0x80000000)
-    w2[15] = np.uint32(256)
-    return _compress(_IV, w2)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def meets_target(state, target_be):
-    """The hash (state words as bytes) read little-endian, <= target (words most significant first)."""
-    for i in range(8):
-        word = _bswap(state[7 - i])
-        if word != target_be[i]:
-            return word < target_be[i]
-    return True
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -132,7 +92,7 @@ def _any_set(words):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def scan_range(job_words, midstate, tail, start, count, target_be, out):
-    """Scan nonces [start, start+count); writes hits to `out` in order.
+    """The lane kernel's scan of nonces [start, start+count); writes hits to `out` in order.
 
     Returns (hits written, nonces consumed). It stops early, before a hit that does not
     fit, when `out` is full: call again from start + consumed.
@@ -184,9 +144,20 @@ def scan_chunk(job: ScanJob, target_be: np.ndarray, start: int, count: int, out:
     low-difficulty share) without hashing a whole chunk's worth of them.
     """
     _check_range(start, count)
-    n_out, consumed = scan_range(job.job_words, job.midstate, job.tail, np.int64(start), np.int64(count),
-                                 target_be, out)
+    n_out, consumed = scan_range_of(job.kernel)(job.words, job.midstate, job.tail, np.int64(start),
+                                                np.int64(count), target_be, out)
     return out[:n_out].tolist(), int(consumed)
+
+
+def scan_range_of(kernel: str):
+    """The numba scan_range of a kernel path (imported only when that path is used)."""
+    if kernel == "lanes":
+        return scan_range
+    if kernel == "shani":
+        from kernels import shani
+
+        return shani.scan_range
+    raise ValueError(f"unknown kernel {kernel!r}: expected one of {', '.join(paths.KERNELS)}")
 
 
 def split_range(start: int, count: int, parts: int) -> list[tuple[int, int]]:
@@ -206,10 +177,10 @@ def default_threads() -> int:
 
 
 def search(header76: bytes, target: int, start: int = 0, count: int = NONCE_SPACE,
-           threads: int | None = None) -> list[int]:
+           threads: int | None = None, kernel: str | None = None) -> list[int]:
     """Nonces in [start, start+count) whose sha256d(header76 + nonce LE), read little-endian, is <= target."""
     _check_range(start, count)
-    job = prepare(header76)
+    job = prepare(header76, kernel)
     target_words(target)  # validate before starting threads
     pieces = split_range(start, count, threads or default_threads())
     if len(pieces) == 1:
@@ -219,6 +190,87 @@ def search(header76: bytes, target: int, start: int = 0, count: int = NONCE_SPAC
         return [nonce for part in results for nonce in part]
 
 
-def warm_up() -> None:
-    """Compile (or load from numba's cache) everything a scan runs."""
-    scan(prepare(bytes(76)), (1 << 256) - 1, 0, 8)
+def kernel_rate(kernel: str, seconds: float, threads: int = 1, chunk: int = 1 << 20) -> float:
+    """MH/s of `kernel` on `threads` threads, each scanning its own part of the nonce space
+    until the deadline (compiled or loaded before the clock starts)."""
+    job = prepare(os.urandom(76), kernel)
+    scan(job, 0, 0, BLOCK_LANES)
+    tw = target_words(0)  # target 0: no hits to collect
+    run_range = scan_range_of(kernel)
+    pieces = split_range(0, NONCE_SPACE, threads)
+
+    def run(piece: tuple[int, int]) -> int:
+        start, count = piece
+        out = np.empty(1, dtype=np.uint32)  # each thread its own: nothing shared is written
+        done, deadline = 0, time.perf_counter() + seconds
+        while done == 0 or time.perf_counter() < deadline:
+            run_range(job.words, job.midstate, job.tail, np.int64(start + done % (count - chunk)),
+                      np.int64(chunk), tw, out)
+            done += chunk
+        return done
+
+    t0 = time.perf_counter()
+    if threads == 1:
+        total = run(pieces[0])
+    else:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="gridminer-rate") as pool:
+            total = sum(pool.map(run, pieces))
+    return total / (time.perf_counter() - t0) / 1e6
+
+
+def chosen_kernel() -> paths.Choice:
+    """This machine's kernel path and why (decided once per process; see kernels.paths)."""
+    return paths.chosen(lambda kernel, seconds: kernel_rate(kernel, seconds))
+
+
+# While warm_up() compiles, progress() hears about it this often (seconds).
+PROGRESS_EVERY = 5.0
+
+
+def is_compiled_in_cache(kernel: str) -> bool | None:
+    """Whether numba's on-disk cache holds the kernel's scan for this CPU (None: cannot tell)."""
+    try:
+        fn = scan_range_of(kernel)
+        index = fn._cache._cache_file._load_index()  # {} when missing or stale (source changed)
+        magic = fn.targetctx.codegen().magic_tuple()
+        return any(key[1] == magic for key in index)
+    except Exception:  # numba internals moved: report "unknown" rather than fail a start
+        return None
+
+
+def warm_up(progress: Callable[[str], None] | None = None, kernel: str | None = None) -> str:
+    """Choose (first start: calibrate where needed), compile or load the kernel; returns its name.
+
+    progress, when given, gets one-line messages: what is compiled, every PROGRESS_EVERY
+    seconds while it runs, and the elapsed time at the end. Run it on a daemon thread (as
+    the run modes do) so that a Ctrl-C during a compile need not wait for it.
+    """
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    if kernel is None:
+        choice = chosen_kernel()
+        kernel = choice.kernel
+        say(f"SHA-256d kernel: {kernel} ({choice.reason})")
+    cached = is_compiled_in_cache(kernel)
+    if cached is False:
+        what = f"compiling the SHA-256d kernel for this CPU ({kernel}), first start only"
+    else:
+        what = f"loading the SHA-256d kernel ({kernel}) from numba's cache" if cached else \
+            f"loading or compiling the SHA-256d kernel ({kernel})"
+    say(what)
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(PROGRESS_EVERY):
+            say(f"{what}: {time.perf_counter() - t0:.0f} s")
+
+    ticker = threading.Thread(target=tick, name="gridminer-warm-up", daemon=True) if progress else None
+    if ticker:
+        ticker.start()
+    try:
+        scan(prepare(bytes(76), kernel), (1 << 256) - 1, 0, 8)
+    finally:
+        done.set()
+    say(f"SHA-256d kernel {kernel} ready after {time.perf_counter() - t0:.1f} s")
+    return kernel
+

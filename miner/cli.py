@@ -28,9 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bench = sub.add_parser("bench", help="measure the SHA-256d kernel on this machine",
-                           description="Kernel hash rate per thread and on all cores, with same-run "
-                                       "references (hashlib loop, single-stream SHA-256), JIT compile "
-                                       "and cached load times.")
+                           description="Hash rate of every kernel path this CPU can run, which one is "
+                                       "chosen and why, the chosen path on all cores, same-run references "
+                                       "(hashlib loop, single-stream SHA-256, minerd when on PATH), JIT "
+                                       "compile and cached load times.")
     bench.add_argument("--seconds", type=_positive_float, default=10.0,
                        help="time spent measuring rates (default 10; compile timing comes on top)")
     bench.add_argument("--threads", type=_positive_int, default=None,
@@ -39,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--asm-stats", action="store_true",
                        help="also compile the lane loop afresh and count its vector instructions")
     bench.add_argument("--no-compile", action="store_true",
-                       help="skip the cold-compile and cached-load timing (two fresh processes)")
+                       help="skip the cold-compile and cached-load timing (two fresh processes per path)")
+    bench.add_argument("--no-minerd", action="store_true",
+                       help="do not run minerd as a reference even when it is on PATH")
     run = sub.add_parser("run", help="mine: solo on a node, as a pool agent, or as a proxy for rigs",
                          formatter_class=argparse.RawDescriptionHelpFormatter, description=RUN_DESCRIPTION)
     from miner.sched.backtest import add_arguments as add_backtest_arguments
@@ -144,6 +147,7 @@ def _run_config(args) -> int:
     # The status lines (controller._print) carry the same clock: one format on the terminal.
     logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    from kernels.paths import KernelUnavailable
     from miner.node.regtest import RegtestError
 
     try:
@@ -156,6 +160,9 @@ def _run_config(args) -> int:
         print(f"miner run: cannot start the regtest node: {e}\n"
               "  (install Node.js and npm, or give a node: miner run --node URL --address ADDR)", file=sys.stderr)
         return 1
+    except KernelUnavailable as e:
+        print(f"miner run: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 
