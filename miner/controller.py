@@ -235,23 +235,22 @@ class _Run:
         """Start the local workers once the kernel is compiled (or loaded from numba's cache).
 
         Everything else (the stratum server, the work source) is already serving: a cold
-        compile takes most of a minute, and rigs must not wait for it.
+        compile can take a minute, and rigs must not wait for it. warm_up says what it
+        compiles and how long it takes.
         """
         pool = self.pool
         if pool is not None and pool.threads:
             from kernels.scan import warm_up
 
-            waited = await self._wait_visibly(warm_up, "compiling the SHA-256d kernel for this CPU (first start "
-                                                       "only); the stratum server is already serving")
-            if waited is not None:
-                self._print(f"kernel ready after {waited:.1f} s: {pool.threads} CPU thread(s) start hashing")
+            await self._wait_visibly(lambda: warm_up(progress=self._print), None)
         if pool is not None:
             pool.start()
 
-    async def _wait_visibly(self, fn, what: str) -> float | None:
+    async def _wait_visibly(self, fn, what: str | None) -> float | None:
         """Run fn() on a daemon thread, so that a stop never waits for it; when it takes over
-        QUIET_WAIT seconds, say what we wait for, then every PROGRESS_INTERVAL how long so far.
-        Returns the seconds it took when that was announced, else None; raises what fn raised."""
+        QUIET_WAIT seconds, say `what` we wait for (None: fn says it itself), then every
+        PROGRESS_INTERVAL how long so far. Returns the seconds it took when that was
+        announced, else None; raises what fn raised."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
 
@@ -271,7 +270,10 @@ class _Run:
         t0 = time.monotonic()
         threading.Thread(target=work, name=f"gridminer-{getattr(fn, '__name__', 'wait')}", daemon=True).start()
         done, _ = await asyncio.wait([ready], timeout=QUIET_WAIT)
-        announced = not done
+        announced = not done and what is not None
+        if what is None:
+            await ready
+            return None
         if announced:
             self._print(what)
         while not done:
