@@ -1,33 +1,23 @@
-"""A small launcher for pooler's cpuminer (`minerd`), a stock stratum v1 CPU miner in C.
-
-Tests find minerd on PATH and skip, saying what to install, when it is missing or cannot
-run. Its output goes to a log file; the process is always terminated (then killed).
+"""pooler's cpuminer (`minerd`) for a share storm: its output goes to a log file, not to
+memory (at regtest difficulty it prints a line per share, hundreds of thousands a minute),
+unlike miner.testing.MinerdProcess, which keeps its lines for assertions. The process is
+always terminated (then killed).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
-INSTALL_HINT = ("minerd (pooler's cpuminer 2.5.1, https://github.com/pooler/cpuminer) on PATH, "
-                "with its runtime libraries (libcurl4, libjansson4)")
-
 
 def require_minerd() -> str:
-    """minerd's path, or a pytest skip saying what to install."""
-    path = shutil.which("minerd")
-    if path is None:
-        pytest.skip(f"needs {INSTALL_HINT}")
-    try:
-        probe = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        pytest.skip(f"minerd cannot run here ({e}); needs {INSTALL_HINT}")
-    if "cpuminer" not in (probe.stdout + probe.stderr):
-        pytest.skip(f"minerd --version did not name cpuminer ({probe.returncode}); needs {INSTALL_HINT}")
-    return path
+    """minerd's path, or a pytest skip saying what to install (its libraries come from apt
+    where the suite may install them: tests.conftest.require_peer)."""
+    from miner.testing.minerd import find_minerd
+    from tests.conftest import require_peer
+
+    require_peer("minerd")
+    return find_minerd()
 
 
 class Minerd:
