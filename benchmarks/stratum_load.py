@@ -32,10 +32,9 @@ and always takes the generator process down with it.
 --core: the same load against `miner run --threads 0` (the real solo controller, its
 stratum server at the configured defaults) on a Bitcoin Core regtest node (bitcoind on
 PATH). Tips are real blocks (generatetoaddress); every valid share is a block the
-controller may hand to Core, so the report adds the node's figures: submitblock calls,
-blocks accepted, chain tips that are not on the best chain. --retire-on-accept makes the
-controller retire a tip once its block is accepted and submit one block per tip at a
-time (StratumServer.retire_tip), standing in for that controller change.
+controller may hand to Core (it sends one per tip at a time and retires the tip once
+one is in: StratumServer.retire_tip), so the report adds the node's figures: submitblock
+calls, blocks accepted, chain tips that are not on the best chain.
 """
 
 from __future__ import annotations
@@ -117,40 +116,6 @@ def shares_by_result(metrics: Metrics) -> dict[str, float]:
     return out
 
 
-def solo_miner_class(retire_on_accept: bool):
-    """SoloMiner that keeps its stratum server at hand (optionally retiring accepted tips)."""
-    from miner.controller import SoloMiner
-
-    class BenchSoloMiner(SoloMiner):
-        def __init__(self, *a, **kw) -> None:
-            super().__init__(*a, **kw)
-            self.server: StratumServer | None = None
-            self.in_flight: set[bytes] = set()
-
-        async def _start_stratum(self, on_block):
-            self.server = await super()._start_stratum(on_block)
-            return self.server
-
-        def _submit(self, source, pool, job, solution) -> None:
-            if retire_on_accept:
-                if job.prev_hash_internal in self.in_flight:
-                    return
-                self.in_flight.add(job.prev_hash_internal)
-            super()._submit(source, pool, job, solution)
-
-        async def _submit_one(self, source, pool, job, solution) -> None:
-            accepted = self.stats.accepted
-            try:
-                await super()._submit_one(source, pool, job, solution)
-            finally:
-                if retire_on_accept:
-                    if self.stats.accepted > accepted and self.server is not None:
-                        self.server.retire_tip(job.prev_hash_internal)
-                    self.in_flight.discard(job.prev_hash_internal)
-
-    return BenchSoloMiner
-
-
 class Bench:
     def __init__(self, args) -> None:
         self.args = args
@@ -177,7 +142,7 @@ class Bench:
 
     def blocks_so_far(self) -> float:
         """Shares that were blocks, handed to on_block (ours, or the controller's)."""
-        return self.metric("gridminer_blocks_total", stage="found") if self.args.core else self.blocks
+        return self.solo.stats.found if self.args.core else self.blocks
 
     def next_job(self) -> Job:
         self.height += 1
@@ -274,7 +239,7 @@ class Bench:
         bye = await self.expect("bye", 60)
         r["generator_cpu_total"] = bye["cpu"]
         r["server_cpu_total"] = cpu_seconds()
-        r["blocks_found"] = self.blocks if not a.core else self.metric("gridminer_blocks_total", stage="found")
+        r["blocks_found"] = self.blocks_so_far()
         r["server_rss_end"] = rss_bytes()
         if a.core:
             r["core"] = await self.core_figures()
@@ -287,6 +252,7 @@ class Bench:
 
     async def start_core(self) -> None:
         from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, NodeConfig, StratumConfig
+        from miner.controller import SoloMiner
         from miner.node.regtest import RegtestNode
 
         self.node = node = RegtestNode("bitcoind")
@@ -298,8 +264,7 @@ class Bench:
                                             journal=str(node.datadir / "bench-journal.jsonl")),
                         stratum=StratumConfig(listen="127.0.0.1:0"), metrics=MetricsConfig(listen="off"),
                         log=LogConfig(status_interval=3600))
-        self.solo = solo_miner_class(self.args.retire_on_accept)(config, metrics=self.metrics,
-                                                                 out=open(os.devnull, "w"))
+        self.solo = SoloMiner(config, metrics=self.metrics, out=open(os.devnull, "w"))
         self.solo_task = asyncio.create_task(self.solo.run())
         deadline = time.monotonic() + 300
         while self.solo.server is None or self.solo.source is None or self.solo.source.current is None:
@@ -316,6 +281,7 @@ class Bench:
         return {"submitblock_calls": self.metric("gridminer_blocks_total", stage="submitted"),
                 "accepted_by_controller": self.metric("gridminer_blocks_total", stage="accepted"),
                 "rejected_by_node": self.metric("gridminer_blocks_total", stage="rejected"),
+                "inconclusive": self.metric("gridminer_blocks_total", stage="inconclusive"),
                 "height_gain": height - self.start_height, "tips_generated": self.args.tips + 2,
                 "competing_tips": sum(1 for t in tips if t["status"] in ("valid-headers", "valid-fork"))}
 
@@ -451,7 +417,7 @@ def print_report(r: dict) -> None:
     if "core" in r:
         k = r["core"]
         rows += [("Core: submitblock calls", f"{k['submitblock_calls']:.0f} (accepted {k['accepted_by_controller']:.0f}, "
-                                             f"refused {k['rejected_by_node']:.0f})"),
+                                             f"refused {k['rejected_by_node']:.0f}, inconclusive {k['inconclusive']:.0f})"),
                  ("Core: height gain / competing tips", f"{k['height_gain']} ({k['tips_generated']} by the node) / "
                                                         f"{k['competing_tips']}")]
     width = max(len(k) for k, _ in rows)
@@ -495,8 +461,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--core", action="store_true",
                     help="against the real solo controller on a Bitcoin Core regtest node (bitcoind on PATH)")
-    ap.add_argument("--retire-on-accept", action="store_true",
-                    help="--core: retire a tip once its block is accepted, one block per tip in flight")
     args = ap.parse_args(argv)
     args.connections = args.connections or (500 if args.quick else 10000)
     args.tips = args.tips or (5 if args.quick else 10)

@@ -109,7 +109,9 @@ def test_minerd_mines_blocks_through_our_server(minerd_run):
     log = r["minerd_log"]
     context = (f"{r['kind']}, {r['seconds']:.0f} s, disconnects {dict(_disconnects(r['metrics']))}, shares "
                f"{dict(_by_label(r['metrics'], 'gridminer_stratum_shares', 'result'))}, limits "
-               f"{dict(_by_label(r['metrics'], 'gridminer_stratum_limit_hits', 'limit'))}\n{log[-1500:]}")
+               f"{dict(_by_label(r['metrics'], 'gridminer_stratum_limit_hits', 'limit'))}, connects "
+               f"{r['metrics'].registry.get_sample_value('gridminer_stratum_connects_total')}\n{log[-1500:]}")
+    print(context[:600])
     # Valid shares are never throttled and a reconnect is never refused.
     assert not SERVER_CLOSED & set(_disconnects(r["metrics"])), context
     assert "authentication failed" not in log, context
