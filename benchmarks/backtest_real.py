@@ -1,17 +1,18 @@
 """The scheduler's back-test on a year of real prices: ten 20 J/TH ASIC sites, 2023 and 2024.
 
-    .venv/bin/python benchmarks/backtest_real.py PRICE_DIR [--years 2023 2024]
+    .venv/bin/python benchmarks/backtest_real.py [PRICE_DIR] [--years 2023 2024]
                      [--coupling none budget target] [--pjm-publication realtime|settled]
-                     [--no-bound] [--plot-dir DIR] [--json]
+                     [--min-hours H] [--no-bound] [--plot-dir DIR] [--json] [--profile FILE]
 
-PRICE_DIR holds `green-dcc/<REGION>_<YEAR>.csv` (HewlettPackard/green-dcc, the
-"processed" files renamed) and `entsoe-sweden/SE4_<YEAR>_entsoe.csv` (an ENTSO-E
-day-ahead export); see deploy/examples/sites-backtest.toml for where to get them. For
+PRICE_DIR (default: deploy/examples/prices, shipped) holds `green-dcc/<REGION>_<YEAR>.csv`
+(HewlettPackard/green-dcc, the "processed" files renamed; .csv.gz read as well) and
+`entsoe-sweden/SE4_<YEAR>_entsoe.csv` (an ENTSO-E day-ahead export); see
+deploy/examples/prices/README.md for where they come from. For
 each year it writes the sites file of the experiment into a temporary folder (the same
 fleet as the example: texas, california, virginia (PJM real-time market: its hourly price
 known from the hour's start, or with --pjm-publication settled from its end),
 new-york, germany, france, netherlands, spain, belgium, sweden-se4; 100 MW; 1 h minimum
-on and off time; 25 USD per MW per start; levels 50-100 %), runs `miner backtest` on the
+on and off time (--min-hours); 25 USD per MW per start; levels 50-100 %), runs `miner backtest` on the
 calendar year for each coupling, and prints the fleet tables and capture ratios:
 
     none     independent sites
@@ -27,7 +28,9 @@ the exact optimum is printed. Figures, not a pass/fail test.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import sys
 import tempfile
 import time
@@ -58,10 +61,22 @@ SITES = [
 ]
 
 
-def sites_toml(price_dir: Path, year: int, coupling: str, pjm_publication: str = "realtime") -> str:
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_PRICES = REPO / "deploy" / "examples" / "prices"
+
+
+def price_file(price_dir: Path, pattern: str, year: int) -> Path:
+    """The file under price_dir, gzipped or not."""
+    plain = price_dir / pattern.format(y=year)
+    gz = plain.with_name(plain.name + ".gz")
+    return gz if not plain.is_file() and gz.is_file() else plain
+
+
+def sites_toml(price_dir: Path, year: int, coupling: str, pjm_publication: str = "realtime",
+               min_hours: float = 1.0) -> str:
     out = [f"[economics]\nhashprice_usd_per_th_day = {HASHPRICE[year]}\npool_fee = 0.02\n", COUPLING[coupling]]
     for name, file, zone, clock, currency, mw in SITES:
-        path = price_dir / file.format(y=year)
+        path = price_file(price_dir, file, year)
         out.append(f'[[site]]\nname = "{name}"\nprices = "{path.as_posix()}"\ntimezone = "{zone}"\n')
         if clock:
             out.append(f'price_timezone = "{clock}"\n')
@@ -70,7 +85,7 @@ def sites_toml(price_dir: Path, year: int, coupling: str, pjm_publication: str =
         if currency != "USD":
             out.append(f'currency = "{currency}"\nusd_per_unit = {EUR_USD[year]}\n')
         out.append(f"capacity_mw = {mw}\nefficiency_j_per_th = 20.0\nadder_usd_per_mwh = 10.0\n"
-                   f"min_on_hours = 1\nmin_off_hours = 1\nstart_cost_usd = {START_COST_USD_PER_MW * mw}\n"
+                   f"min_on_hours = {min_hours:g}\nmin_off_hours = {min_hours:g}\nstart_cost_usd = {START_COST_USD_PER_MW * mw}\n"
                    "min_power_fraction = 0.5\n\n")
     return "".join(out)
 
@@ -82,17 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coupling", nargs="+", default=list(COUPLING), choices=list(COUPLING))
     parser.add_argument("--pjm-publication", choices=("realtime", "settled"), default="realtime",
                         help="when the PJM real-time hour's price is known: its start (default) or end")
+    parser.add_argument("--min-hours", type=float, default=1.0, help="minimum on and off time of every site")
     parser.add_argument("--no-bound", action="store_true", help="skip the LP upper bound of coupled years")
+    parser.add_argument("--profile", metavar="FILE", help="run under cProfile, print the top functions, "
+                                                           "save the stats to FILE")
     parser.add_argument("--plot-dir", help="write one PNG per run there")
     parser.add_argument("--site-tables", action="store_true", help="print every site's table too")
     parser.add_argument("--json", action="store_true", help="end with one JSON line of all figures")
     args = parser.parse_args(argv)
-    if not args.price_dir:
-        parser.print_usage(sys.stderr)
-        print("benchmarks/backtest_real.py: give the price-data folder (green-dcc/, entsoe-sweden/)", file=sys.stderr)
-        return 2
-    price_dir = Path(args.price_dir).resolve()
-    missing = [f.format(y=y) for y in args.years for _, f, *_ in SITES if not (price_dir / f.format(y=y)).is_file()]
+    price_dir = Path(args.price_dir or SHIPPED_PRICES).resolve()
+    missing = [f.format(y=y) for y in args.years for _, f, *_ in SITES if not price_file(price_dir, f, y).is_file()]
     if missing:
         print(f"missing price files under {price_dir}: {', '.join(missing)}", file=sys.stderr)
         return 2
@@ -101,11 +115,20 @@ def main(argv: list[str] | None = None) -> int:
         for year in args.years:
             for coupling in args.coupling:
                 path = Path(tmp) / f"sites-{year}-{coupling}.toml"
-                path.write_text(sites_toml(price_dir, year, coupling, args.pjm_publication))
+                path.write_text(sites_toml(price_dir, year, coupling, args.pjm_publication, args.min_hours))
+                profiler = cProfile.Profile() if args.profile else None
                 t0 = time.perf_counter()
+                if profiler:
+                    profiler.enable()
+                # workers=1 under the profiler: it sees only this process
                 result = run_backtest(load_sites(path), f"{year}-01-01", f"{year + 1}-01-01",
-                                      bound=coupling != "none" and not args.no_bound)
+                                      bound=coupling != "none" and not args.no_bound,
+                                      workers=1 if profiler else None)
                 seconds = time.perf_counter() - t0
+                if profiler:
+                    profiler.disable()
+                    profiler.dump_stats(args.profile)
+                    pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
                 print(f"\n===== {year}, coupling {coupling}: hashprice {HASHPRICE[year]} USD/TH/day, "
                       f"PJM {args.pjm_publication} =====")
                 print(format_report(result, per_site=args.site_tables))
@@ -120,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                                 "hindsight_bound_usd": result.hindsight_bound_usd,
                                 "policies": {p: {k: v for k, v in f.items() if k != "sites"}
                                              for p, f in doc["policies"].items()}})
-    print("\nyear  coupling  capture  violations (all policies)  seconds")
+    print(f"\nminimum on/off {args.min_hours:g} h; seconds = the whole back-test (5 policies, "
+          "gridminer and hindsight in parallel on 2 cores)")
+    print("year  coupling  capture  violations (all policies)  seconds")
     for row in summary:
         viol = sum(p["violations"] for p in row["policies"].values())
         cr = row["capture_ratio"]

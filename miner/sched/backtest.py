@@ -57,6 +57,15 @@ HINDSIGHT_WINDOW_H = 48
 HINDSIGHT_OVERLAP_H = 24
 
 
+# Said when a price file is missing: where real price files come from.
+PRICE_DATA_HELP = (
+    "The example's 2023-2024 hourly prices ship with gridminer in deploy/examples/prices/ "
+    "(see its README.md); more markets and years: the \"processed\" files of "
+    "github.com/HewlettPackard/green-dcc (data/electricity_prices/processed/<REGION>/<YEAR>/) "
+    "and ENTSO-E Transparency Platform day-ahead price exports. Paths in a sites file are "
+    "relative to the sites file; .csv.gz files are read as they are.")
+
+
 class BacktestError(ValueError):
     """The back-test cannot run: no price file for a site, an empty period, no hashprice."""
 
@@ -82,10 +91,15 @@ def load_replay_prices(fleet: FleetSpec, site: SiteSpec) -> list[PriceInterval]:
     if not path.is_absolute():
         path = fleet.base_dir / path
     publication = feed.get("publication") or "day_ahead"
+    if not path.is_file():
+        raise BacktestError(f"site {site.name!r}: no price file {path}. {PRICE_DATA_HELP}")
+    # Keys named as a sites file names them (a [site.feed] table has its own names).
+    keys = ({"clock_key": "price_timezone", "zone_key": "timezone"} if site.name in fleet.replay
+            else {})
     try:
         return load_price_csv(path, timezone=feed.get("timezone"), currency=site.currency,
                               publication=publication, published_local=feed.get("published_local"),
-                              market_timezone=csv_market_timezone(feed, site))
+                              market_timezone=csv_market_timezone(feed, site), **keys)
     except OSError as exc:
         raise BacktestError(f"site {site.name!r}: cannot read price file {path}: {exc}") from exc
     except ValueError as exc:
@@ -144,6 +158,9 @@ class BacktestResult:
     capacity_mw: np.ndarray = field(default_factory=lambda: np.zeros(0))
     hindsight_bound_usd: float | None = None   # LP relaxation of the whole period (bound=True)
     notes: list[str] = field(default_factory=list)
+    # sites whose every hour's price was published before the hour began (day-ahead
+    # markets): a decision there knows the hour's real price, as hindsight does
+    known_before_sites: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -159,6 +176,7 @@ class BacktestResult:
                 "coupling": self.coupling, "policies": pol, "capture_ratio": self.capture_ratio,
                 "hours_without_price": dict(zip(self.site_names, self.hours_without_price)),
                 "hindsight_bound_usd": self.hindsight_bound_usd,
+                "prices_known_before_the_hour": self.known_before_sites,
                 "notes": self.notes, "seconds": round(self.seconds, 3)}
 
 
@@ -212,6 +230,10 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
     init = [UnitState() for _ in sites]
     forced = book.forced[:, j0:j1]
 
+    hour_starts = book.start_s + np.arange(j0, j1) * HOUR_S
+    published = book.published[:, j0:j1]
+    known_before = [s.name for i, s in enumerate(sites)
+                    if np.all(np.isnan(published[i]) | (published[i] < hour_starts))]
     price_seen = seen_prices(book, sites, j0, j1)
     unseen = np.isnan(price_seen)
     curtail = unseen & np.array([s.fail_safe == "curtail" for s in sites])[:, None]
@@ -265,7 +287,7 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
                           breakeven_usd=breakeven, capture_ratio=capture, coupling=coupling.strip() or "none",
                           hours_without_price=[int(m.sum()) for m in missing],
                           capacity_mw=np.array([s.capacity_mw for s in sites]), notes=notes,
-                          hindsight_bound_usd=lp_bound,
+                          hindsight_bound_usd=lp_bound, known_before_sites=known_before,
                           seconds=time.perf_counter() - t_begin)
 
 
@@ -412,6 +434,7 @@ def format_report(result: BacktestResult, per_site: bool = True) -> str:
     out.append(_table("fleet", [(p, r.fleet) for p, r in result.policies.items()]))
     if result.capture_ratio is not None:
         out.append(f"\ncapture ratio (gridminer - always_on) / (hindsight - always_on): {result.capture_ratio:.3f}")
+        out.append(capture_explanation(result))
     timing = ", ".join(f"{p} {r.seconds:.1f}s" for p, r in result.policies.items())
     out.append(f"time: {result.seconds:.1f}s ({timing})")
     if "hindsight" in result.policies:
@@ -425,6 +448,22 @@ def format_report(result: BacktestResult, per_site: bool = True) -> str:
     return "\n".join(out)
 
 
+def capture_explanation(result: BacktestResult) -> str:
+    """Why the capture ratio is what it is: a ratio of 1 at day-ahead sites is no bug."""
+    known = result.known_before_sites
+    rest = [n for n in result.site_names if n not in known]
+    if not known:
+        return ("  (no site's prices were known before their hour: gridminer plans on forecasts, "
+                "hindsight on the real prices)")
+    head = ("  all sites" if not rest else f"  {len(known)} of {len(result.site_names)} sites") + \
+        " have day-ahead prices: each hour's price is published the day before, so gridminer " \
+        "decides on the same prices hindsight sees"
+    if not rest:
+        return head + "; it can differ only where its rolling plan ends before the published prices do"
+    return head + f"; the gap comes from {', '.join(rest)}, whose prices are known only as the hour " \
+        "runs (real-time), and from the end of the rolling horizon"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The `miner backtest` arguments (shared by `python -m miner.sched.backtest`)."""
     parser.add_argument("sites", metavar="SITES.toml", help="sites file (prices = paths relative to it)")
@@ -432,9 +471,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="first hour, ISO date or date-time (naive = UTC); default: start of the prices")
     parser.add_argument("--to", dest="end", metavar="DATE",
                         help="end (exclusive), ISO date or date-time; default: end of the prices")
-    parser.add_argument("--plot", metavar="FILE.png", help="write a PNG: prices, breakeven and site levels")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="write FILE.png (the period at a glance: monthly profit and uptime per site, "
+                             "price duration curves against breakeven, fleet power) and FILE-detail.png "
+                             "(hourly prices, breakeven and power levels over --plot-window)")
+    parser.add_argument("--plot-window", nargs=2, metavar=("FROM", "TO"),
+                        help="the detail plot's period, ISO dates or date-times (naive = UTC); "
+                             "default: the first 7 days")
     parser.add_argument("--json", action="store_true",
-                        help="end the output with one JSON line holding every figure")
+                        help="print one JSON object holding every figure on stdout, the tables on stderr")
     parser.add_argument("--policies", metavar="NAME", nargs="+", default=list(ALL_POLICIES),
                         help=f"policies to run (default: all of {' '.join(ALL_POLICIES)}); "
                              "the capture ratio needs always_on, gridminer and hindsight")
@@ -464,12 +509,14 @@ def run_cli(args: argparse.Namespace) -> int:
     except ValueError as exc:   # a date that does not parse
         print(f"miner backtest: {exc}", file=sys.stderr)
         return 2
-    print(format_report(result, per_site=not args.no_site_tables))
+    # With --json stdout carries the JSON alone (for jq and json.tool); the tables go to stderr.
+    human = sys.stderr if args.json else sys.stdout
+    print(format_report(result, per_site=not args.no_site_tables), file=human)
     if args.plot:
         from miner.sched.plot import plot_backtest
 
-        plot_backtest(result, args.plot)
-        print(f"plot written to {args.plot}")
+        for written in plot_backtest(result, args.plot, window=args.plot_window):
+            print(f"plot written to {written}", file=human)
     if args.json:
         print(json.dumps(result.to_json(), separators=(",", ":")))
     return 0

@@ -64,7 +64,8 @@ def test_issue_example(tmp_path):
         ("texas", "USD", 5.0, 10.0, 20.0)
     assert (site.min_on_hours, site.min_off_hours, site.start_cost_usd, site.min_power_fraction) == (1, 1, 50.0, 0.5)
     assert site.feed == {"kind": "csv", "path": str(tmp_path.resolve() / "US-TEX-ERCO_2023.csv"),
-                         "publication": "day_ahead", "currency": "USD"}
+                         "publication": "day_ahead", "currency": "USD",
+                         "market_timezone": "America/Chicago"}   # inferred from the file name
     assert fleet.replay["texas"] == site.feed
     assert site.fail_safe == "curtail" and site.ramp_mw_per_hour is None and site.demand_response == ()
 
