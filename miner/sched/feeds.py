@@ -855,6 +855,22 @@ def make_feed(table: Mapping, *, base_dir: Path, site: SiteSpec) -> PriceFeed:
                           method=_string(table, "method", "get_lmp") or "get_lmp")
 
 
+def feed_environment(table: Mapping) -> list[tuple[str, str]]:
+    """The environment variables a [site.feed] table needs at fetch time: (name, what for)."""
+    kind = table.get("kind")
+    if kind == "http_json":
+        headers = table.get("headers_env") or {}
+        return [(var, f"header {h}") for h, var in headers.items() if isinstance(var, str)] \
+            if isinstance(headers, Mapping) else []
+    if kind == "entsoe":
+        return [(_string(table, "token_env", "ENTSOE_TOKEN") or "ENTSOE_TOKEN", "ENTSO-E token")]
+    if kind == "ercot":
+        return [(_string(table, "subscription_key_env", "ERCOT_SUBSCRIPTION_KEY") or "ERCOT_SUBSCRIPTION_KEY",
+                 "ERCOT subscription key"),
+                (_string(table, "token_env", "ERCOT_API_TOKEN") or "ERCOT_API_TOKEN", "ERCOT bearer token")]
+    return []
+
+
 def feed_for_site(site: SiteSpec, base_dir: Path) -> PriceFeed:
     """The feed of a site as the sites loader filled `site.feed` (a [site.feed] table, or
     {"kind": "csv", "path": <prices>, ...} for a site that only names a price file)."""
