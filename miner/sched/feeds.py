@@ -39,6 +39,7 @@ from miner.sched.price_files import (
     is_ambiguous,
     load_price_csv,
     localize,
+    market_of_file,
     merge_intervals,
     parse_local_hhmm,
     parse_price_cell,
@@ -824,11 +825,12 @@ def make_feed(table: Mapping, *, base_dir: Path, site: SiteSpec) -> PriceFeed:
         path = path if path.is_absolute() else Path(base_dir) / path
         if not path.is_file():
             raise ValueError(f"[site.feed] path: no price file {path}")
-        intervals = load_price_csv(path, timezone=_string(table, "timezone"),
+        market = market_of_file(path)     # a file named for its market needs no zone keys
+        intervals = load_price_csv(path, timezone=_string(table, "timezone") or (market and market.clock),
                                    currency=_string(table, "currency") or site.currency,
                                    publication=_string(table, "publication", "realtime") or "realtime",
                                    published_local=_string(table, "published_local"),
-                                   market_timezone=csv_market_timezone(table, site))
+                                   market_timezone=csv_market_timezone(table, site) or (market and market.zone))
         return ReplayFeed(intervals, replay_from=_replay_from(table.get("replay_from")))
     if kind == "http_json":
         headers_env = table.get("headers_env", {})

@@ -157,3 +157,21 @@ def test_unknown_naive_file_asks_for_the_sites_file_keys(tmp_path):
     (tmp_path / "s.toml").write_text(text)
     with pytest.raises(BacktestError, match=r"needs timezone = \"ZONE\""):
         run_backtest(load_sites(tmp_path / "s.toml"))
+
+
+def test_csv_feed_table_infers_the_zones_of_a_known_file(tmp_path):
+    """[site.feed] kind = "csv" reads a file named for its market without timezone keys,
+    as `prices =` does: CAISO's naive-UTC rows, published 13:30 Pacific the day before."""
+    from datetime import datetime, timezone
+
+    from miner.sched.feeds import ReplayFeed, make_feed
+    from miner.sched.model import SiteSpec
+
+    site = SiteSpec(name="ca", capacity_mw=1.0, efficiency_j_per_th=20.0)
+    feed = make_feed({"kind": "csv", "path": str(TEST_PRICES / "US-CAL-CISO_2024_head.csv"),
+                      "publication": "day_ahead"}, base_dir=tmp_path, site=site)
+    assert isinstance(feed, ReplayFeed)
+    explicit = load_price_csv(TEST_PRICES / "US-CAL-CISO_2024_head.csv", timezone="UTC", publication="day_ahead",
+                              market_timezone="America/Los_Angeles")
+    assert feed.intervals == explicit
+    assert explicit[0].published == datetime(2023, 12, 30, 21, 30, tzinfo=timezone.utc)
