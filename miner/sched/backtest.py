@@ -501,6 +501,8 @@ def run_cli(args: argparse.Namespace) -> int:
     for p in args.policies:
         policies += [x for x in p.split(",") if x]
     try:
+        for when in args.plot_window or ():
+            utc_datetime(when)           # a bad date fails before the run, not after it
         fleet = load_sites(args.sites)
         result = run_backtest(fleet, args.start, args.end, policies)
     except (SitesError, BacktestError) as exc:
@@ -515,8 +517,13 @@ def run_cli(args: argparse.Namespace) -> int:
     if args.plot:
         from miner.sched.plot import plot_backtest
 
-        for written in plot_backtest(result, args.plot, window=args.plot_window):
-            print(f"plot written to {written}", file=human)
+        try:
+            written = plot_backtest(result, args.plot, window=args.plot_window)
+        except (ValueError, OSError) as exc:     # a window outside the period, an unwritable path
+            print(f"miner backtest: --plot: {exc}", file=sys.stderr)
+            return 2
+        for path in written:
+            print(f"plot written to {path}", file=human)
     if args.json:
         print(json.dumps(result.to_json(), separators=(",", ":")))
     return 0

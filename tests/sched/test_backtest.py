@@ -292,3 +292,17 @@ def test_plots_monthly_figures_and_window(tmp_path):
     written = plot_backtest(result, tmp_path / "p.png", window=("2023-08-31", "2023-09-01"))
     assert [p.name for p in written] == ["p.png", "p-detail.png"]
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
+
+
+def test_cli_bad_plot_window(tmp_path):
+    path = sites_file(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    base = [sys.executable, "-m", "miner.sched.backtest", str(path), "--from", "2023-08-16", "--to", "2023-08-17",
+            "--policies", "always_on", "--plot", str(tmp_path / "p.png")]
+    bad = subprocess.run(base + ["--plot-window", "yesterday", "today"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert bad.returncode == 2 and "not an ISO date-time: 'yesterday'" in bad.stderr
+    outside = subprocess.run(base + ["--plot-window", "2024-01-01", "2024-01-02"], capture_output=True, text=True,
+                             env=env, timeout=120)
+    assert outside.returncode == 2 and "outside the back-test period" in outside.stderr
+    assert "Traceback" not in bad.stderr + outside.stderr
