@@ -133,8 +133,10 @@ def _fleet_monthly(ax, result: "BacktestResult") -> None:
     names = list(result.policies)
     width = 0.8 / max(len(names), 1)
     labels: list[str] = []
+    top = 0.0
     for k, p in enumerate(names):
         profit, _, labels = monthly(result, p)
+        top = max(top, float(profit.sum(axis=0).max()) / 1e6)
         x = np.arange(len(labels)) + (k - (len(names) - 1) / 2) * width
         ax.bar(x, profit.sum(axis=0) / 1e6, width, color=POLICY_COLOURS.get(p), label=p,
                hatch="//" if p == "hindsight" else None, edgecolor="white" if p == "hindsight" else None)
@@ -143,7 +145,9 @@ def _fleet_monthly(ax, result: "BacktestResult") -> None:
     ax.set_ylabel("fleet profit (million USD)", fontsize=8)
     ax.set_title("fleet profit per month, by policy", fontsize=9, loc="left")
     ax.axhline(0.0, color="black", lw=0.6)
-    ax.legend(fontsize=7, ncols=len(names))
+    if top > 0:
+        ax.set_ylim(top=top * 1.2)       # room for the legend above the bars
+    ax.legend(fontsize=7, ncols=len(names), loc="upper center")
     ax.tick_params(labelsize=8)
 
 
