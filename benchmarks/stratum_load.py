@@ -28,6 +28,14 @@ The server's per-connection message throttle is raised (it still runs on every m
 so that the max window measures the server, not the limiter; every other limit is the
 default. It prints figures and is not a pass/fail test; it stops by itself (--timeout)
 and always takes the generator process down with it.
+
+--core: the same load against `miner run --threads 0` (the real solo controller, its
+stratum server at the configured defaults) on a Bitcoin Core regtest node (bitcoind on
+PATH). Tips are real blocks (generatetoaddress); every valid share is a block the
+controller may hand to Core, so the report adds the node's figures: submitblock calls,
+blocks accepted, chain tips that are not on the best chain. --retire-on-accept makes the
+controller retire a tip once its block is accepted and submit one block per tip at a
+time (StratumServer.retire_tip), standing in for that controller change.
 """
 
 from __future__ import annotations
@@ -109,16 +117,54 @@ def shares_by_result(metrics: Metrics) -> dict[str, float]:
     return out
 
 
+def solo_miner_class(retire_on_accept: bool):
+    """SoloMiner that keeps its stratum server at hand (optionally retiring accepted tips)."""
+    from miner.controller import SoloMiner
+
+    class BenchSoloMiner(SoloMiner):
+        def __init__(self, *a, **kw) -> None:
+            super().__init__(*a, **kw)
+            self.server: StratumServer | None = None
+            self.in_flight: set[bytes] = set()
+
+        async def _start_stratum(self, on_block):
+            self.server = await super()._start_stratum(on_block)
+            return self.server
+
+        def _submit(self, source, pool, job, solution) -> None:
+            if retire_on_accept:
+                if job.prev_hash_internal in self.in_flight:
+                    return
+                self.in_flight.add(job.prev_hash_internal)
+            super()._submit(source, pool, job, solution)
+
+        async def _submit_one(self, source, pool, job, solution) -> None:
+            accepted = self.stats.accepted
+            try:
+                await super()._submit_one(source, pool, job, solution)
+            finally:
+                if retire_on_accept:
+                    if self.stats.accepted > accepted and self.server is not None:
+                        self.server.retire_tip(job.prev_hash_internal)
+                    self.in_flight.discard(job.prev_hash_internal)
+
+    return BenchSoloMiner
+
+
 class Bench:
     def __init__(self, args) -> None:
         self.args = args
         self.blocks = 0
         self.metrics = Metrics()
-        self.server = StratumServer(
-            self.on_block, host="127.0.0.1", port=0,
-            vardiff=VardiffConfig(min_difficulty=1.0, start_difficulty=1.0),
-            limits=ServerLimits(messages_per_second=1e6, message_burst=1e6),
-            metrics=self.metrics)
+        self.node = self.solo = self.solo_task = None
+        if args.core:
+            self.server = None  # the controller's, once it runs
+        else:
+            self.server = StratumServer(
+                self.on_block, host="127.0.0.1", port=0,
+                vardiff=VardiffConfig(min_difficulty=1.0, start_difficulty=1.0),
+                limits=ServerLimits(messages_per_second=1e6, message_burst=1e6),
+                metrics=self.metrics)
         self.proc: asyncio.subprocess.Process | None = None
         self.height = 1
         self.report: dict = {}
@@ -128,6 +174,10 @@ class Bench:
 
     def on_block(self, job, solution) -> None:
         self.blocks += 1
+
+    def blocks_so_far(self) -> float:
+        """Shares that were blocks, handed to on_block (ours, or the controller's)."""
+        return self.metric("gridminer_blocks_total", stage="found") if self.args.core else self.blocks
 
     def next_job(self) -> Job:
         self.height += 1
@@ -159,8 +209,11 @@ class Bench:
                        "nofile_server": [soft, hard], "python": sys.version.split()[0],
                        "cpus": os.cpu_count()}
         rss_idle = rss_bytes()
-        await self.server.start()
-        self.server.broadcast(self.next_job())  # every miner gets this job right after subscribing
+        if a.core:
+            await self.start_core()
+        else:
+            await self.server.start()
+            self.server.broadcast(self.next_job())  # every miner gets this job right after subscribing
         env = dict(os.environ)
         env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = await asyncio.create_subprocess_exec(
@@ -221,29 +274,76 @@ class Bench:
         bye = await self.expect("bye", 60)
         r["generator_cpu_total"] = bye["cpu"]
         r["server_cpu_total"] = cpu_seconds()
-        r["blocks_found"] = self.blocks
+        r["blocks_found"] = self.blocks if not a.core else self.metric("gridminer_blocks_total", stage="found")
         r["server_rss_end"] = rss_bytes()
+        if a.core:
+            r["core"] = await self.core_figures()
         return r
 
+    # -- Core mode ------------------------------------------------------------------------------
+
+    def metric(self, name: str, **labels) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    async def start_core(self) -> None:
+        from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, NodeConfig, StratumConfig
+        from miner.node.regtest import RegtestNode
+
+        self.node = node = RegtestNode("bitcoind")
+        await asyncio.to_thread(node.start)
+        self.address = await asyncio.to_thread(node.new_address)
+        config = Config(node=NodeConfig(url=node.rpc_url, cookie_file=str(node.auth.path), zmq=node.zmq_url,
+                                        poll_interval=0.1),
+                        mining=MiningConfig(address=self.address, threads=0,
+                                            journal=str(node.datadir / "bench-journal.jsonl")),
+                        stratum=StratumConfig(listen="127.0.0.1:0"), metrics=MetricsConfig(listen="off"),
+                        log=LogConfig(status_interval=3600))
+        self.solo = solo_miner_class(self.args.retire_on_accept)(config, metrics=self.metrics,
+                                                                 out=open(os.devnull, "w"))
+        self.solo_task = asyncio.create_task(self.solo.run())
+        deadline = time.monotonic() + 300
+        while self.solo.server is None or self.solo.source is None or self.solo.source.current is None:
+            if self.solo_task.done() or time.monotonic() > deadline:
+                raise RuntimeError("the solo controller did not start")
+            await asyncio.sleep(0.05)
+        self.server = self.solo.server
+        self.start_height = await asyncio.to_thread(node.call, "getblockcount")
+
+    async def core_figures(self) -> dict:
+        node = self.node
+        tips = await asyncio.to_thread(node.call, "getchaintips")
+        height = await asyncio.to_thread(node.call, "getblockcount")
+        return {"submitblock_calls": self.metric("gridminer_blocks_total", stage="submitted"),
+                "accepted_by_controller": self.metric("gridminer_blocks_total", stage="accepted"),
+                "rejected_by_node": self.metric("gridminer_blocks_total", stage="rejected"),
+                "height_gain": height - self.start_height, "tips_generated": self.args.tips + 2,
+                "competing_tips": sum(1 for t in tips if t["status"] in ("valid-headers", "valid-fork"))}
+
     async def tip(self) -> dict:
-        job = self.next_job()
-        prevhash = p.stratum_prevhash_from_internal(job.prev_hash_internal)
         live = len(self.server.sessions)
         c0 = cpu_seconds()
         t0 = time.time()
         pc = time.perf_counter()
-        if self.profile:
-            self.profile.enable()
-        self.server.broadcast(job)
-        if self.profile:
-            self.profile.disable()
+        if self.args.core:  # a real block by the node: the controller's clean job follows
+            block_hash = (await asyncio.to_thread(self.node.call, "generatetoaddress", 1, self.address))[0]
+            prevhash = p.stratum_prevhash_from_internal(bytes.fromhex(block_hash)[::-1])
+            height = await asyncio.to_thread(self.node.call, "getblockcount")
+        else:
+            job = self.next_job()
+            height = job.height
+            prevhash = p.stratum_prevhash_from_internal(job.prev_hash_internal)
+            if self.profile:
+                self.profile.enable()
+            self.server.broadcast(job)
+            if self.profile:
+                self.profile.disable()
         call = time.perf_counter() - pc
         cpu = cpu_seconds() - c0
         while True:
             ev = await self.expect("tip", 30)
             if ev["prevhash"] == prevhash:
                 break
-        return {"height": job.height, "sessions": live, "broadcast_call": call, "server_cpu": cpu,
+        return {"height": height, "sessions": live, "broadcast_call": call, "server_cpu": cpu,
                 "received": ev["received"], "live": ev["live"], "to_first": ev["first"] - t0,
                 "to_median": ev["p50"] - t0, "to_last": ev["last"] - t0}
 
@@ -254,7 +354,7 @@ class Bench:
         total = MAX_RATE_GUESS * a.seconds if mode == "max" else a.rate * a.seconds * 1.1
         await self.send(cmd="prepare", per_miner=math.ceil(total / n) + 1)
         prep = await self.expect("prepared", 300)
-        before, blocks0 = shares_by_result(self.metrics), self.blocks
+        before, blocks0 = shares_by_result(self.metrics), self.blocks_so_far()
         c0, t0 = cpu_seconds(), time.perf_counter()
         if self.profile_shares and mode == "max":
             self.profile_shares.enable()
@@ -270,7 +370,7 @@ class Bench:
             "checked_per_second": ran["replies_in_window"] / ran["seconds"],
             "replies_total": ran["replies_total"], "unanswered": ran["unanswered"],
             "server_checked": sum(server_counts.values()), "server_by_result": server_counts,
-            "generator_by_kind": ran["by_kind"], "blocks": self.blocks - blocks0,
+            "generator_by_kind": ran["by_kind"], "blocks": self.blocks_so_far() - blocks0,
             "latency_p50": ran["latency_p50"], "latency_p99": ran["latency_p99"], "latency_max": ran["latency_max"],
             "server_cpu": cpu, "server_busy": cpu / elapsed, "generator_cpu": ran["cpu"],
             "generator_busy": ran["cpu"] / ran["seconds"], "prepared_lines": prep["lines"],
@@ -290,12 +390,21 @@ class Bench:
                 proc.kill()
                 await proc.wait()
         deadline = time.monotonic() + 10
-        while self.server.sessions and time.monotonic() < deadline:
+        while self.server is not None and self.server.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        try:
-            await asyncio.wait_for(self.server.stop(), 30)
-        except asyncio.TimeoutError:
-            pass
+        if self.solo is not None:
+            self.solo.stop()
+            try:
+                await asyncio.wait_for(self.solo_task, 60)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - reported by the figures missing
+                pass
+        elif self.server is not None:
+            try:
+                await asyncio.wait_for(self.server.stop(), 30)
+            except asyncio.TimeoutError:
+                pass
+        if self.node is not None:
+            await asyncio.to_thread(self.node.close)
 
 
 def mb(n: float | None) -> str:
@@ -337,8 +446,14 @@ def print_report(r: dict) -> None:
         ]
     rows += [
         ("CPU total", f"server {r['server_cpu_total']:.1f} s, generator {r['generator_cpu_total']:.1f} s"),
-        ("blocks (valid shares)", str(r["blocks_found"])),
+        ("blocks (valid shares)", f"{r['blocks_found']:.0f}"),
     ]
+    if "core" in r:
+        k = r["core"]
+        rows += [("Core: submitblock calls", f"{k['submitblock_calls']:.0f} (accepted {k['accepted_by_controller']:.0f}, "
+                                             f"refused {k['rejected_by_node']:.0f})"),
+                 ("Core: height gain / competing tips", f"{k['height_gain']} ({k['tips_generated']} by the node) / "
+                                                        f"{k['competing_tips']}")]
     width = max(len(k) for k, _ in rows)
     print(f"stratum load: {c['connections']} miners on loopback, {c['cpus']} CPUs, Python {c['python']}")
     for k, v in rows:
@@ -378,6 +493,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="cProfile the server during broadcasts and the max share window (slows both)")
     ap.add_argument("--profile-lines", type=int, default=20, help="functions to print per profile")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    ap.add_argument("--core", action="store_true",
+                    help="against the real solo controller on a Bitcoin Core regtest node (bitcoind on PATH)")
+    ap.add_argument("--retire-on-accept", action="store_true",
+                    help="--core: retire a tip once its block is accepted, one block per tip in flight")
     args = ap.parse_args(argv)
     args.connections = args.connections or (500 if args.quick else 10000)
     args.tips = args.tips or (5 if args.quick else 10)

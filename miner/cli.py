@@ -40,11 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also compile the lane loop afresh and count its vector instructions")
     bench.add_argument("--no-compile", action="store_true",
                        help="skip the cold-compile and cached-load timing (two fresh processes)")
-    run = sub.add_parser("run", help="mine: solo on a node (default: start the pinned regtest node)",
-                         description="Solo-mine with getblocktemplate/submitblock. With no node given, "
-                                     "starts the pinned regtest node and mines to a new address of its "
-                                     "wallet. RPC user/password come from the config file or "
-                                     "GRIDMINER_RPC_USER / GRIDMINER_RPC_PASSWORD, never from here.")
+    run = sub.add_parser("run", help="mine: solo on a node, as a pool agent, or as a proxy for rigs",
+                         formatter_class=argparse.RawDescriptionHelpFormatter, description=RUN_DESCRIPTION)
     from miner.sched.backtest import add_arguments as add_backtest_arguments
 
     add_backtest_arguments(sub.add_parser(
@@ -53,18 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "threshold, threshold with hysteresis, gridminer's policy and the hindsight optimum; "
                     "print profit, energy, prices paid, uptime, starts, violations and the capture ratio."))
     run.add_argument("-c", "--config", metavar="FILE", help="TOML config file (see README: Configuration)")
-    run.add_argument("--node", metavar="URL", help="node RPC URL, http://HOST:PORT (node.url)")
-    run.add_argument("--rpc-cookie", metavar="FILE", help="node's RPC cookie file (node.cookie_file)")
-    run.add_argument("--zmq", metavar="URL", help="node's zmqpubhashblock endpoint, tcp://HOST:PORT (node.zmq)")
-    run.add_argument("--address", metavar="ADDR", help="payout address (mining.address)")
-    run.add_argument("--threads", type=int, metavar="N", help="CPU hashing threads (mining.threads)")
-    run.add_argument("--blocks", type=int, metavar="N", help="stop after N accepted blocks (mining.blocks)")
-    run.add_argument("--journal", metavar="FILE", help="found-block journal (mining.journal)")
+    run.add_argument("--node", metavar="URL",
+                     help="node RPC URL, http://HOST:PORT (node.url; default: start the pinned regtest node)")
+    run.add_argument("--rpc-cookie", metavar="FILE", help="node's RPC cookie file, re-read when the node restarts (node.cookie_file; "
+                          "default: none, user/password from the config or the environment)")
+    run.add_argument("--zmq", metavar="URL", help="node's zmqpubhashblock (and zmqpubsequence) endpoint, tcp://HOST:PORT (node.zmq; default: "
+                          "none, new tips by long-poll and polling)")
+    run.add_argument("--address", metavar="ADDR", help="solo: payout address (mining.address; default with the "
+                     "regtest node: a new address of its wallet)")
+    run.add_argument("--threads", type=int, metavar="N", help="CPU hashing threads (mining.threads; default: "
+                     "every CPU in solo and agent modes, 0 in proxy mode)")
+    run.add_argument("--blocks", type=int, metavar="N",
+                     help="solo: stop after N accepted blocks (mining.blocks; default 0: never)")
+    run.add_argument("--journal", metavar="FILE", help="solo: found-block journal (mining.journal; default: one "
+                     "per chain under ~/.local/share/gridminer/, or the started regtest node's datadir)")
     run.add_argument("--mode", choices=("solo", "agent", "proxy"),
-                     help="solo: mine on a node (default); agent: mine a stratum pool with a cgminer API; "
-                          "proxy: rigs connect to our stratum server and mine the upstream pool")
+                     help="solo: mine on a node; agent: mine a stratum pool with a cgminer API; "
+                          "proxy: rigs connect to our stratum server and mine the upstream pool "
+                          "(mining.mode; default solo)")
     run.add_argument("--pool", metavar="URL[,URL...]",
-                     help="agent/proxy: stratum+tcp://HOST:PORT pools in order of preference (upstream.pools)")
+                     help="agent/proxy: stratum+tcp://HOST:PORT pools in order of preference (upstream.pools; "
+                          "no default)")
     run.add_argument("--user", metavar="NAME", help="agent/proxy: worker name, e.g. site.rig (upstream.user); "
                      "the pool password comes from the config or GRIDMINER_POOL_PASSWORD")
     run.add_argument("--api", metavar="HOST:PORT",
@@ -76,12 +82,44 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Prometheus endpoint (metrics.listen; default 127.0.0.1:9108; off to disable)")
     run.add_argument("--sites", metavar="FILE",
                      help="sites TOML: schedule the local workers and the sites' devices by live power "
-                          "price (sched.sites; see [sched] in the config)")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log.level")
+                          "price (sched.sites; see [sched] in the config; default: none, always on)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                     help="log.level (default info)")
     return parser
 
 
+RUN_DESCRIPTION = """\
+Three modes, one daemon:
+
+  solo   (default) getblocktemplate/submitblock on a node. Local CPU workers and rigs
+         connected to our stratum server (--stratum) mine blocks paying --address. With
+         no --node, the pinned regtest node is started and a new address of its wallet
+         is used: `miner run` alone mines regtest blocks.
+  agent  the CPU workers mine a stratum pool (--pool, --user); a cgminer-compatible API
+         (--api) shows the rig and lets a fleet tool pause and resume it.
+  proxy  rigs connect to our stratum server and mine the upstream pool's jobs, each in
+         its own extranonce slice; their shares are checked here and forwarded.
+
+With --sites FILE, any mode also runs the power-price scheduler: it curtails and resumes
+the local workers and the sites' devices (agents, ASICs) when the price crosses
+breakeven. Credentials never come from here: RPC user/password from the config file or
+GRIDMINER_RPC_USER / GRIDMINER_RPC_PASSWORD, the pool password from
+GRIDMINER_POOL_PASSWORD, the agent token from GRIDMINER_AGENT_TOKEN.
+"""
+
+
 def _run(args) -> int:
+    import gc
+
+    try:
+        return _run_config(args)
+    finally:
+        # Exit at once: otherwise interpreter shutdown garbage-collects numba's compiled
+        # objects, 2 s on a loaded machine, eating into the 5 s a stop may take.
+        gc.freeze()
+
+
+def _run_config(args) -> int:
     import asyncio
     import logging
 
@@ -103,7 +141,9 @@ def _run(args) -> int:
     except cfg.ConfigError as e:
         print(f"miner run: configuration error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The status lines (controller._print) carry the same clock: one format on the terminal.
+    logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     from miner.node.regtest import RegtestError
 
     try:

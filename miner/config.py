@@ -1,7 +1,8 @@
 """One validated configuration, built at start from a TOML file and command-line options.
 
 A bad setting fails fast with the key's name and what was expected. Secrets (RPC
-user/password) come from the file or the environment, never from the command line.
+user/password) come from the file or the environment, never from the command line, and
+no error message or repr shows one (SECRET_KEYS; URLs with credentials are not echoed).
 
     [node]                      # omit `url` to start the pinned regtest node
     url = "http://127.0.0.1:18443"
@@ -19,12 +20,13 @@ user/password) come from the file or the environment, never from the command lin
     threads = 2                 # CPU hashing threads (default: every CPU)
     blocks = 0                  # stop after this many accepted blocks (0: never)
     coinbase_tag = "/gridminer/"
-    journal = "~/.local/share/gridminer/found-blocks.jsonl"
+    journal = "~/.local/share/gridminer/found-blocks.jsonl"  # default: one per chain there
 
     [stratum]
     listen = "127.0.0.1:3333"   # for ASICs and rigs; "off" to disable
     extranonce2_size = 4
     allow_unknown_sites = true  # workers are site.rig; false: only the sites below
+    allow_open_relay = false    # needed for allow_unknown_sites off loopback (anyone may mine)
     [stratum.sites]             # site -> password ("" for none)
     paris = "s3cret"
     # limits: max_line_bytes, messages_per_second, message_burst, max_invalid_shares,
@@ -46,11 +48,13 @@ user/password) come from the file or the environment, never from the command lin
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -62,7 +66,7 @@ class NodeConfig:
     url: str | None = None
     cookie_file: str | None = None
     user: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     zmq: str | None = None
     poll_interval: float = 0.5
     longpoll: bool = True
@@ -88,15 +92,19 @@ class MiningConfig:
 class UpstreamConfig:
     pools: list[str] = field(default_factory=list)  # stratum+tcp://HOST:PORT, in order of preference
     user: str | None = None  # worker name, e.g. site.rig
-    password: str | None = None  # or GRIDMINER_POOL_PASSWORD; most pools take anything ("x")
+    password: str | None = field(default=None, repr=False)  # or GRIDMINER_POOL_PASSWORD; most pools take anything
     silent_after: float = 120.0  # s without a job before failing over
     probe_interval: float = 30.0  # s between checks whether a better-ranked pool is back
+    # Where a pool's client.reconnect may send us (and our worker name and password):
+    # "same-host" (another port of the configured host), "any", or "never" (ignore it).
+    follow_reconnect: str = "same-host"
 
 
 @dataclass(frozen=True)
 class AgentConfig:
     api: str = "127.0.0.1:4028"  # cgminer-compatible API; "off" disables it
-    token: str | None = None  # for pause/resume; or GRIDMINER_AGENT_TOKEN (required off loopback)
+    token: str | None = field(default=None, repr=False)  # for pause/resume; or GRIDMINER_AGENT_TOKEN
+    # (required off loopback)
 
 
 @dataclass(frozen=True)
@@ -105,15 +113,21 @@ class StratumConfig:
     extranonce2_size: int = 4
     # Workers are named site.rig. sites: site -> password ("" for none); workers of other
     # sites are accepted (and counted as site "other") only while allow_unknown_sites is true.
-    sites: dict[str, str] = field(default_factory=dict)
+    sites: dict[str, str] = field(default_factory=dict, repr=False)  # the values are passwords
     allow_unknown_sites: bool = True
+    # A listener off loopback that lets unknown sites in (no password) is an open relay:
+    # anyone who reaches the port mines through us (in proxy mode, into our pool account).
+    # Refused unless this says the operator means it (e.g. a firewalled LAN or a container
+    # whose port is published on loopback only).
+    allow_open_relay: bool = False
     max_line_bytes: int = 16384  # a longer line closes the connection
     messages_per_second: float = 50.0  # sustained requests per connection
     message_burst: float = 200.0  # requests allowed at once per connection
     max_invalid_shares: int = 100  # consecutive rejected shares before a disconnect
     idle_timeout: float = 600.0  # s without a message from an authorized miner
     unauthorized_timeout: float = 30.0  # s a connection may stay without authorizing
-    max_connections_per_ip: int = 256
+    max_connections_per_ip: int = 256  # connections not yet authorized, per IPv4 address or IPv6 /64
+    max_connections: int = 100000  # stratum connections in all
     max_worker_labels: int = 200  # worker names with their own per-worker metric label; the rest: "other"
 
 
@@ -147,9 +161,11 @@ class Config:
     log: LogConfig = LogConfig()
     sched: SchedConfig = SchedConfig()
 
-    def default_journal_path(self) -> Path:
+    def default_journal_path(self, chain: str) -> Path:
+        """One journal per network and chain (chain: "regtest-<block 1 hash prefix>", from
+        miner.work.submit.node_chain_name): old entries of another chain never slow a start."""
         base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-        return Path(base) / "gridminer" / "found-blocks.jsonl"
+        return Path(base) / "gridminer" / f"found-blocks-{chain}.jsonl"
 
 
 _SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "upstream": UpstreamConfig, "agent": AgentConfig,
@@ -157,14 +173,44 @@ _SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "upstream": UpstreamCon
 _LEVELS = ("debug", "info", "warning", "error")
 
 
+# Keys whose values are secrets: an error names the key and the type, never the value.
+SECRET_KEYS = frozenset({"node.password", "upstream.password", "agent.token", "stratum.sites"})
+FOLLOW_RECONNECT = ("same-host", "any", "never")
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value for an error message: its repr, or only its type for a secret key."""
+    if key in SECRET_KEYS or key.split("[", 1)[0] in SECRET_KEYS:
+        return f"{type(value).__name__} (value not shown: a secret)"
+    return f"{type(value).__name__} {value!r}"
+
+
 def _check_type(key: str, value: Any, expected: type) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {_shown(key, value)}")
     if not isinstance(value, expected):
-        raise ConfigError(f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{key}: expected {expected.__name__}, got {_shown(key, value)}")
     return value
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """localhost, 127.0.0.0/8 or ::1; an empty host, 0.0.0.0, :: or any name binds wider."""
+    if not host:
+        return False
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def url_has_secrets(url: str) -> bool:
+    """Whether a URL carries credentials (user:password@) or a query that may hold a token."""
+    parts = urlsplit(url)
+    return "@" in parts.netloc or bool(parts.query) or bool(parts.fragment)
 
 
 def _section(name: str, cls: type, raw: Any) -> Any:
@@ -181,21 +227,26 @@ def _section(name: str, cls: type, raw: Any) -> Any:
             float if "float" in annotation else int if "int" in annotation else \
             bool if "bool" in annotation else str
         values[key] = _check_type(f"{name}.{key}", value, expected)
-        if expected is list and not all(isinstance(x, str) for x in value):
-            raise ConfigError(f"{name}.{key}: expected a list of strings, got {value!r}")
-        if expected is dict and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            raise ConfigError(f"{name}.{key}: expected a table of strings, got {value!r}")
+        for i, item in enumerate(value if expected is list else ()):
+            if not isinstance(item, str):
+                raise ConfigError(f"{name}.{key}[{i}]: expected a string, got {_shown(f'{name}.{key}', item)}")
+        for k, v in (value.items() if expected is dict else ()):
+            if not isinstance(v, str):  # TOML keys are always strings
+                raise ConfigError(f"{name}.{key}.{k}: expected a string, got {_shown(f'{name}.{key}', v)}")
     return cls(**values)
 
 
 def validate(config: Config) -> Config:
     n, m, lg = config.node, config.mining, config.log
+    # URLs are checked for credentials first, and a URL that has any is never echoed.
+    if n.url is not None and url_has_secrets(n.url):
+        # The URL may come from the command line, where every local user can read it.
+        raise ConfigError("node.url: no credentials or query in the URL (not shown here); use node.cookie_file, "
+                          "node.user/password in the config file, or GRIDMINER_RPC_USER / GRIDMINER_RPC_PASSWORD")
     if n.url is not None and not n.url.startswith(("http://", "https://")):
         raise ConfigError(f"node.url: expected http://HOST:PORT, got {n.url!r}")
-    if n.url is not None and "@" in n.url.split("//", 1)[-1].split("/", 1)[0]:
-        # The URL may come from the command line, where every local user can read it.
-        raise ConfigError("node.url: no credentials in the URL; use node.cookie_file, node.user/password "
-                          "in the config file, or GRIDMINER_RPC_USER / GRIDMINER_RPC_PASSWORD")
+    if n.zmq is not None and url_has_secrets(n.zmq):
+        raise ConfigError("node.zmq: expected tcp://HOST:PORT, without credentials or query (not shown here)")
     if n.zmq is not None and not n.zmq.startswith(("tcp://", "ipc://")):
         raise ConfigError(f"node.zmq: expected tcp://HOST:PORT, got {n.zmq!r}")
     for key in ("poll_interval", "template_refresh", "timeout"):
@@ -206,13 +257,25 @@ def validate(config: Config) -> Config:
     if m.mode in ("agent", "proxy"):
         if not config.upstream.pools:
             raise ConfigError(f"upstream.pools: {m.mode} mode needs at least one pool (stratum+tcp://HOST:PORT)")
-        for url in config.upstream.pools:
+        for i, url in enumerate(config.upstream.pools):
+            if url_has_secrets(url):
+                raise ConfigError(f"upstream.pools[{i}]: no credentials in a pool URL (not shown here); the worker "
+                                  "is upstream.user, the password upstream.password or GRIDMINER_POOL_PASSWORD")
             if not url.startswith("stratum+tcp://"):
-                raise ConfigError(f"upstream.pools: expected stratum+tcp://HOST:PORT, got {url!r}")
+                raise ConfigError(f"upstream.pools[{i}]: expected stratum+tcp://HOST:PORT, got {url!r}")
+            from miner.stratum.client import PoolURL  # the client's own parser: one place for the form
+
+            try:
+                PoolURL.parse(url)
+            except ValueError as e:
+                raise ConfigError(f"upstream.pools[{i}]: {e}") from None
         if not config.upstream.user:
             raise ConfigError(f"upstream.user: {m.mode} mode needs a worker name (e.g. site.rig)")
         if config.agent.api != "off":
             parse_listen(config.agent.api, "agent.api")
+    if config.upstream.follow_reconnect not in FOLLOW_RECONNECT:
+        raise ConfigError(f"upstream.follow_reconnect: expected one of {', '.join(FOLLOW_RECONNECT)}, "
+                          f"got {config.upstream.follow_reconnect!r}")
     for key in ("silent_after", "probe_interval"):
         if getattr(config.upstream, key) <= 0:
             raise ConfigError(f"upstream.{key}: must be > 0 seconds, got {getattr(config.upstream, key)}")
@@ -226,10 +289,16 @@ def validate(config: Config) -> Config:
         raise ConfigError("mining.coinbase_tag: at most 60 bytes (the coinbase scriptSig holds 100)")
     if config.metrics.listen != "off":
         parse_listen(config.metrics.listen, "metrics.listen")
-    if config.stratum.listen != "off":
-        parse_listen(config.stratum.listen, "stratum.listen")
     st = config.stratum
-    for key in ("max_line_bytes", "max_invalid_shares", "max_connections_per_ip"):
+    if st.listen != "off":
+        host, _ = parse_listen(st.listen, "stratum.listen")
+        if not is_loopback_host(host) and st.allow_unknown_sites and not st.allow_open_relay:
+            raise ConfigError(
+                f"stratum.allow_unknown_sites: true on {st.listen} lets anyone who reaches that port mine through "
+                "this server without a password (in proxy mode: into your pool account). Listen on 127.0.0.1, "
+                "or set allow_unknown_sites = false and list the sites with passwords in [stratum.sites], "
+                "or set stratum.allow_open_relay = true if the port is firewalled to your rigs")
+    for key in ("max_line_bytes", "max_invalid_shares", "max_connections_per_ip", "max_connections"):
         if getattr(st, key) < 1:
             raise ConfigError(f"stratum.{key}: expected >= 1, got {getattr(st, key)}")
     if st.max_worker_labels < 0:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +29,30 @@ from prometheus_client import start_http_server
 
 from miner.config import Config, ConfigError, parse_listen
 from miner.metrics import Metrics
-from miner.node.rpc import AuthConfigError, NodeRPC, RPCAuthError, load_auth
+from miner.node.rpc import AuthConfigError, CookieAuth, NodeRPC, RPCAuthError, load_auth
 from miner.stratum.server import Authorizer, ServerLimits, StratumServer
 from miner.work.gbt import GBTSettings, GBTWorkSource
 from miner.work.job import Job, Solution
 from miner.work.journal import Journal
-from miner.work.submit import BlockSubmitter
+from miner.work.race import BlockRace, Verdict
+from miner.work.submit import BlockSubmitter, node_chain_name
 
 log = logging.getLogger(__name__)
 
 # The local CPU pool's extranonce1: stratum clients get other, unique values.
 LOCAL_EXTRANONCE1 = bytes(4)
-# At shutdown, how long in-flight block submissions may still take (seconds).
-SHUTDOWN_SUBMIT_WAIT = 10.0
+# Tasks of a run that end when their work is done (the others run until the stop).
+ONE_SHOT_TASKS = frozenset({"kernel"})
+# A wait longer than this (seconds) is announced (a kernel compile, the node's first
+# install), then its elapsed time every PROGRESS_INTERVAL seconds.
+QUIET_WAIT = 2.0
+PROGRESS_INTERVAL = 10.0
+# At shutdown, how long in-flight block submissions may still take (seconds); what is
+# unanswered by then stays in the journal for the next start.
+SHUTDOWN_SUBMIT_WAIT = 2.0
+# From SIGINT/SIGTERM to giving up on an orderly wind-down and cancelling the run (seconds):
+# every mode stops within 5 s.
+STOP_DEADLINE = 4.0
 
 
 def stratum_policy(config: Config) -> dict:
@@ -52,7 +64,7 @@ def stratum_policy(config: Config) -> dict:
         "limits": ServerLimits(max_line_bytes=st.max_line_bytes, messages_per_second=st.messages_per_second,
                                message_burst=st.message_burst, max_invalid_shares=st.max_invalid_shares,
                                idle_timeout=st.idle_timeout, unauthorized_timeout=st.unauthorized_timeout,
-                               max_connections_per_ip=st.max_connections_per_ip,
+                               max_connections_per_ip=st.max_connections_per_ip, max_connections=st.max_connections,
                                max_worker_labels=st.max_worker_labels),
     }
 
@@ -78,6 +90,8 @@ class RunStats:
     accepted: int = 0
     rejected: int = 0
     stale: int = 0
+    inconclusive: int = 0  # valid blocks the node keeps off its best chain (another block won the tip)
+    held: int = 0  # blocks found while one on the same tip was with the node (kept as backups, see work/race.py)
     difficulty_accepted: float = 0.0
 
 
@@ -96,6 +110,7 @@ class _Run:
         self.fleet = None  # the [sched] sites file, loaded, when scheduling
         self.local_site: str | None = None  # the site the local CPU workers belong to
         self.scheduler = None  # miner.sched.scheduler.Scheduler, while running
+        self._serving = False  # True once _until_stopped watches for the stop itself
 
     def stop(self) -> None:
         self._stop.set()
@@ -108,7 +123,7 @@ class _Run:
         self._load_sites()  # a bad sites file fails before anything starts
         exporter = self._start_metrics()
         try:
-            return await self._run()
+            return await self._run_until_stopped()
         finally:
             if exporter is not None:
                 exporter.shutdown()
@@ -116,6 +131,33 @@ class _Run:
 
     async def _run(self) -> int:
         raise NotImplementedError
+
+    async def _run_until_stopped(self) -> int:
+        """_run(), cancelled when a stop finds it still starting (an RPC retried while the
+        node is down, say) or still winding down after STOP_DEADLINE."""
+        main = asyncio.create_task(self._run(), name=type(self).__name__)
+        stopper = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait([main, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if not main.done():
+                if not self._serving:
+                    main.cancel()  # nothing of ours is waiting for the stop yet
+                await asyncio.wait([main], timeout=STOP_DEADLINE)
+                if not main.done():
+                    log.warning("wind-down took over %.0f s: cancelling it", STOP_DEADLINE)
+                    main.cancel()
+            try:
+                return await main
+            except asyncio.CancelledError:
+                if not self._stop.is_set():
+                    raise  # cancelled from outside, not by our stop
+                self._print("stopped")
+                return 0
+        finally:
+            stopper.cancel()
+            if not main.done():  # we were cancelled: the run goes too
+                main.cancel()
+                await asyncio.gather(main, return_exceptions=True)
 
     def _start_metrics(self):
         """The Prometheus endpoint; a port in use is logged, and mining goes on without it."""
@@ -179,15 +221,71 @@ class _Run:
         return [asyncio.create_task(self.scheduler.run(), name="scheduler")] if self.scheduler else []
 
     async def _until_stopped(self, tasks: list[asyncio.Task]) -> None:
-        """Wait for stop() or for a task to fail (its exception is raised)."""
+        """Wait for stop() or for a task to fail (its exception is raised) or end; a task
+        named in ONE_SHOT_TASKS may end, and the run goes on."""
+        self._serving = True
         stopper = asyncio.create_task(self._stop.wait())
+        waiting = {stopper, *tasks}
         try:
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stopper and t.exception() is not None:
-                    raise t.exception()
+            while True:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t is not stopper and t.exception() is not None:
+                        raise t.exception()
+                if any(t is stopper or t.get_name() not in ONE_SHOT_TASKS for t in done):
+                    return
         finally:
             stopper.cancel()
+
+    async def _start_pool_when_warm(self) -> None:
+        """Start the local workers once the kernel is compiled (or loaded from numba's cache).
+
+        Everything else (the stratum server, the work source) is already serving: a cold
+        compile takes most of a minute, and rigs must not wait for it.
+        """
+        pool = self.pool
+        if pool is not None and pool.threads:
+            from kernels.scan import warm_up
+
+            waited = await self._wait_visibly(warm_up, "compiling the SHA-256d kernel for this CPU (first start "
+                                                       "only); the stratum server is already serving")
+            if waited is not None:
+                self._print(f"kernel ready after {waited:.1f} s: {pool.threads} CPU thread(s) start hashing")
+        if pool is not None:
+            pool.start()
+
+    async def _wait_visibly(self, fn, what: str) -> float | None:
+        """Run fn() on a daemon thread, so that a stop never waits for it; when it takes over
+        QUIET_WAIT seconds, say what we wait for, then every PROGRESS_INTERVAL how long so far.
+        Returns the seconds it took when that was announced, else None; raises what fn raised."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if not ready.done():
+                ready.set_exception(error) if error is not None else ready.set_result(None)
+
+        def work() -> None:
+            error = None
+            try:
+                fn()
+            except BaseException as e:  # raised again on the loop, in the waiting task
+                error = e
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the run stopped meanwhile
+                loop.call_soon_threadsafe(settle, error)
+
+        t0 = time.monotonic()
+        threading.Thread(target=work, name=f"gridminer-{getattr(fn, '__name__', 'wait')}", daemon=True).start()
+        done, _ = await asyncio.wait([ready], timeout=QUIET_WAIT)
+        announced = not done
+        if announced:
+            self._print(what)
+        while not done:
+            done, _ = await asyncio.wait([ready], timeout=PROGRESS_INTERVAL)
+            if not done:
+                self._print(f"... {time.monotonic() - t0:.0f} s")
+        ready.result()
+        return time.monotonic() - t0 if announced else None
 
     def _print(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
@@ -203,6 +301,10 @@ class _Run:
         if not task.cancelled() and task.exception() is not None:
             log.error("submission failed", exc_info=task.exception())
 
+    def _submissions_wait_for_peer(self) -> bool:
+        """True when the submissions in flight only wait for an unreachable peer (no use waiting)."""
+        return False
+
     async def _wind_down(self, tasks: list[asyncio.Task]) -> None:
         """Stop the CPU workers, then let every submission finish (bounded) before cancelling."""
         if self.pool is not None:
@@ -212,8 +314,8 @@ class _Run:
         # to finish while the node or pool is still there. A found block stays journaled.
         await asyncio.sleep(0)
         deadline = time.monotonic() + SHUTDOWN_SUBMIT_WAIT
-        while self._submissions and time.monotonic() < deadline:
-            await asyncio.wait(set(self._submissions), timeout=deadline - time.monotonic())
+        while self._submissions and time.monotonic() < deadline and not self._submissions_wait_for_peer():
+            await asyncio.wait(set(self._submissions), timeout=min(0.1, deadline - time.monotonic()))
         for t in [*tasks, *self._submissions]:
             t.cancel()
         await asyncio.gather(*tasks, *self._submissions, return_exceptions=True)
@@ -227,6 +329,11 @@ class SoloMiner(_Run):
         super().__init__(config, metrics=metrics, out=out)
         self._node = None  # the regtest node when this run started it
         self.stratum_port: int | None = None  # the bound stratum port, once serving
+        self.server: StratumServer | None = None
+        self.race: BlockRace[tuple[Job, Solution]] = BlockRace()
+        self.network: Network | None = None  # the node's, once asked
+        self._status_accepted = 0  # accepted blocks at the last status line
+        self._done = False  # --blocks reached
         self.source: GBTWorkSource | None = None  # set while mining (for status and tests)
 
     async def _run(self) -> int:
@@ -245,7 +352,8 @@ class SoloMiner(_Run):
 
             self._print("no node given: starting the pinned regtest node")
             self._node = RegtestNode()
-            await asyncio.to_thread(self._node.start)
+            await self._wait_visibly(self._node.start, "the regtest node is starting (its first start installs "
+                                                      "it with npm, a minute or two)")
             address = m.address or await asyncio.to_thread(self._node.new_address, "bech32")
             self._print(f"regtest node at {self._node.rpc_url}; mining to {address}"
                         f"{'' if m.address else ' (a new address of the node wallet, for this run)'}")
@@ -253,6 +361,8 @@ class SoloMiner(_Run):
             return rpc, address, n.zmq or self._node.zmq_url
         try:
             auth = load_auth(cookie_file=n.cookie_file, user=n.user, password=n.password)
+            if n.cookie_file is not None:  # re-read after failures: bitcoind writes a new one each start
+                auth = CookieAuth(n.cookie_file)
             return NodeRPC(n.url, auth, timeout=n.timeout, metrics=self.metrics), m.address, n.zmq
         except (AuthConfigError, ValueError) as e:
             raise ConfigError(f"node: {e}") from None
@@ -270,6 +380,7 @@ class SoloMiner(_Run):
         self.metrics.set_run_info(chain=network.name, mode=self.config.mining.mode)
         if network.signet_blocks:
             await self._check_signet_challenge(rpc, info, network)
+        self.network = network
         try:
             return address_to_script(address, network)
         except AddressError as e:
@@ -298,23 +409,24 @@ class SoloMiner(_Run):
         elif self._node is not None:
             journal_path = self._node.datadir / "found-blocks.jsonl"  # a throwaway chain's blocks die with it
         else:
-            journal_path = self.config.default_journal_path()
-        with Journal(journal_path) as journal:
+            journal_path = self.config.default_journal_path(await node_chain_name(rpc))
+        # Off the loop: replaying tens of thousands of old entries takes seconds.
+        with await asyncio.to_thread(Journal, journal_path) as journal:
             return await self._mine_with(rpc, journal, payout_script, zmq_url)
 
     async def _mine_with(self, rpc: NodeRPC, journal: Journal, payout_script: bytes, zmq_url: str | None) -> int:
         n, m = self.config.node, self.config.mining
-        submitter = BlockSubmitter(rpc, journal, self.metrics)
+        quiet = self.network is not None and self.network.pow_no_retargeting  # regtest: blocks by the hundred
+        submitter = BlockSubmitter(rpc, journal, self.metrics, block_log_level=logging.DEBUG if quiet else logging.INFO)
         source = GBTWorkSource(rpc, submitter, GBTSettings(
             payout_script=payout_script, extranonce_size=len(LOCAL_EXTRANONCE1) + self.config.stratum.extranonce2_size,
             coinbase_tag=m.coinbase_tag.encode(),
             poll_interval=n.poll_interval, template_refresh=n.template_refresh, longpoll=n.longpoll,
             zmq_url=zmq_url), self.metrics)
         from miner.hashing.pool import WorkerPool
-        from kernels.scan import default_threads, warm_up
+        from kernels.scan import default_threads
 
         threads = default_threads() if m.threads is None else m.threads
-        await asyncio.to_thread(warm_up)  # compile or load the kernel before the clock matters
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
@@ -325,10 +437,10 @@ class SoloMiner(_Run):
                           site=self.pool_site)
         self.source, self.pool = source, pool
         self._prepare_scheduler(rpc=rpc, coinbase_sats=lambda: coinbase_value_sats(source.current))
-        server = await self._start_stratum(lambda job, solution: self._submit(source, pool, job, solution))
-        pool.start()
+        self.server = server = await self._start_stratum(lambda job, solution: self._submit(source, pool, job, solution))
         self._print(f"mining with {threads} CPU thread(s); journal {journal.path}")
         tasks = [asyncio.create_task(source.run(), name="gbt"),
+                 asyncio.create_task(self._start_pool_when_warm(), name="kernel"),
                  asyncio.create_task(self._feed(source, pool, server), name="feed"),
                  asyncio.create_task(self._status(source, pool), name="status"),
                  *self._scheduler_tasks()]
@@ -343,21 +455,53 @@ class SoloMiner(_Run):
                     f"{self.stats.rejected} rejected")
         return 0
 
+    def _submissions_wait_for_peer(self) -> bool:
+        return self.source is not None and self.source.submitter.waiting_for_node > 0
+
     def _submit(self, source: GBTWorkSource, pool, job: Job, solution: Solution) -> None:
         self.stats.found += 1
-        self._track(self._submit_one(source, pool, job, solution))
+        if self._done:
+            return  # --blocks reached: a block found after that is not sent
+        verdict = self.race.offer(job.prev_hash_internal, (job, solution))
+        if verdict is Verdict.SUBMIT:
+            self._track(self._submit_one(source, pool, job, solution))
+            return
+        if verdict is Verdict.HOLD:
+            self.stats.held += 1
+        else:
+            self.stats.stale += 1
+        self.metrics.blocks.labels(stage=verdict.value).inc()
+        log.debug("block on %s for job %s not sent (%s)", job.prev_hash_hex_display, job.job_id, verdict.value)
 
     async def _submit_one(self, source: GBTWorkSource, pool, job: Job, solution: Solution) -> None:
         outcome = await source.submit(job, solution)  # the submitter logs the node's answer
-        if not outcome.accepted:
-            self.stats.rejected += 1
-            pool.retry_tip(job.prev_hash_internal)  # that tip is open again: our block on it did not count
+        prev = job.prev_hash_internal
+        if outcome.accepted or outcome.inconclusive:
+            # The tip is finished either way: ours won it, or the node has another block
+            # on it. Blocks still arriving on it are stale, never sent.
+            self.race.finish(prev)
+            if self.server is not None:
+                self.server.retire_tip(prev)
+            if outcome.inconclusive:
+                self.stats.inconclusive += 1
+                return
+            self.stats.accepted += 1
+            blocks = self.config.mining.blocks
+            if blocks and self.stats.accepted >= blocks and not self._done:
+                self._done = True
+                pool.pause()  # not one block more than asked for
+                self._print(f"{blocks} block(s) accepted: done")
+                self.stop()
             return
-        self.stats.accepted += 1
-        blocks = self.config.mining.blocks
-        if blocks and self.stats.accepted >= blocks and not self._stop.is_set():
-            self._print(f"{blocks} block(s) accepted: done")
-            self.stop()
+        if outcome.rejected:
+            self.stats.rejected += 1
+        else:
+            self.stats.stale += 1
+        backup = self.race.rejected(prev)
+        if backup is not None:
+            self._track(self._submit_one(source, pool, *backup))  # the next block found on that tip
+        else:
+            pool.retry_tip(prev)  # that tip is open again: our block on it did not count
 
     async def _start_stratum(self, on_block) -> StratumServer | None:
         if self.config.stratum.listen == "off":
@@ -374,8 +518,14 @@ class SoloMiner(_Run):
         return server
 
     async def _feed(self, source: GBTWorkSource, pool, server: StratumServer | None) -> None:
+        tip: bytes | None = None
         async for job in source.jobs():
             self.metrics.set_network_difficulty(target_to_difficulty(job.target))
+            if job.prev_hash_internal != tip:
+                if tip is not None:
+                    self.race.finish(tip)  # the node moved off it: a block on it would only compete
+                self.race.reopen(job.prev_hash_internal)  # a reorg back to a finished tip
+                tip = job.prev_hash_internal
             pool.set_job(job)
             if server is not None:
                 server.broadcast(job)
@@ -383,12 +533,40 @@ class SoloMiner(_Run):
     async def _status(self, source: GBTWorkSource, pool) -> None:
         while True:
             await asyncio.sleep(self.config.log.status_interval)
-            job = source.current
-            age = f"{time.monotonic() - job.created_monotonic:.1f}s" if job else "-"
-            self._print(f"{format_rate(pool.rate())} | height {source.height if source.height is not None else '-'}"
-                        f" | blocks found {self.stats.found} accepted {self.stats.accepted}"
-                        f" rejected {self.stats.rejected} | job age {age}")
+            self._print(self._status_line(source, pool))
 
+    def _status_line(self, source: GBTWorkSource, pool) -> str:
+        """One line per interval: the CPU kernel's counted rate (on regtest it idles between a
+        block and the next job, so it says little), the height, and the block counts, which
+        on regtest sum up the blocks logged one by one elsewhere."""
+        s = self.stats
+        job = source.current
+        age = f"{time.monotonic() - job.created_monotonic:.1f}s" if job else "-"
+        new = s.accepted - self._status_accepted
+        self._status_accepted = s.accepted
+        others = "".join(f" {n} {name}" for name, n in (("inconclusive", s.inconclusive), ("held", s.held),
+                                                         ("stale", s.stale)) if n)
+        return (f"CPU {format_rate(pool.rate()).strip()} | height {source.height if source.height is not None else '-'}"
+                f" | blocks found {s.found} accepted {s.accepted} (+{new}) rejected {s.rejected}{others}"
+                f" | job age {age}")
+
+
+
+# Who paused the local workers when the agent API did (WorkerPool.pause(by=...)); a pause
+# by anyone else (the scheduler) is a curtailment.
+PAUSED_BY_API = "api"
+
+
+def hashing_state(pool) -> str:
+    """"paused" (by the API), "curtailed" (by the scheduler: paused or threads taken away),
+    "curtailed to a/b threads" (a partial power level), or "" while every thread may hash."""
+    if pool.paused:
+        return "paused" if pool.paused_by == PAUSED_BY_API else "curtailed"
+    if pool.active_threads == 0 and pool.threads:
+        return "curtailed"
+    if pool.active_threads < pool.threads:
+        return f"curtailed to {pool.active_threads}/{pool.threads} threads"
+    return ""
 
 
 class RigState:
@@ -405,16 +583,25 @@ class RigState:
     def stats(self) -> dict:
         pool, s = self._run.pool, self._run.stats
         rate = pool.rate() if pool is not None else 0.0
+        # cgminer's meanings: a found block is a share whose hash met the network target (the
+        # pool decides what becomes of it), the best share the highest difficulty hashed, a
+        # hardware error a kernel result that failed verification.
         return {"elapsed_s": time.monotonic() - self._started, "hashes_total": pool.hashes if pool else 0,
                 "rate_5s": rate, "rate_avg": rate, "accepted": s.accepted, "rejected": s.rejected,
-                "stale": s.stale, "found_blocks": 0, "difficulty_accepted": s.difficulty_accepted,
-                "best_share": 0, "hardware_errors": 0}
+                "stale": s.stale, "found_blocks": pool.network_hits if pool else 0,
+                "difficulty_accepted": s.difficulty_accepted,
+                "best_share": pool.best_share if pool else 0.0,
+                "hardware_errors": pool.hardware_errors if pool else 0}
 
     def devices(self) -> list[dict]:
         pool = self._run.pool
         rate = pool.rate() if pool is not None else 0.0
-        return [{"index": 0, "enabled": not self.paused, "status": "Idle" if self.paused else "Alive",
+        idle = pool is None or pool.paused or pool.active_threads == 0  # paused or curtailed to nothing
+        return [{"index": 0, "enabled": not self.paused, "status": "Idle" if idle else "Alive",
                  "rate_5s": rate, "rate_avg": rate, "accepted": self._run.stats.accepted,
+                 "rejected": self._run.stats.rejected,
+                 "hardware_errors": pool.hardware_errors if pool else 0,
+                 "hashes_total": pool.hashes if pool else 0,
                  "threads": pool.threads if pool else 0}]
 
     def pools(self) -> list[dict]:
@@ -433,11 +620,16 @@ class RigState:
 
     def pause(self) -> None:
         if self._run.pool is not None:
-            self._run.pool.pause()
+            self._run.pool.pause(by=PAUSED_BY_API)
 
     def resume(self) -> None:
         if self._run.pool is not None:
             self._run.pool.resume()
+
+
+# Pool modes: local shares sent upstream and not yet answered before the CPU workers wait
+# for an answer (an easy share target, as on regtest, makes every other nonce a share).
+MAX_UNANSWERED_SHARES = 64
 
 
 class _UpstreamRun(_Run):
@@ -455,7 +647,8 @@ class _UpstreamRun(_Run):
 
         up = self.config.upstream
         return PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
-                            probe_interval=up.probe_interval, metrics=self.metrics)
+                            probe_interval=up.probe_interval, follow_reconnect=up.follow_reconnect,
+                            metrics=self.metrics)
 
     def _count_answer(self, job: Job, answer) -> None:
         """Count a share by the pool's real answer, never by what we hoped it would say."""
@@ -478,7 +671,7 @@ class AgentMiner(_UpstreamRun):
         self.api_port: int | None = None
 
     async def _run(self) -> int:
-        from kernels.scan import default_threads, warm_up
+        from kernels.scan import default_threads
         from miner.devices.agent_api import AgentAPIServer
         from miner.hashing.pool import WorkerPool
         from miner.work.upstream import UpstreamWorkSource
@@ -487,14 +680,13 @@ class AgentMiner(_UpstreamRun):
         self.failover = self._failover()
         self.source = source = UpstreamWorkSource(self.failover, metrics=self.metrics)
         threads = default_threads() if m.threads is None else m.threads
-        await asyncio.to_thread(warm_up)
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
             loop.call_soon_threadsafe(self._submit, job, solution)
 
         self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="agent",
-                                      site=self.pool_site)
+                                      site=self.pool_site, max_unanswered=MAX_UNANSWERED_SHARES)
         self._prepare_scheduler()
         api = None
         if self.config.agent.api != "off":
@@ -508,9 +700,9 @@ class AgentMiner(_UpstreamRun):
             self.api_port = api.port
             self._print(f"cgminer-compatible API at {host}:{api.port}"
                         f"{'' if self.config.agent.token else ' (read-only: no agent.token)'}")
-        pool.start()
         self._print(f"agent: {threads} CPU thread(s) on {', '.join(up.pools)} as {up.user}")
         tasks = [asyncio.create_task(source.run(), name="upstream"),
+                 asyncio.create_task(self._start_pool_when_warm(), name="kernel"),
                  asyncio.create_task(self._feed(), name="feed"),
                  asyncio.create_task(self._status(), name="status"),
                  *self._scheduler_tasks()]
@@ -535,16 +727,24 @@ class AgentMiner(_UpstreamRun):
         self._track(self._submit_one(job, solution))
 
     async def _submit_one(self, job: Job, solution: Solution) -> None:
-        self._count_answer(job, await self.source.submit(job, solution))
+        try:
+            self._count_answer(job, await self.source.submit(job, solution))
+        finally:
+            self.pool.answered()  # whatever the pool said, the workers go on
 
     async def _status(self) -> None:
         while True:
             await asyncio.sleep(self.config.log.status_interval)
-            state = self.failover.state
-            self._print(f"{format_rate(self.pool.rate())} | pool {state.url or '-'} "
-                        f"{'up' if state.up else 'down'} | shares accepted {self.stats.accepted} "
-                        f"rejected {self.stats.rejected} stale {self.stats.stale}"
-                        f"{' | PAUSED' if self.pool.paused else ''}")
+            self._print(self.status_line())
+
+    def status_line(self) -> str:
+        if self.pool is None or self.failover is None:
+            return "starting"
+        state, hashing = self.failover.state, hashing_state(self.pool)
+        return (f"{format_rate(self.pool.rate())} | pool {state.url or '-'} "
+                f"{'up' if state.up else 'down'} | shares accepted {self.stats.accepted} "
+                f"rejected {self.stats.rejected} stale {self.stats.stale}"
+                f"{f' | {hashing}' if hashing else ''}")
 
 
 # Proxy mode: bytes of the pool's extranonce2 that name a downstream connection (65,535
@@ -563,7 +763,6 @@ class ProxyMiner(_UpstreamRun):
         self.stratum_port: int | None = None
 
     async def _run(self) -> int:
-        from kernels.scan import warm_up
         from miner.hashing.pool import WorkerPool
         from miner.work.upstream import UpstreamWorkSource
 
@@ -574,15 +773,13 @@ class ProxyMiner(_UpstreamRun):
         self.source = source = UpstreamWorkSource(self.failover, extranonce_prefix_size=PROXY_SESSION_EXTRANONCE1_SIZE,
                                                   metrics=self.metrics)
         threads = 0 if m.threads is None else m.threads  # a proxy hashes locally only when asked
-        if threads:
-            await asyncio.to_thread(warm_up)
         loop = asyncio.get_running_loop()
 
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
             loop.call_soon_threadsafe(self._submit_local, job, solution)
 
         self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="local",
-                                      site=self.pool_site)
+                                      site=self.pool_site, max_unanswered=MAX_UNANSWERED_SHARES)
         self._prepare_scheduler()
         host, port = parse_listen(self.config.stratum.listen, "stratum.listen")
         self.server = server = StratumServer(lambda job, solution: None, host=host, port=port, metrics=self.metrics,
@@ -594,8 +791,8 @@ class ProxyMiner(_UpstreamRun):
             raise ConfigError(f"stratum.listen: cannot listen on {self.config.stratum.listen}: {e}") from None
         self.stratum_port = server.port
         self._print(f"proxy: rigs at stratum+tcp://{host}:{server.port} -> {', '.join(up.pools)} as {up.user}")
-        pool.start()
         tasks = [asyncio.create_task(source.run(), name="upstream"),
+                 asyncio.create_task(self._start_pool_when_warm(), name="kernel"),
                  asyncio.create_task(self._feed(), name="feed"),
                  asyncio.create_task(self._status(), name="status"),
                  *self._scheduler_tasks()]
@@ -633,7 +830,13 @@ class ProxyMiner(_UpstreamRun):
         return answer.error or StratumError.other(f"upstream: {answer.status}")
 
     def _submit_local(self, job: Job, solution: Solution) -> None:
-        self._track(self._forward(job, solution))
+        self._track(self._forward_local(job, solution))
+
+    async def _forward_local(self, job: Job, solution: Solution) -> None:
+        try:
+            await self._forward(job, solution)
+        finally:
+            self.pool.answered()  # whatever the pool said, the workers go on
 
     async def _status(self) -> None:
         while True:

@@ -20,7 +20,8 @@ disable_created_metrics()
 
 
 # Label values known in advance (pre-initialised below).
-BLOCK_STAGES = ("found", "submitted", "accepted", "rejected", "stale")
+# inconclusive: valid but not on the node's best chain (BIP22), never counted as rejected.
+BLOCK_STAGES = ("found", "submitted", "accepted", "inconclusive", "rejected", "stale")
 UPSTREAM_SHARE_RESULTS = ("accepted", "rejected", "unknown", "stale", "invalid")
 
 
@@ -111,7 +112,8 @@ class Metrics:
 
         # Blocks
         self.blocks = Counter("gridminer_blocks_total",
-                              "Blocks by stage: found, submitted, accepted, rejected, stale",
+                              "Blocks by stage: found, submitted, accepted, inconclusive (valid, not on the best "
+                              "chain), rejected, stale",
                               ["stage"], registry=r)
         self.block_rejects = Counter("gridminer_block_rejects_total", "Blocks the node rejected, by its reason",
                                      ["reason"], registry=r)

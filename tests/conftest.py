@@ -8,12 +8,19 @@ stop, kill and restart nodes; every node it made is closed at teardown, pass or 
 
 Node tests skip (with the reason) only when Node.js/npm are missing; set
 GRIDMINER_REGTEST_NODE=bitcoind to run them against bitcoind instead.
+
+Real peers: `node_kind` runs a test on bcoin and, when `bitcoind` is on PATH, on Bitcoin
+Core too; `minerd` starts pooler's cpuminer against a stratum URL. A peer that is on
+PATH but cannot start for want of shared libraries gets them installed with apt
+(miner.testing.peers.RUNTIME_APT_PACKAGES) when the tests run as root with apt-get;
+otherwise its tests skip with a reason that names the packages.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,15 +37,65 @@ def _default_kind() -> str:
     return os.environ.get("GRIDMINER_REGTEST_NODE", "").strip() or "bcoin"
 
 
+# Seconds one apt-get call may take.
+APT_TIMEOUT_S = 600
+# Peer name -> why it cannot run here (None: it runs), checked once per session.
+_peer_problems: dict[str, str | None] = {}
+# Why the runtime libraries could not be installed (None: installed), tried once per session.
+_library_install: list[str | None] = []
+
+
+def _apt_install_runtime_libraries() -> str | None:
+    """Install the peers' runtime libraries with apt; None when done, else why not."""
+    from miner.testing.peers import RUNTIME_APT_PACKAGES, may_install_packages
+
+    if _library_install:
+        return _library_install[0]
+    why_not = may_install_packages()
+    if why_not is None:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *RUNTIME_APT_PACKAGES]
+        try:
+            if subprocess.run(install, env=env, capture_output=True, timeout=APT_TIMEOUT_S).returncode != 0:
+                # A fresh machine may have no package lists yet.
+                subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=APT_TIMEOUT_S)
+                done = subprocess.run(install, env=env, capture_output=True, timeout=APT_TIMEOUT_S)
+                if done.returncode != 0:
+                    why_not = f"apt-get install failed: {done.stderr.decode(errors='replace')[-300:]}"
+        except subprocess.TimeoutExpired:
+            why_not = f"apt-get install took over {APT_TIMEOUT_S} s"
+    log.info("runtime libraries for bitcoind/minerd: %s", why_not or "installed with apt")
+    _library_install.append(why_not)
+    return why_not
+
+
+def real_peer_problem(name: str) -> str | None:
+    """Why the peer (bitcoind, bitcoin-cli, minerd) cannot run here, after installing its libraries
+    when we may; None when it runs."""
+    from miner.testing.peers import peer_problem
+
+    if name not in _peer_problems:
+        problem = peer_problem(name)
+        if problem is not None and "missing shared libraries" in problem:
+            why_not = _apt_install_runtime_libraries()
+            problem = peer_problem(name) if why_not is None else f"{problem} (not installed: {why_not})"
+        _peer_problems[name] = problem
+    return _peer_problems[name]
+
+
+def require_peer(name: str) -> None:
+    """Skip the test, with the reason, when the peer cannot run here."""
+    problem = real_peer_problem(name)
+    if problem is not None:
+        pytest.skip(problem)
+
+
 def _require_tools(kind: str) -> None:
     """Skip the test when the tools for this node kind are not installed."""
-    import shutil
-
     from miner.node.regtest import RegtestUnavailable, find_node_tools
 
     if kind == "bitcoind":
-        if shutil.which("bitcoind") is None:
-            pytest.skip("bitcoind is not on PATH (GRIDMINER_REGTEST_NODE=bitcoind)")
+        require_peer("bitcoind")
         return
     try:
         find_node_tools()
@@ -55,8 +112,34 @@ def available_node_kinds() -> list[str]:
 
 @pytest.fixture(params=available_node_kinds())
 def node_kind(request) -> str:
-    """Run a test once per node implementation this machine has."""
+    """Run a test once per node implementation this machine has (skipped if it cannot start here)."""
+    _require_tools(request.param)
     return request.param
+
+
+@pytest.fixture
+def minerd() -> Iterator[Callable[..., Any]]:
+    """start(url, user="gridminer.minerd", threads=1, **MinerdProcess options) -> a running
+    miner.testing.MinerdProcess; every one is stopped when the test ends. Skips (saying what
+    to install) when minerd is not on PATH or cannot start."""
+    from miner.testing.minerd import MinerdProcess
+
+    require_peer("minerd")
+    started: list[MinerdProcess] = []
+
+    def start(url: str, user: str = "gridminer.minerd", **kwargs: Any) -> MinerdProcess:
+        process = MinerdProcess(url, user, **kwargs)
+        started.append(process)
+        return process.start()
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            try:
+                process.stop()
+            except Exception:  # keep stopping the others; the failure is in the log
+                log.exception("stopping %r failed", process)
 
 
 @pytest.fixture(scope="session")

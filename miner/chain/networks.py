@@ -65,6 +65,13 @@ class Network:
     signet_challenge_hex: str | None = None
     # Names of other networks whose addresses this network also accepts as payouts.
     also_accepts: tuple[str, ...] = ()
+    # nSubsidyHalvingInterval: blocks between halvings of the block reward.
+    subsidy_halving_interval: int = 210_000
+
+    def block_subsidy_sats(self, height: int) -> int:
+        """The new coins a block at `height` may claim (validation.cpp GetBlockSubsidy)."""
+        halvings = height // self.subsidy_halving_interval
+        return 0 if halvings >= 64 else (50 * 100_000_000) >> halvings
 
     def accepted_names(self) -> tuple[str, ...]:
         """This network's name followed by the names in also_accepts."""
@@ -170,6 +177,7 @@ NETWORKS: dict[str, Network] = {
             default_rpc_port=18443,
             default_p2p_port=18444,
             target_timespan_s=24 * 60 * 60,  # one day: 144-block periods
+            subsidy_halving_interval=150,
             # enforce_BIP94 is off unless bitcoind runs with -test=bip94; Core >= 29's
             # getblocktemplate mintime/curtime honour the timewarp rule on every chain.
             # Our test node is bcoin, whose regtest wallet hands out its own prefixes.
@@ -187,6 +195,7 @@ NETWORKS: dict[str, Network] = {
             bip34_height=100_000_000,
             pow_no_retargeting=True,
             pow_allow_min_difficulty=True,  # targetReset: true
+            subsidy_halving_interval=150,
             default_rpc_port=48332,
             default_p2p_port=48444,
             also_accepts=("regtest",),

@@ -122,7 +122,8 @@ class AgentState(Protocol):
     """What the API reads and drives. Rates are hashes per second.
 
     stats(): elapsed_s, hashes_total, rate_5s, rate_avg, accepted, rejected, stale,
-        found_blocks, difficulty_accepted, best_share, hardware_errors
+        found_blocks, difficulty_accepted, best_share (the highest share difficulty
+        hashed, a float), hardware_errors
         (optional: rate_1m, rate_5m, rate_15m, difficulty_rejected, difficulty_stale,
         last_share_time).
     devices(): one dict per CPU worker group: index, enabled, status ("Alive"/"Idle"),
@@ -353,6 +354,11 @@ class AgentAPIServer:
             except Exception:  # noqa: BLE001 - metrics must never break the API
                 log.debug("agent API: requests metric failed", exc_info=True)
 
+    def _scrub(self, text: str) -> str:
+        """Request text fit for a log line or a reply: the token, wherever a client put it
+        (a command, an id), is replaced before anything is cut short."""
+        return text.replace(self._token, "<token>") if self._token else text
+
     def _count_error(self, reason: str, peer: Any, detail: str = "") -> None:
         self.errors_by_reason[reason] += 1
         log.warning("agent API: %s from %s%s", reason, peer, f": {detail}" if detail else "")
@@ -557,7 +563,7 @@ class AgentAPIServer:
         self._count_request(req.cmd)
         spec = _COMMANDS.get(req.cmd)
         if spec is None:
-            self._count_error("invalid_command", peer, repr(req.cmd[:40]))
+            self._count_error("invalid_command", peer, repr(self._scrub(req.cmd)[:40]))
             return self._status("E", MSG_INVCMD, "Invalid command")
         handler, privileged = spec
         if privileged:
@@ -653,6 +659,9 @@ class AgentAPIServer:
             "Difficulty Rejected": d_rej,
             "Difficulty Stale": d_stale,
             "Best Share": _int(s.get("best_share")),
+            # cgminer's field is an integer; shares below difficulty 1 (regtest, tiny
+            # miners) would all read 0 there, so the exact figure comes next to it.
+            "Best Share Difficulty": float(_num(s.get("best_share"))),
             "Device Hardware%": _pct(hw, hw + acc + rej),
             "Device Rejected%": _pct(d_rej, d_all),
             "Pool Rejected%": _pct(d_rej, d_all),
@@ -819,8 +828,11 @@ class AgentAPIServer:
             idx = int(idx_text)
         except ValueError:
             idx = -1
+            # Not a number: often the token put where the id goes (`ascdisable|<token>`),
+            # or a mistyped one: neither is echoed or logged.
+            idx_text = "(not a number)"
         if idx != 0:
-            self._count_error("invalid_id", "-", f"{req.cmd} {idx_text[:20]!r}")
+            self._count_error("invalid_id", "-", f"{req.cmd} {idx_text[:20]}")
             return self._status("E", MSG_INVASC, f"Invalid {kind} id {idx_text[:20]} - range is 0 - 0")
         if req.cmd.endswith("disable"):
             if await self._set_paused(True):

@@ -410,6 +410,10 @@ class RegtestNode:
                 raise e
             break
         if self.kind == "bitcoind":
+            # Clients made before a restart hold the old cookie: bitcoind writes a new one each start.
+            for client in (self._rpc, self._wallet_rpc):
+                if client is not None:
+                    client.forget_credentials()
             self._load_bitcoind_wallet()
         log.info("regtest %s ready in %.2f s: rpc %s, datadir %s", self.kind, time.monotonic() - started,
                  self.rpc_url, self.datadir)
@@ -652,6 +656,10 @@ class RegtestNode:
             assert proc is not None
             code = proc.poll()
             if code is not None:
+                missing = self._missing_library()
+                if missing is not None:
+                    raise RegtestUnavailable(f"{self.kind} cannot start here: {missing} (install the "
+                                             "package that provides it)")
                 raise RegtestError(f"regtest {self.kind} exited with code {code} while starting; "
                                    f"last lines of {self.log_path}:\n{self.tail_log()}")
             if self._answers():
@@ -676,6 +684,19 @@ class RegtestNode:
             return True
         except (OSError, http.client.HTTPException, RegtestError, ValueError):
             return False
+
+    def _missing_library(self) -> str | None:
+        """The dynamic loader's complaint in the log of this start, if that is why the node died."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if "error while loading shared libraries" in line:
+                return line.strip()
+        return None
 
     def _log_since_start_mentions(self, *needles: str) -> bool:
         try:

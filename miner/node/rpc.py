@@ -12,8 +12,12 @@ Why it looks like this (electrumx's server/daemon.py is the model):
   a fresh proxy (one TCP connection per call; on loopback that costs well under a
   millisecond). A long-poll on one thread therefore never blocks a short call on
   another, and a connection the node closed while idle can never be reused.
-- `call()` runs the blocking call on this client's own small thread pool, so nothing
-  blocks the event loop and long-polls cannot starve asyncio's default executor.
+- `call()` runs the blocking call on this client's own small pool of daemon threads, so
+  nothing blocks the event loop and long-polls cannot starve asyncio's default executor.
+  http.client cannot be interrupted, so cancelling the awaiting task returns at once and
+  abandons the thread to its timeout; daemon threads mean process exit never waits for
+  one (a ThreadPoolExecutor's threads are joined at exit: a stop would wait out a
+  long-poll or a node that accepts connections but never answers).
 - Credentials never come from argv. A cookie file is re-read after any transport or
   auth failure, because bitcoind writes a new cookie each time it starts.
 
@@ -53,6 +57,7 @@ import decimal
 import http.client
 import logging
 import os
+import queue
 import re
 import socket
 import threading
@@ -389,6 +394,69 @@ def submitblock_reason(answer: Any) -> str | None:
 
 # --- client ----------------------------------------------------------------------
 
+
+class _DaemonThreadPool(concurrent.futures.Executor):
+    """Up to max_workers daemon threads, started as calls need them.
+
+    Unlike ThreadPoolExecutor, nothing joins these threads at interpreter exit: a call
+    stuck in the node's socket ends with its timeout or with the process, never delays it.
+    """
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self._max_workers = max_workers
+        self._name = name
+        self._work: queue.SimpleQueue[tuple[concurrent.futures.Future, Callable, tuple, dict] | None] = \
+            queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)  # released by a thread each time it waits for work
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._shutdown = False
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            self._work.put((future, fn, args, kwargs))
+            if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_workers:
+                thread = threading.Thread(target=self._worker, daemon=True,
+                                          name=f"{self._name}-{len(self._threads)}")
+                self._threads.append(thread)
+                thread.start()
+        return future
+
+    def _worker(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                self._work.put(None)  # wake the next thread too
+                return
+            future, fn, args, kwargs = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args, **kwargs))
+                except BaseException as e:  # noqa: BLE001 (handed to the awaiting caller)
+                    future.set_exception(e)
+            del item, future, fn, args, kwargs  # keep no answer alive while idle
+            self._idle.release()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+        if cancel_futures:
+            while True:
+                try:
+                    item = self._work.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item[0].cancel()
+        self._work.put(None)
+        if wait:
+            for thread in list(self._threads):
+                thread.join()
+
+
 AuthSource = RPCAuth | Callable[[], RPCAuth]
 
 
@@ -426,7 +494,7 @@ class NodeRPC:
         self._down_since: float | None = None
         self._last_error_log: float | None = None
         self._failures_since_log = 0
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor: _DaemonThreadPool | None = None
         self._closed = False
         self._active: set[http.client.HTTPConnection] = set()  # connections of calls in flight
 
@@ -444,7 +512,7 @@ class NodeRPC:
         """Call method with positional params and return its result; raises an RPCError subclass."""
         self.metrics.rpc_calls.labels(method=method).inc()
         try:
-            result = self._call_once(method, params, self.timeout if timeout is None else timeout)
+            result = self._call_rereading_cookie(method, params, self.timeout if timeout is None else timeout)
         except RPCError as e:
             self.metrics.rpc_errors.labels(kind=e.kind).inc()
             if self._closed:
@@ -463,8 +531,9 @@ class NodeRPC:
     async def call(self, method: str, *params: Any, timeout: float | None = None) -> Any:
         """call_sync on this client's worker threads, so the event loop never blocks.
 
-        Cancelling the awaiting task abandons the answer; the HTTP request itself runs on
-        in its thread until the node answers or the timeout passes.
+        Cancelling the awaiting task returns at once and abandons the answer; the HTTP
+        request itself runs on in its daemon thread until the node answers or the timeout
+        passes, and never holds up process exit.
         """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._get_executor(), self._call_sync_kw, method, params, timeout)
@@ -476,7 +545,8 @@ class NodeRPC:
         """call(), retrying errors of the retry classes after 0.25 s, doubling to max_delay.
 
         deadline: give up (re-raising the last error) once this many seconds have passed
-        on the client's clock; None retries for ever.
+        on the client's clock; None retries until the node answers, the client is closed,
+        or the awaiting task is cancelled (which ends the wait at once, mid-call or mid-sleep).
         """
         give_up_at = None if deadline is None else self._clock() + deadline
         delay = RETRY_INITIAL_S
@@ -484,10 +554,15 @@ class NodeRPC:
             try:
                 return await self.call(method, *params, timeout=timeout)
             except retry:
-                if give_up_at is not None and self._clock() + delay > give_up_at:
+                if self._closed or (give_up_at is not None and self._clock() + delay > give_up_at):
                     raise
             await self._sleep(delay)
             delay = min(delay * 2, max_delay)
+
+    def forget_credentials(self) -> None:
+        """Read a cookie file again on the next call (the node restarted and wrote a new one)."""
+        if not isinstance(self._auth_source, RPCAuth):
+            self._auth = None
 
     def close(self) -> None:
         """Cut calls in flight (a long-poll may otherwise hold its thread, and process exit,
@@ -506,14 +581,31 @@ class NodeRPC:
 
     # -- internals --
 
+    def _call_rereading_cookie(self, method: str, params: tuple[Any, ...], timeout: float) -> Any:
+        """_call_once; refused credentials from a cookie file are re-read, and the call made
+        again once if the cookie changed (a restarted bitcoind writes a new one)."""
+        used = self._auth
+        try:
+            return self._call_once(method, params, timeout)
+        except RPCAuthError:
+            if isinstance(self._auth_source, RPCAuth) or self._closed:
+                raise
+            self._auth = None
+            try:
+                fresh = self._current_auth(method)
+            except NodeUnavailable:
+                fresh = None
+            if fresh is None or fresh == used:
+                raise
+        return self._call_once(method, params, timeout)
+
     def _call_sync_kw(self, method: str, params: tuple[Any, ...], timeout: float | None) -> Any:
         return self.call_sync(method, *params, timeout=timeout)
 
-    def _get_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _get_executor(self) -> _DaemonThreadPool:
         with self._lock:
             if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    MAX_CONCURRENT_CALLS, thread_name_prefix=f"rpc-{self.name}")
+                self._executor = _DaemonThreadPool(MAX_CONCURRENT_CALLS, f"rpc-{self.name}")
             return self._executor
 
     def _current_auth(self, method: str) -> RPCAuth:

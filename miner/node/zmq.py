@@ -26,13 +26,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 
 import zmq
 import zmq.asyncio
 
 from miner.metrics import Metrics
 
-__all__ = ["ZMQSubscriber", "HASH_TOPICS", "parse_message", "ZMQMessageError"]
+__all__ = ["ZMQSubscriber", "HASH_TOPICS", "parse_message", "parse_sequence_body", "SequenceEvent",
+           "ZMQMessageError"]
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +58,40 @@ RECONNECT_INTERVAL_MS = 1000
 # Log malformed messages or failing callbacks at most once per this many seconds.
 WARNING_LOG_INTERVAL_S = 60.0
 
+# The `sequence` topic's labels: a block connected or disconnected, a transaction added
+# to or removed from the mempool (the last two carry an 8-byte mempool sequence number).
+SEQUENCE_LABELS = frozenset("CDAR")
+
 OnMessage = Callable[[str, "str | bytes", int], Awaitable[None]]
 OnGap = Callable[[str, int, int], Awaitable[None]]
 
 
 class ZMQMessageError(ValueError):
     """A multipart message that is not a bitcoind notification."""
+
+
+@dataclass(frozen=True)
+class SequenceEvent:
+    """One `sequence` notification: label C/D (block connected/disconnected), A/R (mempool)."""
+
+    hash_hex_display: str
+    label: str
+    mempool_sequence: int | None = None
+
+
+def parse_sequence_body(body: bytes) -> SequenceEvent | None:
+    """A `sequence` body: 32-byte hash in display order | label | [8-byte LE mempool sequence].
+
+    None for anything else (counted by the caller as it sees fit): zmqpublishnotifier.cpp
+    SendSequenceMsg is the format.
+    """
+    if not isinstance(body, (bytes, bytearray)) or len(body) not in (HASH_BYTES + 1, HASH_BYTES + 9):
+        return None
+    label = chr(body[HASH_BYTES])
+    if label not in SEQUENCE_LABELS or (label in "CD") != (len(body) == HASH_BYTES + 1):
+        return None
+    mempool_sequence = int.from_bytes(body[HASH_BYTES + 1:], "little") if label in "AR" else None
+    return SequenceEvent(bytes(body[:HASH_BYTES]).hex(), label, mempool_sequence)
 
 
 def parse_message(frames: list[bytes]) -> tuple[str, str | bytes, int]:

@@ -57,6 +57,21 @@ MALFORMED_LOG_INTERVAL = 60.0
 _epochs = itertools.count(1)
 
 
+# Where client.reconnect may take us: the configured host (any port), anywhere, or nowhere.
+FOLLOW_RECONNECT = ("same-host", "any", "never")
+
+
+def reconnect_allowed(policy: str, configured_host: str, requested_host: str) -> bool:
+    """Whether a client.reconnect to requested_host may be followed from a pool configured as
+    configured_host. Hosts are compared as written (case-insensitively): a name and its
+    address count as different hosts."""
+    if policy == "any":
+        return True
+    if policy == "never":
+        return False
+    return requested_host.strip().strip("[]").lower() == configured_host.strip().strip("[]").lower()
+
+
 class PoolAuthError(Exception):
     """The pool refused mining.authorize."""
 
@@ -132,7 +147,8 @@ OnJob = Callable[[ClientJob], None]
 
 
 class StratumClient:
-    """One connection to one pool (following client.reconnect by itself)."""
+    """One connection to one pool (following client.reconnect by itself, where the
+    follow_reconnect policy allows: by default to the configured host only)."""
 
     request_timeout = REQUEST_TIMEOUT
     submit_timeout = SUBMIT_TIMEOUT
@@ -141,7 +157,10 @@ class StratumClient:
     def __init__(self, url: PoolURL | str, user: str, password: str = "x", *, version_rolling: bool = True,
                  suggest_difficulty: float | None = None, metrics: Metrics | None = None,
                  user_agent: str = "gridminer/0.1", on_job: OnJob | None = None,
-                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+                 max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, follow_reconnect: str = "same-host") -> None:
+        if follow_reconnect not in FOLLOW_RECONNECT:
+            raise ValueError(f"follow_reconnect must be one of {', '.join(FOLLOW_RECONNECT)}, got {follow_reconnect!r}")
+        self.follow_reconnect = follow_reconnect
         self.url = url if isinstance(url, PoolURL) else PoolURL.parse(url)
         self.user, self.password = user, password
         self.version_rolling, self.suggest_difficulty = version_rolling, suggest_difficulty
@@ -163,6 +182,7 @@ class StratumClient:
         self.connected_at: float | None = None  # monotonic, end of the last handshake
         self.malformed = 0  # unusable lines from the pool, since creation
         self.reconnects = 0  # client.reconnect requests followed
+        self.reconnects_refused = 0  # client.reconnect requests the follow_reconnect policy declined
         self.down_since: float | None = None  # monotonic: off the pool while following client.reconnect
         self.close_reason: str | None = None
         self.done = asyncio.Event()  # the connection is over for good (no reconnect under way)
@@ -265,16 +285,17 @@ class StratumClient:
             self._add_job(pool_job, difficulty)
 
     async def _configure(self) -> None:
-        """BIP310 version rolling: ask for every bit, use whatever the pool grants (none on error)."""
+        """BIP310 version rolling: ask for the BIP320 bits, use what the pool grants of them
+        (none on error); bits outside BIP320 would be consensus-visible version signals."""
         try:
             result = await self._call("mining.configure", [["version-rolling"], {
-                "version-rolling.mask": "ffffffff", "version-rolling.min-bit-count": 2}])
+                "version-rolling.mask": p.hex8(p.BIP320_VERSION_MASK), "version-rolling.min-bit-count": 2}])
         except (p.StratumError, asyncio.TimeoutError) as e:
             log.info("pool %s:%d: no version rolling (%s)", self.host, self.port, e)
             return
         if isinstance(result, dict) and result.get("version-rolling") is True:
             try:
-                self.version_mask = p.u32_from_hex8(result.get("version-rolling.mask"))
+                self.version_mask = p.u32_from_hex8(result.get("version-rolling.mask")) & p.BIP320_VERSION_MASK
             except ValueError:
                 log.warning("pool %s:%d: bad version-rolling.mask %r: no rolling", self.host, self.port,
                             result.get("version-rolling.mask"))
@@ -453,6 +474,13 @@ class StratumClient:
         port, wait = int(port), float(wait)
         if not (0 < port < 65536 and 0 <= wait <= 3600):
             raise ValueError(f"bad port {port} or wait {wait}")
+        if not reconnect_allowed(self.follow_reconnect, self.url.host, host):
+            # Following would hand our worker name and password to a host the config does
+            # not name: stay on this connection (the failover handles it if it ends).
+            self.reconnects_refused += 1
+            log.warning("pool %s:%d asks us to reconnect to %s:%d: not followed (upstream.follow_reconnect = %s)",
+                        self.host, self.port, str(host)[:255], port, self.follow_reconnect)
+            return
         self._spawn(self._reconnect(host, port, wait))
 
     async def _reconnect(self, host: str, port: int, wait: float) -> None:
@@ -527,7 +555,7 @@ class PoolFailover:
                  reconnect_grace: float = 30.0,
                  version_rolling: bool = True, suggest_difficulty: float | None = None,
                  user_agent: str = "gridminer/0.1", metrics: Metrics | None = None,
-                 on_job: OnJob | None = None) -> None:
+                 on_job: OnJob | None = None, follow_reconnect: str = "same-host") -> None:
         if not urls:
             raise ValueError("at least one pool URL is needed")
         self.urls = [u if isinstance(u, PoolURL) else PoolURL.parse(u) for u in urls]
@@ -541,7 +569,7 @@ class PoolFailover:
         # (a restart takes seconds; a pool must not park us for the hour it asked for).
         self.reconnect_grace = reconnect_grace
         self.client_options = dict(version_rolling=version_rolling, suggest_difficulty=suggest_difficulty,
-                                   user_agent=user_agent)
+                                   user_agent=user_agent, follow_reconnect=follow_reconnect)
         self.metrics = metrics if metrics is not None else Metrics()
         self.on_job = on_job
         self.client: StratumClient | None = None

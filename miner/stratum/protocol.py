@@ -35,7 +35,7 @@ __all__ = [
     "parse_subscribe", "parse_authorize", "parse_configure", "parse_suggest_difficulty",
     "parse_submit", "parse_extranonce_subscribe", "negotiate_version_rolling",
     "subscribe_result", "configure_result", "notify_params", "notify",
-    "set_difficulty", "set_extranonce", "reconnect", "show_message", "ping", "get_version",
+    "set_difficulty", "set_extranonce", "set_version_mask", "reconnect", "show_message", "ping", "get_version",
     "PoolJob", "parse_notify", "parse_subscribe_result", "pool_job_to_job", "submit_params",
     "header_from_share", "solution_from_share",
     "stratum_prevhash_from_internal", "internal_from_stratum_prevhash",
@@ -469,6 +469,11 @@ def set_difficulty(difficulty: float) -> Notification:
 
 def set_extranonce(extranonce1: bytes, extranonce2_size: int) -> Notification:
     return Notification("mining.set_extranonce", [bytes(extranonce1).hex(), extranonce2_size])
+
+
+def set_version_mask(mask: int) -> Notification:
+    """BIP310 mining.set_version_mask: the agreed version-rolling mask changed (valid at once)."""
+    return Notification("mining.set_version_mask", [hex8(mask)])
 
 
 def reconnect(host: str, port: int, wait_seconds: int = 0) -> Notification:

@@ -2,7 +2,9 @@
 
     work source ─► jobs ─► broadcast: each session gets [set_difficulty] + notify
     connection ─► StratumSession (unique extranonce1, its own ShareBook and vardiff)
+    every session's shares ─► one JobLedger: live jobs, duplicates across sessions
     a share that is a block ─► on_block(job, solution): journal first, then the node
+    retire_tip(T): the mining core's "tip T is done" ─► shares on T stale (21), no on_block
 
 Listens on 127.0.0.1 unless configured otherwise. extranonce1 0x00000000 belongs to the
 local CPU pool, so every connection's extranonce1 differs from it and from each other.
@@ -13,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import ipaddress
 import itertools
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -23,6 +26,7 @@ from miner.chain.target import DIFF1_TARGET, difficulty_to_target
 from miner.metrics import Metrics
 from miner.stratum import protocol as p
 from miner.stratum.session import StratumSession
+from miner.stratum.shares import JobLedger, ShareBook
 from miner.stratum.vardiff import Vardiff, VardiffConfig
 from miner.work.job import Job, Solution
 
@@ -35,6 +39,23 @@ SESSION_EXTRANONCE1_SIZE = 4
 TICK_SECONDS = 1.0
 # On a graceful stop, miners are told to reconnect after this many seconds.
 RECONNECT_WAIT_S = 5
+# Books of closed sessions kept for a miner that resumes its session id (its jobs and
+# their difficulties); all dropped when the tip moves, as their work is stale then.
+MAX_PARKED_BOOKS = 4096
+
+
+def address_group(ip: str) -> str:
+    """The per-address limit's key: an IPv4 address, or the /64 of an IPv6 one (what one
+    subscriber is routed; an attacker holds all of it). IPv4-mapped IPv6 counts as IPv4."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
 
 
 @dataclass(frozen=True)
@@ -47,7 +68,10 @@ class ServerLimits:
     max_invalid_shares: int = 100  # consecutive rejected shares before we disconnect
     idle_timeout: float = 600.0  # s without a message from an authorized miner
     unauthorized_timeout: float = 30.0  # s a connection may stay without authorizing
+    # Connections not (yet) authorized per address (IPv4) or IPv6 /64. Authorized miners
+    # do not count: a farm of 1,000 rigs behind one NAT address is served.
     max_connections_per_ip: int = 256
+    max_connections: int = 100_000  # connections in all; more are refused (limit "connections")
     max_write_buffer: int = 1 << 20  # bytes queued to a miner that does not read
     max_worker_labels: int = 200  # worker names with their own metric label; later names count as "other"
 
@@ -103,7 +127,9 @@ class StratumServer:
         self.metrics = metrics if metrics is not None else Metrics()
         self.current_job: Job | None = None
         self.sessions: set[StratumSession] = set()
-        self._by_ip: Counter[str] = Counter()
+        self.ledger = JobLedger()  # live jobs and duplicates, over every session
+        self._unauthorized_by_group: Counter[str] = Counter()
+        self._parked: OrderedDict[bytes, ShareBook] = OrderedDict()  # session part -> book
         self._en1_in_use: set[bytes] = set()
         self._next_en1 = 1  # 0 is the local CPU pool's
         self._server: asyncio.base_events.Server | None = None
@@ -147,6 +173,10 @@ class StratumServer:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def spawn(self, coro) -> asyncio.Task:
+        """A task the server owns: cancelled at stop()."""
+        return self._spawn(coro)
+
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -164,7 +194,12 @@ class StratumServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("?", 0)
         ip = peer[0]
-        if self._by_ip[ip] >= self.limits.max_connections_per_ip:
+        group = address_group(ip)
+        if len(self.sessions) >= self.limits.max_connections:
+            self.metrics.stratum_limit_hits.labels("connections").inc()
+            writer.close()
+            return
+        if self._unauthorized_by_group[group] >= self.limits.max_connections_per_ip:
             self.metrics.stratum_limit_hits.labels("connections_per_ip").inc()
             writer.close()
             return
@@ -175,19 +210,36 @@ class StratumServer:
             writer.close()
             return
         session = StratumSession(self, reader, writer, part, ip)
+        session.address_group, session.counted_unauthorized = group, True
         self.sessions.add(session)
-        self._by_ip[ip] += 1
+        self._unauthorized_by_group[group] += 1
         self.metrics.stratum_connects.inc()
         self.metrics.stratum_connections.set(len(self.sessions))
         await session.run()
 
+    def authorized(self, session: StratumSession) -> None:
+        """A session authorized a worker: it no longer counts toward its address's limit."""
+        if session.counted_unauthorized:
+            session.counted_unauthorized = False
+            self._uncount(session.address_group)
+
+    def _uncount(self, group: str) -> None:
+        self._unauthorized_by_group[group] -= 1
+        if self._unauthorized_by_group[group] <= 0:
+            del self._unauthorized_by_group[group]
+
     def forget(self, session: StratumSession) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
-            self._by_ip[session.peer_ip] -= 1
-            if self._by_ip[session.peer_ip] <= 0:
-                del self._by_ip[session.peer_ip]
+            if session.counted_unauthorized:
+                session.counted_unauthorized = False
+                self._uncount(session.address_group)
             self._en1_in_use.discard(session.session_part)
+            if len(session.book):
+                self._parked[session.session_part] = session.book
+                self._parked.move_to_end(session.session_part)
+                while len(self._parked) > MAX_PARKED_BOOKS:
+                    self._parked.popitem(last=False)
             self.metrics.stratum_connections.set(len(self.sessions))
 
     def _allocate_en1(self) -> bytes:
@@ -203,13 +255,17 @@ class StratumServer:
         raise RuntimeError("no free extranonce1: too many connections for the extranonce space")
 
     def set_upstream(self, extranonce1_prefix: bytes, extranonce2_size: int, version_mask: int) -> None:
-        """Proxy mode: the upstream pool's extranonce1 or space changed (a failover): tell the
-        miners (set_extranonce where they subscribed to it, else client.reconnect)."""
-        if (extranonce1_prefix, extranonce2_size) == (self.extranonce1_prefix, self.extranonce2_size):
+        """Proxy mode: the upstream pool's extranonce1, space or version mask changed (a
+        failover): tell the miners (set_extranonce where they subscribed to it, else
+        client.reconnect; set_version_mask where they negotiated version rolling)."""
+        if version_mask != self.version_mask:
             self.version_mask = version_mask
+            for session in list(self.sessions):
+                session.renegotiate_version_mask()
+        if (extranonce1_prefix, extranonce2_size) == (self.extranonce1_prefix, self.extranonce2_size):
             return
-        self.extranonce1_prefix, self.extranonce2_size, self.version_mask = \
-            extranonce1_prefix, extranonce2_size, version_mask
+        self.extranonce1_prefix, self.extranonce2_size = extranonce1_prefix, extranonce2_size
+        self._parked.clear()  # their jobs were the old pool's
         for session in list(self.sessions):
             if not session.subscribed:
                 continue
@@ -219,18 +275,19 @@ class StratumServer:
                 session.send(p.encode(p.reconnect(session.local_host(self.host), self.port, 0)))
                 session._close_soon("upstream_changed")
 
-    def resume_part(self, session: StratumSession, session_id: str) -> bytes:
-        """mining.subscribe with a session id: give back that extranonce1 part if nobody holds it."""
+    def resume_part(self, session: StratumSession, session_id: str) -> tuple[bytes, ShareBook | None]:
+        """mining.subscribe with a session id: give back that extranonce1 part if nobody holds
+        it, with the book of jobs its last connection was sent (None if gone)."""
         try:
             wanted = bytes.fromhex(session_id)
         except ValueError:
-            return session.session_part
+            return session.session_part, None
         size = self.session_extranonce1_size
         if len(wanted) != size or wanted == bytes(size) or wanted in self._en1_in_use:
-            return session.session_part
+            return session.session_part, None
         self._en1_in_use.discard(session.session_part)
         self._en1_in_use.add(wanted)
-        return wanted
+        return wanted, self._parked.pop(wanted, None)
 
     def authorize(self, worker: str, password: str | None) -> str | None:
         return self.authorizer.site_for(worker, password)
@@ -242,7 +299,12 @@ class StratumServer:
         return DIFF1_TARGET / job.target
 
     def broadcast(self, job: Job) -> None:
-        """A new job for everyone: clean_jobs on a new tip, so miners drop the old work at once."""
+        """A new job for everyone: clean_jobs on a new tip, so miners drop the old work at once.
+        Work on another tip, or older than a clean job, is stale from now on; a job that moves
+        the tip back to a retired tip (a reorg), or a clean one on it, un-retires it."""
+        if self.current_job is not None and job.prev_hash_internal != self.current_job.prev_hash_internal:
+            self._parked.clear()
+        self.ledger.publish(job)
         self.current_job = job
         self._issue_cache.clear()  # only the current job is ever issued again
         # A cyclic-GC pass over every session's objects, landing inside the fan-out, doubled
@@ -289,6 +351,14 @@ class StratumServer:
     def resend_current_job(self, session: StratumSession) -> None:
         if self.current_job is not None:
             session.send_job(self.current_job, clean=False)
+
+    def retire_tip(self, prev_hash_internal: bytes) -> None:
+        """The mining core's word that tip T (prev hash, internal order) is finished, e.g. our
+        block on it was accepted: from now on shares on jobs built on T are answered stale
+        (21) and never reach on_block. Broadcasting a job that moves the tip back to T (a
+        reorg), or a clean job on T, un-retires it. Call it before broadcasting the next job."""
+        dropped = self.ledger.retire_tip(bytes(prev_hash_internal))
+        log.debug("tip %s retired (%d live job(s) now stale)", bytes(prev_hash_internal)[::-1].hex(), dropped)
 
     def found_block(self, job: Job, solution: Solution) -> None:
         """A miner's share is a block: hand it on (the work source journals it first)."""

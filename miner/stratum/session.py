@@ -7,6 +7,16 @@
 
 Every refusal is a definite reply with its stratum code and a metric; limits close the
 connection (counted) and never touch other sessions.
+
+What the abuse limits count: every message costs one token of the message-rate bucket
+except an accepted share (a fast honest miner is never throttled for being fast) and a
+share on a job it was sent that went stale with the tip (refused before any hashing; a
+fast miner has a backlog of them on every tip, longer the busier we are); only
+shares refused as invalid (codes 20, 22-25) count toward max_invalid_shares: a stale
+share (21) is a race with the chain, not misbehaviour. Submits that arrive before the handshake
+is answered (a miner reconnecting with shares of its last job in flight) wait, and are
+judged right after the authorize reply, so that reply is the first answer the miner reads.
+In proxy mode the pool's answer to a share comes back while the session keeps reading.
 """
 
 from __future__ import annotations
@@ -27,6 +37,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Submits held per connection until its handshake is answered (at most this many, for at
+# most SUBMIT_HOLD_S seconds); the rest are judged at once.
+MAX_HELD_SUBMITS = 256
+SUBMIT_HOLD_S = 2.0
+# Shares of one connection waiting for the upstream pool's answer (proxy mode); at this
+# many the session waits for the oldest answer before reading on.
+MAX_PENDING_UPSTREAM = 64
+
 _REJECT_ERRORS = {
     21: p.StratumError.job_not_found,
     22: p.StratumError.duplicate,
@@ -45,6 +63,8 @@ class Disconnect(Exception):
 
 
 def reject_error(reject: Reject) -> p.StratumError:
+    if reject is Reject.STALE:
+        return p.StratumError(p.StratumError.JOB_NOT_FOUND, reject.message)
     factory = _REJECT_ERRORS.get(reject.code)
     return factory() if factory is not None else p.StratumError.other(reject.message)
 
@@ -56,14 +76,22 @@ class StratumSession:
         self.session_part, self.peer_ip = session_part, peer_ip
         self.limits = server.limits
         self.framer = NewlineFramer(self.limits.max_line_bytes)
-        self.book = ShareBook()
+        self.book = ShareBook(ledger=server.ledger)
         self.subscribed = False
         self.extranonce_subscribed = False
         self.workers: dict[str, str] = {}  # authorized worker name -> site label
         self.version_mask = 0  # 0 until mining.configure agrees on version rolling
+        self.miner_version_mask: int | None = None  # what the miner asked for, once it negotiated rolling
+        self.version_rolling_min_bits = 0
+        self.address_group = ""  # the per-address limit's key (server sets it)
+        self.counted_unauthorized = False  # counted toward the per-address limit until authorized
         self.vardiff: VardiffState | None = None
         self.difficulty_sent: float | None = None
         self.invalid_shares = 0
+        self._authorize_answered = False
+        self._held: list[tuple[Any, list]] = []  # (request id, params) of submits before the handshake
+        self._hold_timer: asyncio.TimerHandle | None = None
+        self._upstream: set[asyncio.Task] = set()  # proxy: shares waiting for the pool's answer
         self._pending_suggestion: Any = None  # a suggest_difficulty that came before any job
         self._tokens = float(self.limits.message_burst)
         self._tokens_at = time.monotonic()
@@ -98,6 +126,8 @@ class StratumSession:
                         self._limit("line_length")
                         raise Disconnect("line_too_long")
                     await self._handle_line(item)
+                    if len(self._upstream) >= MAX_PENDING_UPSTREAM:
+                        await asyncio.wait(self._upstream, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.TimeoutError:
             reason = "unauthorized_timeout" if not self.workers else "idle_timeout"
             self._limit(reason)
@@ -118,6 +148,8 @@ class StratumSession:
         if self.closed:
             return
         self.closed = True
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
         self.server.metrics.stratum_disconnects.labels(reason).inc()
         self.server.forget(self)
         self.writer.close()
@@ -161,7 +193,8 @@ class StratumSession:
         if difficulty != self.difficulty_sent:
             self.send(lines.set_difficulty)
             self.difficulty_sent = difficulty
-        self.book.issue(job, job_id=lines.job_id, share_target=lines.share_target, now=time.time())
+        self.book.issue(job, job_id=lines.job_id, share_target=lines.share_target, now=time.time(),
+                        extranonce1=self.extranonce1)
         self.send(lines.notify_clean if clean else lines.notify)
 
     def current_difficulty(self, job: Job) -> float:
@@ -173,35 +206,41 @@ class StratumSession:
 
     # -- requests --------------------------------------------------------------------------------
 
-    def _rate_ok(self) -> bool:
+    def _charge(self) -> None:
+        """One message's token from the rate bucket; Disconnect when there is none left."""
         now = time.monotonic()
         self._tokens = min(self.limits.message_burst,
                            self._tokens + (now - self._tokens_at) * self.limits.messages_per_second)
         self._tokens_at = now
         if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
-
-    async def _handle_line(self, line: bytes) -> None:
-        if not self._rate_ok():
             self._limit("message_rate")
             raise Disconnect("message_rate")
+        self._tokens -= 1
+
+    async def _handle_line(self, line: bytes) -> None:
+        """Answer one line, then charge it to the rate bucket unless it was an accepted share."""
         try:
             msg = p.parse_message(line)
         except p.ProtocolError as e:
             self.server.metrics.stratum_protocol_errors.labels("malformed_line").inc()
             if e.id is not None:
                 self.reply(e.id, None, p.StratumError.other(str(e)))
+            self._charge()
             return
         if isinstance(msg, p.Response):
+            self._charge()
             return  # an answer to our ping or get_version: nothing to do
-        handler = self.HANDLERS.get(msg.method)
         msg_id = msg.id if isinstance(msg, p.Request) else None
+        if msg.method == "mining.submit":
+            if not self._submit_request(msg_id, msg.params):
+                self._charge()
+            return
+        handler = self.HANDLERS.get(msg.method)
         if handler is None:
             self.server.metrics.stratum_protocol_errors.labels("unknown_method").inc()
             if msg_id is not None:
                 self.reply(msg_id, None, p.StratumError.other(f"unknown method {msg.method[:40]!r}"))
+            self._charge()
             return
         try:
             result = await handler(self, msg.params)
@@ -209,21 +248,50 @@ class StratumSession:
             self.server.metrics.stratum_protocol_errors.labels("bad_params").inc()
             if msg_id is not None:
                 self.reply(msg_id, None, e)
-            return
         except Exception:
             # Our bug, not the miner's: answer, count and log it; the connection lives on.
             log.exception("stratum handler %s failed", msg.method)
             self.server.metrics.stratum_protocol_errors.labels("internal").inc()
             if msg_id is not None:
                 self.reply(msg_id, None, p.StratumError.other("internal error"))
+        else:
+            if msg_id is not None:
+                self.reply(msg_id, result)
+        if msg.method == "mining.authorize":
+            self._authorize_answered = True
+        self._charge()
+        if self._held and self._handshake_answered():
+            self._release_held()
+
+    def _handshake_answered(self) -> bool:
+        return self.subscribed and self._authorize_answered
+
+    def _release_held(self) -> None:
+        """Judge the submits held for the handshake, in the order they came."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        held, self._held = self._held, []
+        for held_id, params in held:
+            if not self._submit_request(held_id, params, hold=False):
+                self._charge()
+
+    def _release_held_late(self) -> None:
+        """No handshake within SUBMIT_HOLD_S: answer what was held (25/24 as it stands)."""
+        self._hold_timer = None
+        if self.closed:
             return
-        if msg_id is not None:
-            self.reply(msg_id, result)
+        try:
+            self._release_held()
+        except Disconnect as d:
+            self._close_soon(d.reason)
 
     async def _subscribe(self, params: list) -> Any:
         sub = p.parse_subscribe(params)
-        if sub.session_id:
-            self.session_part = self.server.resume_part(self, sub.session_id)
+        if sub.session_id and not self.subscribed:
+            self.session_part, parked = self.server.resume_part(self, sub.session_id)
+            if parked is not None:
+                self.book = parked  # the jobs the miner's last connection was sent
         self.subscribed = True
         self._msg_after(self.server.resend_current_job, self)
         return p.subscribe_result(self.extranonce1, self.server.extranonce2_size, self.session_part.hex())
@@ -234,6 +302,7 @@ class StratumSession:
         if site is None:
             return False  # the miner sees false; shares from this worker get code 24
         self.workers[auth.worker] = site
+        self.server.authorized(self)
         return True
 
     async def _configure(self, params: list) -> Any:
@@ -241,6 +310,8 @@ class StratumSession:
         mask = None
         if "version-rolling" in configure.extensions:
             self.version_mask = p.negotiate_version_rolling(configure, self.server.version_mask)
+            self.miner_version_mask = p.negotiate_version_rolling(configure, 0xFFFFFFFF)
+            self.version_rolling_min_bits = _min_bit_count(configure.options.get("version-rolling.min-bit-count"))
             mask = self.version_mask
         min_diff = None
         if "minimum-difficulty" in configure.extensions:
@@ -276,12 +347,23 @@ class StratumSession:
     async def _ping(self, params: list) -> Any:
         return "pong"
 
-    async def _submit(self, params: list) -> Any:
+    def _submit_request(self, msg_id: Any, params: list, hold: bool = True) -> bool:
+        """Judge and answer one mining.submit. True when it costs nothing against the rate
+        limit: an accepted share (or one held until the handshake is answered)."""
+        if hold and not self._handshake_answered() and len(self._held) < MAX_HELD_SUBMITS:
+            self._held.append((msg_id, params))
+            if self._hold_timer is None:
+                self._hold_timer = asyncio.get_running_loop().call_later(SUBMIT_HOLD_S, self._release_held_late)
+            return True
         try:
             submit = p.parse_submit(params)
-        except p.StratumError:
+        except p.StratumError as e:
             self._count_share("other", Reject.MALFORMED.label)
-            raise
+            self.server.metrics.stratum_protocol_errors.labels("bad_params").inc()
+            self._invalid_share()
+            if msg_id is not None:
+                self.reply(msg_id, None, e)
+            return False
         site = self.workers.get(submit.worker, "other")
         result = check_share(self.book, job_id=submit.job_id, extranonce1=self.extranonce1,
                              extranonce2=submit.extranonce2, ntime=submit.ntime, nonce=submit.nonce,
@@ -290,25 +372,70 @@ class StratumSession:
                              authorized=submit.worker in self.workers)
         if not result.accepted:
             self._count_share(site, result.reject.label)
-            self.invalid_shares += 1
-            if self.invalid_shares > self.limits.max_invalid_shares:
-                self._limit("invalid_shares")
-                self._close_soon("invalid_shares")  # after this reply goes out
-            raise reject_error(result.reject)
+            if result.reject.code != p.StratumError.JOB_NOT_FOUND:
+                self._invalid_share()  # stale work is a race with the chain, not abuse
+            if msg_id is not None:
+                self.reply(msg_id, None, reject_error(result.reject))
+            return result.reject is Reject.STALE
         if result.is_block:
             self.server.found_block(result.issued.job, result.solution)
-        if self.server.on_share is not None:
-            # Proxy mode: the pool's answer is the miner's answer, never "accepted" before it.
+        if self.server.on_share is None:
+            self._accepted(site, submit.worker, result)
+            if msg_id is not None:
+                self.reply(msg_id, True)
+        else:
+            # Proxy mode: the pool's answer is the miner's answer, never "accepted" before it;
+            # the session reads on (pings, other shares) while the pool thinks.
+            task = self.server.spawn(self._forward(msg_id, site, submit.worker, result))
+            self._upstream.add(task)
+            task.add_done_callback(self._upstream.discard)
+        return True
+
+    async def _forward(self, msg_id: Any, site: str, worker: str, result) -> None:
+        try:
             error = await self.server.on_share(result.issued.job, result.solution)
-            if error is not None:
-                self._count_share(site, "upstream_rejected")
-                raise error
+        except Exception:
+            log.exception("a share could not be forwarded upstream")
+            error = p.StratumError.other("internal error")
+        if error is not None:
+            self._count_share(site, "upstream_rejected")
+            if msg_id is not None:
+                self.reply(msg_id, None, error)
+            return
+        self._accepted(site, worker, result)
+        if msg_id is not None:
+            self.reply(msg_id, True)
+
+    def _accepted(self, site: str, worker: str, result) -> None:
         self.invalid_shares = 0
+        if not result.remembered:
+            self._limit("duplicate_memory")
         self._count_share(site, "accepted")
         self.server.metrics.stratum_share_work.labels(site).inc(result.issued.difficulty)
-        self.server.count_worker_work(submit.worker, result.issued.difficulty)
+        self.server.count_worker_work(worker, result.issued.difficulty)
         self._retarget(result.issued.difficulty)
-        return True
+
+    def _invalid_share(self) -> None:
+        self.invalid_shares += 1
+        if self.invalid_shares > self.limits.max_invalid_shares:
+            self._limit("invalid_shares")
+            self._close_soon("invalid_shares")  # after this reply goes out
+
+    def renegotiate_version_mask(self) -> None:
+        """Proxy: the upstream's mask changed. A miner that negotiated rolling gets the new
+        agreed mask (mining.set_version_mask), or, when it leaves fewer bits than the miner
+        needs, a client.reconnect (it negotiates again)."""
+        if self.miner_version_mask is None or not self.subscribed or self.closed:
+            return
+        mask = self.server.version_mask & self.miner_version_mask
+        if mask == self.version_mask:
+            return
+        if bin(mask).count("1") < self.version_rolling_min_bits:
+            self.send(p.encode(p.reconnect(self.local_host(self.server.host), self.server.port, 0)))
+            self._close_soon("version_mask_changed")
+            return
+        self.version_mask = mask
+        self.send(p.encode(p.set_version_mask(mask)))
 
     def _close_soon(self, reason: str) -> None:
         asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.close(reason)))
@@ -349,7 +476,13 @@ class StratumSession:
         "mining.configure": _configure,
         "mining.suggest_difficulty": _suggest_difficulty,
         "mining.extranonce.subscribe": _extranonce_subscribe,
-        "mining.submit": _submit,
         "mining.ping": _ping,
     }
 
+
+
+def _min_bit_count(value: Any) -> int:
+    """BIP310 version-rolling.min-bit-count (0 when absent or not a small non-negative int)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 32:
+        return 0
+    return value

@@ -13,6 +13,12 @@
 - StratumPool: gridminer's stratum server on a regtest node, with difficulty, version
   rolling and extranonce knobs, injected faults, and a record of every message.
 - StratumMiner: gridminer's stratum client and kernel, to test someone else's pool.
+- reorg(node, depth, blocks=None): invalidate the top blocks and mine a competing branch
+  (Bitcoin Core and bcoin); returns a Reorg with the old and new tips.
+- SignetNode: Bitcoin Core on a private OP_TRUE signet (-signetchallenge=51), for
+  mining tests on a chain with real signet rules; connect two of them.
+- MinerdProcess, find_minerd: pooler's minerd (a stock C stratum miner) mining into a
+  pool, its accepted/rejected answers counted; MinerdUnavailable says what to install.
 
 The pytest plugin (miner.testing.pytest_plugin, registered as `gridminer`) wraps these in
 fixtures: regtest_node, mine_blocks, stratum_pool, stratum_miner.
@@ -25,8 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from miner.node.regtest import RegtestError, RegtestUnavailable
+    from miner.testing.minerd import MinerdError, MinerdProcess, MinerdUnavailable, find_minerd
     from miner.testing.mining import MiningError, MiningTimeout, mine, mine_until
     from miner.testing.node import RegtestNode
+    from miner.testing.reorgs import Reorg, reorg
+    from miner.testing.signet import SignetNode
     from miner.testing.stratum_miner import (
         MinerSession,
         ReceivedJob,
@@ -43,19 +52,26 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "ConnectionInfo": "miner.testing.tap",
     "MinerSession": "miner.testing.stratum_miner",
+    "MinerdError": "miner.testing.minerd",
+    "MinerdProcess": "miner.testing.minerd",
+    "MinerdUnavailable": "miner.testing.minerd",
     "MiningError": "miner.testing.mining",
     "MiningTimeout": "miner.testing.mining",
     "ReceivedJob": "miner.testing.stratum_miner",
     "RegtestError": "miner.node.regtest",
     "RegtestNode": "miner.testing.node",
     "RegtestUnavailable": "miner.node.regtest",
+    "Reorg": "miner.testing.reorgs",
     "ShareResult": "miner.testing.stratum_miner",
+    "SignetNode": "miner.testing.signet",
     "StratumMessage": "miner.testing.tap",
     "StratumMiner": "miner.testing.stratum_miner",
     "StratumMinerError": "miner.testing.stratum_miner",
     "StratumPool": "miner.testing.stratum_pool",
+    "find_minerd": "miner.testing.minerd",
     "mine": "miner.testing.mining",
     "mine_until": "miner.testing.mining",
+    "reorg": "miner.testing.reorgs",
 }
 
 __all__ = sorted(_EXPORTS)

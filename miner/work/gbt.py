@@ -33,7 +33,7 @@ from miner.node.rpc import NodeRPC, RPCError
 from miner.work.job import Job, Solution
 from miner.work.rules import header_time_bounds, needs_prev_time
 from miner.work.submit import AsyncioClock, BlockSubmitter, Clock, SubmitOutcome
-from miner.work.template import TemplateError, UnsupportedSignetChallenge, job_from_template
+from miner.work.template import TemplateError, UnsupportedSignetChallenge, job_from_template, template_on_tip
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ GBT_PARAMS = {"rules": ["segwit"]}
 ERROR_LOG_INTERVAL = 60.0
 # Upper bound on one long-poll call (seconds): the node should answer well before.
 LONGPOLL_TIMEOUT = 600.0
+# Regtest: Core rebuilds a template for mempool changes only 5 s after the last one; how
+# long the first template may wait for that, and how often it asks meanwhile (seconds).
+REGTEST_TEMPLATE_CACHE_WAIT = 6.0
+REGTEST_TEMPLATE_RETRY = 0.5
 # Pause after a failed long-poll (seconds), doubling up to the cap while failures last.
 LONGPOLL_RETRY_MIN = 0.25
 LONGPOLL_RETRY_MAX = 10.0
@@ -138,6 +142,13 @@ class GBTWorkSource:
         self.height: int | None = None
         self._ids = itertools.count(1)
         self._refresh_lock = asyncio.Lock()
+        # Templates are ordered by when they came back, never by height: a reorg can make
+        # the newest template lower than the last. The published job's stamp is the newest.
+        self._answer_stamps = itertools.count(1)
+        self._published_stamp = 0
+        # The node's best block as last seen (a tip hint, or getbestblockhash): a template
+        # on another block is checked against the node before it is mined.
+        self._best_tip_hex_display: str | None = None
         self._tip_seen_at: float | None = None
         self._longpoll_id: str | None = None
         self._tasks: list[asyncio.Task] = []
@@ -160,14 +171,16 @@ class GBTWorkSource:
     # -- running ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Resubmit journaled blocks, fetch the first template, then watch for tips.
+        """Resubmit journaled blocks on the tip, fetch the first template, then watch for tips.
 
-        Journaled blocks go first: mining the tip they build on would race them with a
-        competing block of our own.
+        Journaled blocks on the tip go first: mining the tip they build on would race them
+        with a competing block of our own.
         """
         tip = await self.rpc.call_with_retry("getbestblockhash")
-        await self.submitter.resubmit_pending(tip)
-        await self.refresh(clean_if_new_tip=True, via="start")
+        await self.submitter.resubmit_on_tip(tip)
+        # Earlier entries on other tips cannot race our work: judged in bulk meanwhile.
+        self._spawn(self.submitter.judge_earlier_entries())
+        await self.refresh(clean_if_new_tip=True, via="start", template=await self._first_template())
         loops = [self._poll_loop(), self._refresh_loop()]
         if self.settings.longpoll:
             loops.append(self._longpoll_loop())
@@ -183,6 +196,35 @@ class GBTWorkSource:
             for t in self._tasks:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _first_template(self) -> dict | None:
+        """On regtest, a first template that holds what the mempool holds (None: refresh fetches one).
+
+        Core keeps serving a cached template for 5 s after it built one, however the
+        mempool changed meanwhile; on regtest the first job is solved at once, so a run
+        started right after `sendtoaddress` would mine an empty block. Wait out the cache
+        (bounded); other networks take their first template as it comes.
+        """
+        network = await self.node_network()
+        if not network.pow_no_retargeting:
+            return None
+        try:
+            info = await self.rpc.call_with_retry("getmempoolinfo")
+            in_mempool = info.get("size", 0) if isinstance(info, dict) else 0
+            if not isinstance(in_mempool, int) or in_mempool == 0:
+                return None
+            deadline = self._clock.monotonic() + REGTEST_TEMPLATE_CACHE_WAIT
+            while True:
+                template = await self.rpc.call_with_retry("getblocktemplate", gbt_params(network))
+                txs = template.get("transactions") if isinstance(template, dict) else None
+                if not isinstance(txs, list) or len(txs) >= in_mempool or self._clock.monotonic() >= deadline:
+                    return template
+                log.info("the node's template leaves out %d of the %d mempool transactions (its template "
+                         "cache); asking again", in_mempool - len(txs), in_mempool)
+                await self._clock.sleep(REGTEST_TEMPLATE_RETRY)
+        except RPCError as e:
+            log.warning("could not compare the first template with the mempool: %s", e)
+            return None
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -215,8 +257,10 @@ class GBTWorkSource:
         self._prev_time = (prev, prev_time)
         return prev_time
 
-    async def refresh(self, *, clean_if_new_tip: bool, via: str, template: dict | None = None) -> None:
-        """Fetch a template (or use the one given) and publish its job.
+    async def refresh(self, *, clean_if_new_tip: bool, via: str, template: dict | None = None,
+                      stamp: int | None = None) -> None:
+        """Fetch a template (or use the one given, with the stamp taken when it came back)
+        and publish its job.
 
         Raises UnsupportedSignetChallenge (nothing on this chain can be mined) and
         UnknownChain; every other failure is logged, counted and left to the next refresh.
@@ -228,6 +272,14 @@ class GBTWorkSource:
                 fetched_at = self._clock.monotonic()  # the template's curtime is about now
                 if template is None:
                     template = await self.rpc.call_with_retry("getblocktemplate", gbt_params(network))
+                    stamp = next(self._answer_stamps)
+                if stamp is not None and stamp < self._published_stamp:
+                    # A long-poll answer that waited for the lock while a newer one was published.
+                    log.debug("dropping a template older than the published job")
+                    return
+                template = await self._on_best_tip(template, network)
+                if template is None:
+                    return
                 if needs_prev_time(network):
                     prev_time = await self._previous_block_time(template)
             except RPCError as e:
@@ -247,10 +299,6 @@ class GBTWorkSource:
             except TemplateError as e:
                 self._log_rate_limited(e.reason, "template refused (%s): %s", e.reason, e)
                 self.metrics.template_errors.labels(e.reason).inc()
-                return
-            if self.height is not None and job.height is not None and job.height < self.height:
-                # A long-poll answer that waited for the lock while the tip moved on.
-                log.debug("dropping a template for height %s: already at %s", job.height, self.height)
                 return
             if isinstance(template.get("longpollid"), str):
                 self._longpoll_id = template["longpollid"]
@@ -295,7 +343,38 @@ class GBTWorkSource:
             self._last_error_log[key] = now
             log.error(message, *args)
 
+    async def _on_best_tip(self, template: dict, network: Network) -> dict | None:
+        """The template if it builds on the node's best block; else one for an empty block
+        on that block where the network allows (template_on_tip), else None (logged).
+
+        bcoin keeps serving its cached template after invalidateblock: mining it would only
+        make blocks the node refuses (bad-prevblk).
+        """
+        prev = template.get("previousblockhash") if isinstance(template, dict) else None
+        if not isinstance(prev, str) or prev == self._best_tip_hex_display:
+            return template  # job_from_template refuses a template without a valid one
+        best = await self.rpc.call_with_retry("getbestblockhash")
+        self._best_tip_hex_display = best
+        if best == prev:
+            return template
+        header = await self.rpc.call_with_retry("getblockheader", best)
+        made = None
+        if isinstance(header, dict) and isinstance(header.get("height"), int) and isinstance(header.get("time"), int):
+            made = template_on_tip(template, tip_hex_display=best, tip_height=header["height"],
+                                   tip_time=header["time"], network=network, now=int(time.time()))
+        if made is None:
+            self._log_rate_limited("stale_template", "the node's template builds on %s, not its best block %s: "
+                                   "waiting for a template on the best block", prev, best)
+            self.metrics.template_errors.labels("stale_template").inc()
+            return None
+        self._log_rate_limited("stale_template", "the node's template builds on %s, not its best block %s: "
+                               "mining an empty block on the best block until the node has a template for it",
+                               prev, best)
+        return made
+
     def _publish(self, job: Job, new_tip_via: str | None) -> None:
+        self._published_stamp = next(self._answer_stamps)
+        self._best_tip_hex_display = job.prev_hash_hex_display
         self.current = job
         self.tip_hex_display = job.prev_hash_hex_display
         self.height = job.height
@@ -316,6 +395,8 @@ class GBTWorkSource:
         """A tier says the tip may have moved; refresh when it did (or when we can't tell)."""
         if tip_hex_display is not None and tip_hex_display == self.tip_hex_display:
             return
+        if tip_hex_display is not None:
+            self._best_tip_hex_display = tip_hex_display
         if self._tip_seen_at is None:
             self._tip_seen_at = time.monotonic()
         await self.refresh(clean_if_new_tip=True, via=via)
@@ -349,19 +430,30 @@ class GBTWorkSource:
                 delay = min(2 * delay, LONGPOLL_RETRY_MAX)
                 continue
             delay = LONGPOLL_RETRY_MIN
+            stamp = next(self._answer_stamps)
             if self._tip_seen_at is None:
                 self._tip_seen_at = time.monotonic()
-            await self.refresh(clean_if_new_tip=True, via="longpoll", template=template)
+            await self.refresh(clean_if_new_tip=True, via="longpoll", template=template, stamp=stamp)
 
     async def _zmq_loop(self) -> None:
-        from miner.node.zmq import ZMQSubscriber
+        from miner.node.zmq import ZMQSubscriber, parse_sequence_body
 
-        async def on_block(topic: str, hash_hex_display: str, sequence: int) -> None:
-            await self.on_tip_hint(hash_hex_display, "zmq")
+        async def on_message(topic: str, body: str | bytes, sequence: int) -> None:
+            if topic == "hashblock":
+                await self.on_tip_hint(body, "zmq")
+                return
+            event = parse_sequence_body(body)
+            if event is not None and event.label == "C":
+                await self.on_tip_hint(event.hash_hex_display, "zmq")
+            elif event is not None and event.label == "D":
+                # A block left the best chain (invalidateblock, a reorg): there is no
+                # hashblock when no block is connected, and the new tip is its parent.
+                await self.on_tip_hint(None, "zmq")
 
         async def on_gap(topic: str, expected: int, got: int) -> None:
             await self.on_tip_hint(None, "zmq-gap")
 
-        sub = ZMQSubscriber(self.settings.zmq_url, on_message=on_block, on_gap=on_gap, metrics=self.metrics)
+        sub = ZMQSubscriber(self.settings.zmq_url, topics=("hashblock", "sequence"), on_message=on_message,
+                            on_gap=on_gap, metrics=self.metrics)
         with contextlib.suppress(asyncio.CancelledError):
             await sub.run()

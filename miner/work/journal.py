@@ -12,6 +12,11 @@ a record is only durable once its whole line and the fsync are done.
 
 Synchronous on purpose (found blocks are rare; callers in asyncio wrap calls in
 asyncio.to_thread). One process at a time: the file is flock()ed while open.
+
+One journal per network and chain (`journal_chain_id`): regtest chains all share one
+genesis, so a chain is told apart by its block 1. Answers for many blocks at once (the
+start-up judgement of thousands of old entries) go in with one write and one fsync
+(`record_results`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from typing import Callable
 
 from miner.chain.hashes import hex_display_from_internal, internal_from_hex_display, sha256d
 
-__all__ = ["Journal", "JournalEntry", "JournalError", "FORMAT_VERSION"]
+__all__ = ["Journal", "JournalEntry", "JournalError", "FORMAT_VERSION", "journal_chain_id"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,15 @@ FORMAT_VERSION = 1
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 _HEADER_SIZE = 80
+
+
+def journal_chain_id(block1_hash_hex_display: str | None) -> str:
+    """The chain part of a journal's file name: block 1's hash (display order, first 16
+    digits), or "genesis" for a chain that has no block 1 yet (all such chains of a
+    network are the same chain: a block found there extends the same genesis)."""
+    if block1_hash_hex_display is None:
+        return "genesis"
+    return _check_display_hash("block1_hash_hex_display", block1_hash_hex_display)[:16]
 
 
 class JournalError(Exception):
@@ -93,10 +107,12 @@ class Journal:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[str, JournalEntry] = {}  # by block hash; dicts keep found order
+        self._pending = 0  # entries without a final result: asked after every record
         self._fd = self._open()
         try:
             self._size = self._replay()
         except BaseException:
+            self._pending = 0  # nothing was opened: nothing is left pending by this close
             self.close()
             raise
 
@@ -178,7 +194,9 @@ class Journal:
             entry = self._found_entry(
                 block, record["hash"], record["prev"], record["height"], record["job_id"], record["time"]
             )
-            self._entries.setdefault(entry.block_hash_hex_display, entry)
+            if entry.block_hash_hex_display not in self._entries:
+                self._entries[entry.block_hash_hex_display] = entry
+                self._pending += 1
         elif kind == "result":
             self._result_entry(record["hash"], record["result"], record["final"])
         else:
@@ -189,24 +207,36 @@ class Journal:
     @staticmethod
     def _found_entry(block: bytes, block_hash: str, prev_hash: str, height: int | None,
                      job_id: str, found_at: float) -> JournalEntry:
-        block_hash = _check_display_hash("block_hash_hex_display", block_hash)
-        prev_hash = _check_display_hash("prev_hash_hex_display", prev_hash)
         if len(block) <= _HEADER_SIZE:
             raise ValueError(f"a block is more than a header; got {len(block)} bytes")
         # The hash and prev hash are read back from the bytes, so a record can never
-        # name one block and hold another.
-        if hex_display_from_internal(sha256d(block[:_HEADER_SIZE])) != block_hash:
+        # name one block and hold another. A value equal to the one read back is
+        # well-formed; only a mismatch is parsed, for the clearer error (replaying tens of
+        # thousands of entries stays fast).
+        read_hash = hex_display_from_internal(sha256d(block[:_HEADER_SIZE]))
+        if not isinstance(block_hash, str) or block_hash.lower() != read_hash:
+            block_hash = _check_display_hash("block_hash_hex_display", block_hash)
             raise ValueError(f"block bytes do not hash to {block_hash}")
-        if hex_display_from_internal(block[4:36]) != prev_hash:
-            raise ValueError(f"block {block_hash} does not build on {prev_hash}")
+        read_prev = hex_display_from_internal(block[4:36])
+        if not isinstance(prev_hash, str) or prev_hash.lower() != read_prev:
+            prev_hash = _check_display_hash("prev_hash_hex_display", prev_hash)
+            raise ValueError(f"block {read_hash} does not build on {prev_hash}")
+        block_hash, prev_hash = read_hash, read_prev
         if height is not None and (isinstance(height, bool) or not isinstance(height, int)):
             raise ValueError(f"height must be an integer or None, got {height!r}")
         if not isinstance(job_id, str):
             raise ValueError(f"job_id must be a string, got {job_id!r}")
         return JournalEntry(block_hash, prev_hash, height, job_id, bytes(block), float(found_at))
 
+    def _known_hash(self, block_hash: str) -> str:
+        """block_hash in the journal's form (the key of an entry, if there is one)."""
+        key = block_hash.lower() if isinstance(block_hash, str) else block_hash
+        if key in self._entries:
+            return key  # keys were checked when their entries went in
+        return _check_display_hash("block_hash_hex_display", block_hash)
+
     def _result_entry(self, block_hash: str, result: str, final: bool) -> JournalEntry:
-        block_hash = _check_display_hash("block_hash_hex_display", block_hash)
+        block_hash = self._known_hash(block_hash)
         if not isinstance(result, str) or not result:
             raise ValueError(f"result must be a non-empty string, got {result!r}")
         if not isinstance(final, bool):
@@ -214,6 +244,8 @@ class Journal:
         entry = self._entries.get(block_hash)
         if entry is None:
             raise KeyError(f"no found block {block_hash} in the journal")
+        if final and not entry.final:
+            self._pending -= 1
         entry = replace(
             entry,
             results=entry.results + (result,),
@@ -223,7 +255,10 @@ class Journal:
         return entry
 
     def _append(self, record: dict) -> None:
-        line = json.dumps(record, separators=(",", ":"), sort_keys=True).encode() + b"\n"
+        self._append_lines([record])
+
+    def _append_lines(self, records: list[dict]) -> None:
+        line = b"".join(json.dumps(r, separators=(",", ":"), sort_keys=True).encode() + b"\n" for r in records)
         try:
             view = memoryview(line)
             while view:
@@ -255,13 +290,14 @@ class Journal:
                 "block": entry.block.hex(), "time": found_at,
             })
             self._entries[entry.block_hash_hex_display] = entry
+            self._pending += 1
             return entry
 
     def record_result(self, block_hash_hex_display: str, result: str, *, final: bool) -> JournalEntry:
         """Append the node's answer (or "stale"); final=False for attempts that may change."""
         with self._lock:
             self._check_open()
-            block_hash = _check_display_hash("block_hash_hex_display", block_hash_hex_display)
+            block_hash = self._known_hash(block_hash_hex_display)
             if block_hash not in self._entries:
                 raise KeyError(f"no found block {block_hash} in the journal")
             if not isinstance(result, str) or not result:
@@ -271,6 +307,33 @@ class Journal:
                 "final": bool(final), "time": self._clock(),
             })
             return self._result_entry(block_hash, result, bool(final))
+
+    def record_results(self, results: list[tuple[str, str]], *, final: bool) -> list[JournalEntry]:
+        """Append many (block hash, result) answers with one write and one fsync.
+
+        With final=True, blocks that already have a final answer are left alone (a
+        concurrent submission answered them first); returns the entries written.
+        """
+        with self._lock:
+            self._check_open()
+            now = self._clock()
+            records: list[dict] = []
+            hashes: set[str] = set()
+            for block_hash_hex_display, result in results:
+                block_hash = self._known_hash(block_hash_hex_display)
+                entry = self._entries.get(block_hash)
+                if entry is None:
+                    raise KeyError(f"no found block {block_hash} in the journal")
+                if not isinstance(result, str) or not result:
+                    raise ValueError(f"result must be a non-empty string, got {result!r}")
+                if final and (entry.final or block_hash in hashes):
+                    continue
+                records.append({"v": FORMAT_VERSION, "type": "result", "hash": block_hash, "result": result,
+                                "final": bool(final), "time": now})
+                hashes.add(block_hash)
+            if records:
+                self._append_lines(records)
+            return [self._result_entry(r["hash"], r["result"], bool(final)) for r in records]
 
     # -- queries
 
@@ -289,6 +352,10 @@ class Journal:
         with self._lock:
             return [e for e in self._entries.values() if not e.final]
 
+    def pending_count(self) -> int:
+        """How many found blocks have no final result yet (kept as records go in: O(1))."""
+        return self._pending
+
     # -- lifetime
 
     def _check_open(self) -> None:
@@ -296,11 +363,15 @@ class Journal:
             raise ValueError(f"journal {self.path} is closed")
 
     def close(self) -> None:
-        """Release the file (and its lock); idempotent."""
+        """Release the file (and its lock), saying how many blocks are left pending; idempotent."""
         with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)  # also drops the flock
-                self._fd = -1
+            if self._fd < 0:
+                return
+            os.close(self._fd)  # also drops the flock
+            self._fd = -1
+        if self._pending:
+            log.warning("%d block(s) left pending in the journal %s; they are resubmitted on the next start",
+                        self._pending, self.path)
 
     def __enter__(self) -> Journal:
         return self

@@ -41,7 +41,7 @@ from miner.work.rules import (
     require_op_true_challenge,
 )
 
-__all__ = ["TemplateError", "TEMPLATE_ERROR_REASONS", "UnsupportedSignetChallenge", "job_from_template",
+__all__ = ["TemplateError", "TEMPLATE_ERROR_REASONS", "UnsupportedSignetChallenge", "job_from_template", "template_on_tip",
            "segwit_active"]
 
 _U32_MAX = 0xFFFFFFFF
@@ -335,3 +335,33 @@ def job_from_template(
         min_time=min_time,
         max_time=max_time,
     )
+
+
+def template_on_tip(template: dict[str, Any], *, tip_hex_display: str, tip_height: int, tip_time: int,
+                    network: Network, now: int) -> dict[str, Any] | None:
+    """A template for an empty block on `tip`, made from the node's last template.
+
+    What to mine on a tip the node has no template for yet: our own block that it just
+    accepted (the next template is a round trip away), or a tip bcoin reached by
+    invalidateblock while it keeps serving its cached template on the dead one. Only
+    where the next block's bits need no node (networks without retargeting: regtest);
+    None elsewhere. The node's own template replaces it as soon as it comes.
+    """
+    if not network.pow_no_retargeting or network.signet_blocks or not isinstance(template, dict):
+        return None
+    if not all(k in template for k in ("version", "bits", "curtime")):
+        return None
+    height = tip_height + 1
+    # After the tip's own time, so after the median of the last eleven (the tip is the
+    # newest of them unless a node's clock was set back), and never before the node's.
+    curtime = max(now, tip_time + 1, template["curtime"] if isinstance(template["curtime"], int) else 0)
+    return {
+        "version": template["version"],
+        "previousblockhash": tip_hex_display,
+        "height": height,
+        "bits": template["bits"],
+        "curtime": curtime,
+        "coinbasevalue": network.block_subsidy_sats(height),
+        "rules": template.get("rules", []),
+        "transactions": [],
+    }

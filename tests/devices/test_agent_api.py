@@ -404,3 +404,36 @@ def test_a_request_of_only_plus_signs_is_an_invalid_command(api):
     for request in (b"+", b"++", b'{"command":"+"}'):
         reply = api.raw(request, shut=True)
         assert b"Code=14" in reply or b'"Code":14' in reply, (request, reply)
+
+
+# Tokens as operators make them: any printable text without the API's own separators.
+token_text = st.text(st.characters(whitelist_categories=("L", "N", "P", "S"), blacklist_characters="|,+"),
+                     min_size=8, max_size=48).map(lambda t: "Tk" + t)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(token=token_text, typo=token_text)
+def test_no_token_right_or_mistyped_appears_in_a_reply_or_the_log(caplog, token, typo):
+    """Tokens put where an id or a command goes (`ascdisable|<token>`, a token as the
+    command) were echoed in the reply and the log line."""
+    r = Running(token=token, read_timeout=0.5)
+    try:
+        with caplog.at_level("DEBUG", logger="miner.devices.agent_api"):
+            caplog.clear()
+            replies = [
+                r.raw(f"ascdisable|{token}".encode(), shut=True),
+                r.raw(f"ascdisable|{typo}".encode(), shut=True),
+                r.raw(f"pgaenable|{typo},{token}".encode(), shut=True),
+                r.raw(f"{token}|0".encode(), shut=True),
+                r.raw(f"pause {token}".encode(), shut=True),
+                r.raw(json.dumps({"command": token}).encode()),
+                r.raw(json.dumps({"command": "ascdisable", "parameter": typo, "token": token}).encode()),
+                r.raw(json.dumps({"command": "pause", "parameter": typo}).encode()),
+                r.raw(json.dumps({"command": "config"}).encode()),
+            ]
+        shown = b"".join(replies).decode("utf-8", "replace") + caplog.text
+        for secret in (token, typo):
+            assert secret not in shown and secret[:20] not in shown
+            assert json.dumps(secret)[1:-1] not in shown
+    finally:
+        r.close()

@@ -339,3 +339,124 @@ def test_a_closed_client_makes_no_new_connection():
         pass
     srv.close()
     assert time.monotonic() - started < 5 and accepted == []
+
+
+# --- stopping: every wait ends at once when the caller is cancelled or the client closed ----
+
+
+def test_call_with_retry_gives_up_when_the_client_is_closed():
+    # close() at shutdown used to turn each attempt into "client closed", which is a
+    # NodeUnavailable and so was retried for ever (a stop that never finished).
+    rpc = NodeRPC(dead_url(), RPCAuth("u", "p"))
+
+    async def main() -> float:
+        task = asyncio.create_task(rpc.call_with_retry("getblockcount", max_delay=0.05))
+        await asyncio.sleep(0.3)  # a few refused attempts and backoff sleeps
+        rpc.close()
+        started = time.monotonic()
+        with pytest.raises(NodeUnavailable):
+            await asyncio.wait_for(task, 10)
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 1.0
+
+
+def test_cancelling_call_with_retry_ends_the_wait_at_once():
+    srv = socket.socket()  # accepts connections (kernel backlog) and never answers
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    rpc = NodeRPC(f"http://127.0.0.1:{srv.getsockname()[1]}", RPCAuth("u", "p"), timeout=60)
+
+    async def main() -> float:
+        task = asyncio.create_task(rpc.call_with_retry("getblockcount"))
+        await asyncio.sleep(0.3)  # the HTTP request is now stuck waiting for an answer
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return time.monotonic() - started
+
+    try:
+        assert asyncio.run(main()) < 0.5
+    finally:
+        rpc.close()
+        srv.close()
+
+
+STUCK_CALL_SCRIPT = r"""
+import asyncio, sys
+from miner.node.rpc import NodeRPC, RPCAuth
+
+rpc = NodeRPC(sys.argv[1], RPCAuth("u", "p"), timeout=60)
+
+async def main():
+    task = asyncio.create_task(rpc.call("getblocktemplate", {"rules": ["segwit"]}))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    print("cancelled", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_call_stuck_in_a_silent_node_does_not_hold_process_exit(tmp_path):
+    # A node that accepts the connection and never answers (SIGSTOPped, wedged): the HTTP
+    # request cannot be interrupted, so its thread must not be joined at exit either.
+    import subprocess
+    import sys
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK_CALL_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), f"http://127.0.0.1:{srv.getsockname()[1]}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "cancelled", proc.stderr.read()
+        started = time.monotonic()
+        proc.wait(30)
+        exit_after = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        srv.close()
+    assert proc.returncode == 0
+    assert exit_after < 5.0, f"process exit waited {exit_after:.1f} s for an abandoned RPC thread"
+
+
+def test_daemon_pool_reuses_idle_threads_and_runs_calls_in_parallel():
+    import threading
+
+    from miner.node.rpc import _DaemonThreadPool
+
+    pool = _DaemonThreadPool(4, "t")
+    gate = threading.Event()
+    held = [pool.submit(gate.wait, 10) for _ in range(3)]
+    assert len(pool._threads) == 3 and all(t.daemon for t in pool._threads)
+    gate.set()
+    assert [f.result(10) for f in held] == [True] * 3
+    assert [pool.submit(lambda x, y=0: x + y, 2, y=3).result(10) for _ in range(5)] == [5] * 5
+    assert len(pool._threads) == 3  # idle threads took the later calls
+    with pytest.raises(ZeroDivisionError):
+        pool.submit(lambda: 1 / 0).result(10)
+    pool.shutdown(wait=True)
+    with pytest.raises(RuntimeError):
+        pool.submit(lambda: None)
+
+
+def test_a_restarted_bitcoind_s_new_cookie_is_used_on_the_first_call(regtest_node_factory):
+    # bitcoind writes a new cookie each start: the first call after a restart was refused
+    # (HTTP 401) and only the next one re-read the cookie.
+    node = regtest_node_factory(kind="bitcoind", persistent=True)
+    rpc = NodeRPC(node.rpc_url, node.auth)
+    try:
+        height = rpc.call_sync("getblockcount")
+        node.stop()
+        node._rpc = node._wallet_rpc = None  # the node's own clients: not what is tested here
+        node.start()
+        assert rpc.call_sync("getblockcount") == height
+    finally:
+        rpc.close()

@@ -152,6 +152,8 @@ def test_client_mines_through_our_server_and_gets_the_pools_real_answers():
             cj = got[-1]
             session = next(iter(server.sessions))
             assert client.version_mask == 0x1FFFE000
+            # We ask the pool for the BIP320 bits only, never ffffffff.
+            assert session.miner_version_mask == p.BIP320_VERSION_MASK
             assert cj.extranonce1 == session.extranonce1 and cj.extranonce2_size == 4
             en2 = bytes.fromhex("00000007")
             extranonce = cj.extranonce1 + en2

@@ -14,6 +14,7 @@ from miner.stratum.shares import (
     MAX_ISSUED_JOBS,
     NTIME_MAX_FUTURE_S,
     IssuedJob,
+    JobLedger,
     Reject,
     ShareBook,
     ShareResult,
@@ -75,7 +76,7 @@ def test_reject_codes_and_labels():
     assert {r: r.code for r in Reject} == {
         Reject.NOT_SUBSCRIBED: 25, Reject.UNAUTHORIZED: 24, Reject.MALFORMED: 20, Reject.JOB_NOT_FOUND: 21,
         Reject.STALE: 21, Reject.BAD_EXTRANONCE2_SIZE: 20, Reject.NTIME_OUT_OF_RANGE: 20,
-        Reject.VERSION_BITS_OUTSIDE_MASK: 20, Reject.DUPLICATE: 22, Reject.TOO_MANY_SHARES: 20,
+        Reject.VERSION_BITS_OUTSIDE_MASK: 20, Reject.DUPLICATE: 22,
         Reject.LOW_DIFFICULTY: 23}
     assert len({r.label for r in Reject}) == len(Reject)
     assert all(r.message and r.label.isidentifier() for r in Reject)
@@ -192,37 +193,102 @@ def test_block_accepted_even_when_the_share_target_is_harder_than_the_network():
     assert result.accepted and result.is_block and result.share_difficulty < 1e-6
 
 
-def test_stale_after_mark_stale_even_for_a_block():
+def test_stale_after_the_tip_is_retired_even_for_a_block():
     job = make_job(bits=REGTEST_BITS)
     book = issued_book(job, target=job.target)
     nonce = find(job, job.target)[0]
-    assert book.mark_stale(job.prev_hash_internal) == 1
+    assert book.ledger.retire_tip(job.prev_hash_internal) == 1
     result = submit(book, nonce=nonce)
     assert not result.accepted and result.reject is Reject.STALE and result.reject.code == 21
     assert not result.is_block and result.solution is None
-    assert book.mark_stale(job.prev_hash_internal) == 0
+    assert book.ledger.retire_tip(job.prev_hash_internal) == 0
 
 
-def test_new_tip_marks_other_tips_stale():
-    old = make_job("old", height=1, clean=False)
-    same_tip = make_job("same", height=1, clean=False)
-    book = ShareBook()
-    book.issue(old, job_id="1", share_target=EASY, now=NOW)
-    book.issue(same_tip, job_id="2", share_target=EASY, now=NOW)
-    new = make_job("new", height=2, clean=True)
-    book.issue(new, job_id="3", share_target=EASY, now=NOW)  # clean: prev tips are gone
+def test_new_tip_marks_other_tips_stale_clean_or_not():
+    ledger = JobLedger()
+    book = ShareBook(ledger=ledger)
+    old, same_tip = make_job("old", height=1, clean=False), make_job("same", height=1, clean=False)
+    for job_id, job in (("1", old), ("2", same_tip)):
+        ledger.publish(job)
+        book.issue(job, job_id=job_id, share_target=EASY, now=NOW)
+    assert not book.is_stale("1") and not book.is_stale("2")
+    # The tip moved: stale even though the source did not flag the new job clean.
+    new = make_job("new", height=2, clean=False)
+    ledger.publish(new)
+    book.issue(new, job_id="3", share_target=EASY, now=NOW)
     assert book.is_stale("1") and book.is_stale("2") and not book.is_stale("3")
     assert submit(book, "1").reject is Reject.STALE
-    book.issue(make_job("x", height=3, clean=False), job_id="4", share_target=EASY, now=NOW)
-    assert book.mark_all_stale_except(bytes(31) + b"\x03") == 1  # only "3" was still live
-    assert book.is_stale("3") and not book.is_stale("4")
 
 
-def test_clean_job_on_the_same_tip_keeps_older_jobs_live():
+def test_clean_job_on_the_same_tip_makes_older_jobs_stale():
+    ledger = JobLedger()
+    book = ShareBook(ledger=ledger)
+    a, b = make_job("a", clean=False), make_job("b", clean=True)
+    for job_id, job in (("1", a), ("2", b)):
+        ledger.publish(job)
+        book.issue(job, job_id=job_id, share_target=EASY, now=NOW)
+    assert book.is_stale("1") and not book.is_stale("2")
+    assert submit(book, "1").reject is Reject.STALE
+
+
+def test_duplicates_are_judged_across_sessions_of_one_ledger():
+    # A resumed session gets its extranonce1 back: replaying an accepted share is a duplicate.
+    job = make_job()
+    ledger = JobLedger()
+    ledger.publish(job)
+    first, resumed = ShareBook(ledger=ledger), ShareBook(ledger=ledger)
+    first.issue(job, job_id="1", share_target=EASY, now=NOW)
+    resumed.issue(job, job_id="7", share_target=EASY, now=NOW)
+    nonce = find(job, EASY)[0]
+    assert submit(first, "1", nonce=nonce).accepted
+    replay = submit(resumed, "7", nonce=nonce)
+    assert replay.reject is Reject.DUPLICATE and replay.reject.code == 22
+    other = check_share(resumed, job_id="7", extranonce1=bytes.fromhex("0000002b"), extranonce2=bytes(4),
+                        ntime=1_700_000_000, nonce=nonce, version_bits=None, version_mask=MASK, now=NOW)
+    assert other.reject is not Reject.DUPLICATE  # another extranonce1 is another header
+    assert ledger.shares_seen(job) == 2
+
+
+def test_retired_tip_stays_retired_until_a_job_moves_the_tip_back_or_is_clean():
+    t1, t2 = make_job("t1", height=1), make_job("t2", height=2)
+    ledger = JobLedger()
+    ledger.publish(t1)
+    ledger.retire_tip(t1.prev_hash_internal)
+    assert not ledger.is_live(t1) and ledger.is_retired(t1.prev_hash_internal)
+    refresh = make_job("t1-refresh", height=1, clean=False)  # a late template on the same tip
+    ledger.publish(refresh)
+    assert not ledger.is_live(refresh)
+    ledger.publish(t2)  # our block's successor
+    back = make_job("t1-again", height=1, clean=False)  # a reorg back to T1
+    ledger.publish(back)
+    assert ledger.is_live(back) and not ledger.is_retired(t1.prev_hash_internal) and not ledger.is_live(t2)
+    ledger.retire_tip(back.prev_hash_internal)
+    again = make_job("t1-clean", height=1, clean=True)
+    ledger.publish(again)
+    assert ledger.is_live(again)
+
+
+def test_a_share_judged_under_another_extranonce1_is_stale():
+    # Proxy failover: set_extranonce changed the session's extranonce1; work sent under the
+    # old one belongs to the old pool.
+    job = make_job()
     book = ShareBook()
-    book.issue(make_job("a", clean=False), job_id="1", share_target=EASY, now=NOW)
-    book.issue(make_job("b", clean=True), job_id="2", share_target=EASY, now=NOW)
-    assert not book.is_stale("1")
+    book.issue(job, job_id="s1", share_target=EASY, now=NOW, extranonce1=bytes.fromhex("aabbccdd"))
+    assert submit(book).reject is Reject.STALE
+
+
+def test_ledger_memory_is_bounded_and_freed_with_its_jobs():
+    ledger = JobLedger(max_live_jobs=2, max_shares_per_tip=5)
+    jobs = [make_job(f"j{i}", clean=False) for i in range(3)]
+    for job in jobs:
+        ledger.publish(job)
+    assert len(ledger) == 2 and not ledger.is_live(jobs[0]) and ledger.is_live(jobs[2])
+    for i in range(5):
+        assert ledger.record(jobs[2], EN1, bytes([i])) is True
+    assert ledger.record(jobs[2], EN1, bytes([4])) is None  # a duplicate
+    assert ledger.record(jobs[2], EN1, b"\x09") is False  # full: not remembered
+    ledger.publish(make_job("next", height=2))
+    assert ledger.shares == 0 and len(ledger) == 1
 
 
 def test_unknown_and_forgotten_jobs():
@@ -289,14 +355,18 @@ def test_ntime_window_with_min_time_follows_consensus():
     assert submit(book, ntime=1_699_998_999).reject is Reject.NTIME_OUT_OF_RANGE
 
 
-def test_too_many_shares_for_one_job():
+def test_a_valid_share_is_accepted_when_the_duplicate_memory_is_full():
+    # At regtest difficulty every hash is a share: our memory limit must not refuse them.
     job = make_job()
-    book = ShareBook(max_shares_per_job=3)
+    book = ShareBook(ledger=JobLedger(max_shares_per_tip=2))
+    book.ledger.publish(job)
     book.issue(job, job_id="s1", share_target=EASY, now=NOW)
-    for nonce in (1, 2, 3):
-        assert submit(book, nonce=nonce).reject in (None, Reject.LOW_DIFFICULTY)
-    assert submit(book, nonce=2).reject is Reject.DUPLICATE
-    assert submit(book, nonce=4).reject is Reject.TOO_MANY_SHARES
+    nonces = find(job, EASY)[:3]
+    results = [submit(book, nonce=n) for n in nonces]
+    assert all(r.accepted for r in results)
+    assert [r.remembered for r in results] == [True, True, False]
+    assert submit(book, nonce=nonces[0]).reject is Reject.DUPLICATE
+    assert submit(book, nonce=miss(job, EASY)).reject is Reject.LOW_DIFFICULTY
 
 
 @pytest.mark.parametrize("field,value", [

@@ -234,3 +234,74 @@ def test_a_failed_write_leaves_no_partial_line(tmp_path, monkeypatch):
     j.close()
     with Journal(path) as j:
         assert j.get(a.block_hash_hex_display).final_result == "accepted"
+
+
+# --- pending count, answers in bulk, the word at close, one journal per chain -------------
+
+
+def test_pending_count_follows_records_and_replay(tmp_path):
+    path = tmp_path / "blocks.jsonl"
+    with Journal(path) as j:
+        entries = [record(j, i) for i in range(3)]
+        assert j.pending_count() == 3
+        j.record_result(entries[0].block_hash_hex_display, "unavailable", final=False)
+        assert j.pending_count() == 3
+        j.record_result(entries[0].block_hash_hex_display, "accepted", final=True)
+        j.record_result(entries[0].block_hash_hex_display, "duplicate", final=True)  # a second final answer
+        assert j.pending_count() == 2
+        record(j, 1)  # the same block again: no new entry
+        assert j.pending_count() == 2
+    with Journal(path) as j:
+        assert j.pending_count() == 2 == len(j.pending())
+
+
+def test_record_results_in_bulk_is_one_write_and_one_fsync(tmp_path, monkeypatch):
+    from .journal_gen import found_record, stale_entries, write_journal
+
+    path = tmp_path / "blocks.jsonl"
+    blocks = stale_entries(5000, [10, 11])
+    write_journal(path, [found_record(h, p, height, raw) for h, p, height, raw in blocks])
+    j = Journal(path)
+    assert j.pending_count() == 5000
+    j.record_result(blocks[0][0], "accepted", final=True)
+    syncs, writes = [], []
+    real_fsync, real_write = os.fsync, os.write
+    monkeypatch.setattr(journal_module.os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(journal_module.os, "write", lambda fd, b: (writes.append(len(b)), real_write(fd, b))[1])
+    written = j.record_results([(h, "stale") for h, *_ in blocks], final=True)
+    # The one that already had a final answer is left alone.
+    assert len(written) == 4999 and {e.final_result for e in written} == {"stale"}
+    assert len(syncs) == 1 and len(writes) == 1
+    assert j.pending_count() == 0 and j.get(blocks[0][0]).final_result == "accepted"
+    j.close()
+    with Journal(path) as again:
+        assert again.pending_count() == 0 and again.get(blocks[1][0]).results == ("stale",)
+
+
+def test_close_says_how_many_blocks_are_left_pending(tmp_path, caplog):
+    path = tmp_path / "blocks.jsonl"
+    j = Journal(path)
+    record(j, 0)
+    record(j, 1)
+    with caplog.at_level(logging.INFO, logger="miner.work.journal"):
+        j.close()
+        j.close()  # idempotent: said once
+    said = [r for r in caplog.records if "left pending" in r.getMessage()]
+    assert [r.getMessage() for r in said] == [
+        f"2 block(s) left pending in the journal {path}; they are resubmitted on the next start"]
+    assert said[0].levelno == logging.WARNING
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="miner.work.journal"), Journal(tmp_path / "empty.jsonl"):
+        pass
+    assert not [r for r in caplog.records if "left pending" in r.getMessage()]
+
+
+def test_journal_chain_id():
+    from miner.work.journal import journal_chain_id
+
+    block1 = "0f" * 32
+    assert journal_chain_id(block1) == "0f" * 8
+    assert journal_chain_id(block1.upper()) == "0f" * 8
+    assert journal_chain_id(None) == "genesis"
+    with pytest.raises(ValueError):
+        journal_chain_id("xyz")

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import kernels
-from miner.chain.address import script_to_address
+from miner.chain.address import address_to_script, script_to_address
 from miner.chain.block import Block
 from miner.chain.coinbase import find_witness_commitment, push_data
 from miner.chain.encoding import DecodeError, compact_size
@@ -328,28 +328,76 @@ def test_controller_accepts_an_op_true_signet():
     assert [p for m, p in node.calls if m == "getblocktemplate"] == [[{"rules": ["segwit", "signet"]}]]
 
 
-def test_solo_miner_mines_an_op_true_signet_block_end_to_end(tmp_path):
-    """`miner run` against the signet stand-in: chain check, signet-rule templates, the CPU
-    kernel, submitblock. The stand-in does not validate, so the block is checked here."""
-    from miner.config import MetricsConfig, MiningConfig, NodeConfig, StratumConfig
+# -- two real Bitcoin Core nodes on a private OP_TRUE signet ----------------------------------------
 
-    address = script_to_address(PAYOUT_SCRIPT, SIGNET)
-    with _fake_signet(OP_TRUE) as node:
-        config = Config(
-            node=NodeConfig(url=node.url, user=node.auth.user, password=node.auth.password,
-                            poll_interval=3600, template_refresh=3600, longpoll=False),
-            mining=MiningConfig(address=address, threads=1, blocks=1, journal=str(tmp_path / "found.jsonl")),
-            stratum=StratumConfig(listen="off"), metrics=MetricsConfig(listen="off"))
-        out = io.StringIO()
-        assert asyncio.run(asyncio.wait_for(SoloMiner(config, out=out).run(), 120)) == 0
-    submitted = [params[0] for method, params in node.calls if method == "submitblock"]
-    assert len(submitted) == 1, out.getvalue()
-    block = Block.from_bytes(bytes.fromhex(submitted[0]))
-    assert block.check(check_pow=True) == []
-    assert op_true_signet_problems(block) == []
-    assert signet_solution(block.transactions[0]) is None
-    assert block.header.bits == int(VECTOR["bits"], 16)
-    assert block.header.prev_hash_internal == REAL_BLOCK.header.prev_hash_internal
-    assert block.transactions[0].outputs[0].script_pubkey == PAYOUT_SCRIPT
-    assert block.transactions[1:] == REAL_BLOCK.transactions[1:]
-    assert [p for m, p in node.calls if m == "getblocktemplate"][0] == [{"rules": ["segwit", "signet"]}]
+# 101 signet blocks recorded from Core (see tests/data/README.md), every coinbase paying a
+# throwaway test key: block 1's coinbase is spendable on top of them, so a mempool
+# transaction costs no 100 blocks of signet proof of work (~4.8 million hashes each).
+FUNDING_CHAIN = load_json("signet_op_true_101.json")
+
+
+@pytest.fixture
+def funded_signet():
+    """Two connected SignetNodes with the recorded chain and a wallet that owns its coinbases."""
+    from miner.testing import SignetNode
+    from tests.conftest import require_peer
+
+    require_peer("bitcoind")
+    with SignetNode() as a, SignetNode() as b:
+        a.connect(b)
+        for raw in FUNDING_CHAIN["blocks"]:
+            assert a.call("submitblock", raw) is None
+        b.wait_for_tip(FUNDING_CHAIN["tip_hash"], timeout=120)
+        descriptor = FUNDING_CHAIN["descriptor"]
+        checksum = a.call("getdescriptorinfo", descriptor)["checksum"]
+        [imported] = a.wallet_call("importdescriptors", [{"desc": f"{descriptor}#{checksum}", "timestamp": 0}])
+        assert imported["success"], imported
+        yield a, b
+
+
+def test_core_signet_answers_templates_with_the_op_true_challenge(funded_signet):
+    a, b = funded_signet
+    template = a.call("getblocktemplate", {"rules": ["segwit", "signet"]})
+    assert template["signet_challenge"] == OP_TRUE and "!signet" in template["rules"]
+    assert template["height"] == FUNDING_CHAIN["height"] + 1 and template["bits"] == "1e0377ae"
+    assert template["previousblockhash"] == FUNDING_CHAIN["tip_hash"] == b.call("getbestblockhash")
+
+
+def test_miner_run_mines_signet_blocks_core_accepts_with_mempool_transactions(funded_signet, tmp_path):
+    """`miner run` against Core on an OP_TRUE signet: both nodes take its blocks, the first
+    carries the wallet's spend (a segwit one), every coinbase pays our address."""
+    import subprocess
+    import sys
+
+    a, b = funded_signet
+    payout = a.new_address("bech32")
+    txid = a.wallet_call("sendtoaddress", a.new_address("bech32"), 1.5)
+    a.wait_for_mempool(txid)
+    cmd = [sys.executable, "-m", "miner", "run", "--node", a.rpc_url, "--rpc-cookie", str(a.auth.path),
+           "--zmq", a.zmq_url, "--address", payout, "--journal", str(tmp_path / "found.jsonl"),
+           "--threads", "2", "--blocks", "2", "--stratum", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=600)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"miner run did not mine 2 signet blocks in 600 s:\n"
+                             f"{(e.stderr or b'').decode()[-3000:]}") from None
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+
+    height = FUNDING_CHAIN["height"]
+    assert a.call("getblockcount") >= height + 2
+    tip = a.call("getbestblockhash")
+    b.wait_for_tip(tip)  # relayed to the other node, which validated it on its own
+    ours = [a.call("getblock", a.call("getblockhash", h), 2) for h in (height + 1, height + 2)]
+    assert ours[0]["previousblockhash"] == FUNDING_CHAIN["tip_hash"]
+    assert txid in [tx["txid"] for tx in ours[0]["tx"]]
+    spend = next(tx for tx in ours[0]["tx"] if tx["txid"] == txid)
+    assert spend["hash"] != spend["txid"]  # a witness spend
+    payout_script = address_to_script(payout, SIGNET).hex()
+    for block in ours:
+        assert block["bits"] == "1e0377ae"
+        coinbase = block["tx"][0]
+        assert coinbase["vout"][0]["scriptPubKey"]["hex"] == payout_script
+        commitment = [o for o in coinbase["vout"] if o["scriptPubKey"]["hex"].startswith("6a24aa21a9ed")]
+        assert len(commitment) == 1  # BIP325: every signet block commits, with no solution for OP_TRUE
+        assert b.call("getblockheader", block["hash"])["confirmations"] >= 1
+    assert a.wallet_call("gettransaction", txid)["confirmations"] >= 1

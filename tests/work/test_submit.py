@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 
 from miner.metrics import Metrics
 from miner.work.journal import Journal
+
+from tests.waiting import wait_until
 
 from .support import FakeClock, FakeNode, bcoin_template, fake_hash, job_for, rpc, solve, template_on
 
@@ -128,29 +131,33 @@ def test_warming_up_codeless_errors_and_client_bugs_are_retried_too(tmp_path):
 
 
 ANSWERS = [
-    # (what the node does, journal result, accepted, reject label)
-    (None, "accepted", True, None),
-    ("duplicate", "duplicate", True, None),
-    ("high-hash", "high-hash", False, "high-hash"),
-    ("bad-txnmrklroot", "bad-txnmrklroot", False, "bad-txnmrklroot"),
-    ("inconclusive", "inconclusive", False, "inconclusive"),
-    ("duplicate-invalid", "duplicate-invalid", False, "duplicate-invalid"),
-    ("bad-blk-sigops, out-of-bounds SigOpCount", "bad-blk-sigops, out-of-bounds SigOpCount", False,
+    # (what the node does, journal result, stage counted, reject label or None)
+    (None, "accepted", "accepted", None),
+    ("duplicate", "duplicate", "accepted", None),
+    ("high-hash", "high-hash", "rejected", "high-hash"),
+    ("bad-txnmrklroot", "bad-txnmrklroot", "rejected", "bad-txnmrklroot"),
+    # BIP22: valid, but not on the node's best chain: its own result, never a rejection.
+    ("inconclusive", "inconclusive", "inconclusive", None),
+    ("duplicate-inconclusive", "duplicate-inconclusive", "inconclusive", None),
+    ("rejected: inconclusive", "inconclusive", "inconclusive", None),
+    ("duplicate-invalid", "duplicate-invalid", "rejected", "duplicate-invalid"),
+    ("bad-blk-sigops, out-of-bounds SigOpCount", "bad-blk-sigops, out-of-bounds SigOpCount", "rejected",
      "bad-blk-sigops"),
-    ("", "rejected", False, "rejected"),
-    (5, "unexpected-answer 5", False, "unexpected-answer"),
-    (rpc.RPCVerifyRejected(-26, "bad-cb-height", "submitblock"), "bad-cb-height", False, "bad-cb-height"),
-    (rpc.RPCVerifyError(-25, "bad-prevblk", "submitblock"), "bad-prevblk", False, "bad-prevblk"),
-    (rpc.RPCVerifyError(-25, "", "submitblock"), "verify-error", False, "verify-error"),
-    (rpc.RPCVerifyAlreadyInChain(-27, "block already in chain", "submitblock"), "duplicate", True, None),
-    (rpc.RPCError(-22, "Block decode failed", "submitblock"), "rpc-error -22: Block decode failed", False,
+    ("", "rejected", "rejected", "rejected"),
+    (5, "unexpected-answer 5", "rejected", "unexpected-answer"),
+    (rpc.RPCVerifyRejected(-26, "bad-cb-height", "submitblock"), "bad-cb-height", "rejected", "bad-cb-height"),
+    (rpc.RPCVerifyError(-25, "bad-prevblk", "submitblock"), "bad-prevblk", "rejected", "bad-prevblk"),
+    (rpc.RPCVerifyError(-25, "", "submitblock"), "verify-error", "rejected", "verify-error"),
+    (rpc.RPCVerifyAlreadyInChain(-27, "block already in chain", "submitblock"), "duplicate", "accepted", None),
+    (rpc.RPCError(-22, "Block decode failed", "submitblock"), "rpc-error -22: Block decode failed", "rejected",
      "rpc-error"),
 ]
 
 
-@pytest.mark.parametrize(("answer", "result", "accepted", "label"), ANSWERS,
-                         ids=[str(a[1])[:30] for a in ANSWERS])
-def test_answer_mapping(tmp_path, answer, result, accepted, label):
+@pytest.mark.parametrize(("answer", "result", "stage", "label"), ANSWERS,
+                         ids=[str(a[0])[:30] for a in ANSWERS])
+def test_answer_mapping(tmp_path, caplog, answer, result, stage, label):
+    caplog.set_level(logging.INFO, logger="miner.work.submit")
     job, solution, block = solved()
 
     async def main():
@@ -158,13 +165,24 @@ def test_answer_mapping(tmp_path, answer, result, accepted, label):
         return journal, metrics, await submitter.submit(job, solution)
 
     journal, metrics, outcome = asyncio.run(main())
-    assert (outcome.result, outcome.accepted, outcome.attempts) == (result, accepted, 1)
+    assert (outcome.result, outcome.attempts) == (result, 1)
+    assert (outcome.accepted, outcome.inconclusive, outcome.rejected) == \
+        (stage == "accepted", stage == "inconclusive", stage == "rejected")
     entry = journal.get(block.hash_hex_display())
     assert entry.final_result == result and not journal.pending()
-    assert blocks_total(metrics, "accepted") == (1 if accepted else 0)
-    assert blocks_total(metrics, "rejected") == (0 if accepted else 1)
+    for counted in ("accepted", "inconclusive", "rejected"):
+        assert blocks_total(metrics, counted) == (1 if counted == stage else 0), counted
+    total_rejects = sum(s.value for m in metrics.registry.collect() if m.name == "gridminer_block_rejects"
+                        for s in m.samples if s.name.endswith("_total"))
+    assert total_rejects == (1 if label is not None else 0)
     if label is not None:
         assert rejects(metrics, label) == 1
+    answer_lines = [r for r in caplog.records if block.hash_hex_display() in r.getMessage()
+                    and r.name == "miner.work.submit" and "found block" not in r.getMessage()]
+    levels = {"accepted": logging.INFO, "inconclusive": logging.WARNING, "rejected": logging.ERROR}
+    assert [r.levelno for r in answer_lines] == [levels[stage]]
+    if stage == "inconclusive":
+        assert "not on the node's best chain" in answer_lines[0].getMessage()
 
 
 def test_pure_mappings():
@@ -267,19 +285,19 @@ def test_resubmit_pending_extends_tip_vs_stale(tmp_path):
     assert blocks_total(metrics, "stale") == 2 and blocks_total(metrics, "accepted") == 1
 
 
-def test_resubmit_pending_resubmits_a_block_that_is_the_tip(tmp_path):
+def test_resubmit_pending_recognises_a_block_that_is_the_tip_without_sending_it(tmp_path):
     job, _, block = solved(3, fake_hash("parent"))
 
     async def main():
         journal = Journal(tmp_path / "blocks.jsonl")
         journal.record_found(block.serialize(), block_hash_hex_display=block.hash_hex_display(),
                              prev_hash_hex_display=job.prev_hash_hex_display, height=1, job_id=job.job_id)
-        node = FakeNode(["duplicate"])
-        submitter = BlockSubmitter(node, journal, clock=FakeClock())
-        return await submitter.resubmit_pending(block.hash_hex_display())
+        node = FakeNode([1, block.hash_hex_display()])  # getblockcount, getblockhash 1
+        return node, await BlockSubmitter(node, journal, clock=FakeClock()).resubmit_pending(block.hash_hex_display())
 
-    (outcome,) = asyncio.run(main())
-    assert outcome.result == "duplicate" and outcome.accepted
+    node, (outcome,) = asyncio.run(main())
+    assert outcome.result == "accepted" and outcome.accepted and outcome.attempts == 0
+    assert node.calls == [("getblockcount", ()), ("getblockhash", (1,))]
 
 
 def test_same_block_submitted_concurrently_goes_to_the_node_once(tmp_path):
@@ -366,17 +384,18 @@ def test_bad_retry_settings():
         BlockSubmitter(FakeNode(), None, retry_initial_delay=2.0, retry_max_delay=1.0)
 
 
-@pytest.mark.parametrize("confirmations,result", [(3, "accepted"), (-1, "stale")])
-def test_resubmit_pending_recognises_a_block_already_buried_in_the_chain(tmp_path, confirmations, result):
+@pytest.mark.parametrize("hash_at_height,result", [("ours", "accepted"), ("other", "stale")])
+def test_resubmit_pending_recognises_a_block_already_buried_in_the_chain(tmp_path, hash_at_height, result):
     # Accepted before a crash, then built upon: it does not extend the tip any more, but it
-    # is ours and in the chain (confirmations >= 1), not stale. A side-chain block (-1) is.
+    # is ours and in the chain (the node's block at its height), not stale. Anything else is.
     job, _, block = solved(5, fake_hash("an ancestor"))
+    at_height = block.hash_hex_display() if hash_at_height == "ours" else fake_hash("theirs")
 
     async def main():
         journal = Journal(tmp_path / "blocks.jsonl")
         journal.record_found(block.serialize(), block_hash_hex_display=block.hash_hex_display(),
                              prev_hash_hex_display=job.prev_hash_hex_display, height=7, job_id=job.job_id)
-        node = FakeNode([{"hash": block.hash_hex_display(), "confirmations": confirmations}])
+        node = FakeNode([9, at_height])  # getblockcount, getblockhash 7
         outcomes = await BlockSubmitter(node, journal, clock=FakeClock()).resubmit_pending(fake_hash("tip"))
         return node, outcomes, journal.get(block.hash_hex_display())
 
@@ -384,3 +403,164 @@ def test_resubmit_pending_recognises_a_block_already_buried_in_the_chain(tmp_pat
     assert (outcome.result, outcome.attempts) == (result, 0)
     assert entry.final and entry.final_result == result
     assert node.submitted_hex() == [], "a buried or stale block is never sent again"
+    assert node.calls == [("getblockcount", ()), ("getblockhash", (7,))]
+
+
+@pytest.mark.parametrize("confirmations,result", [(3, "accepted"), (-1, "stale")])
+def test_an_entry_without_a_height_is_judged_by_its_header(tmp_path, confirmations, result):
+    job, _, block = solved(5, fake_hash("an ancestor"))
+
+    async def main():
+        journal = Journal(tmp_path / "blocks.jsonl")
+        journal.record_found(block.serialize(), block_hash_hex_display=block.hash_hex_display(),
+                             prev_hash_hex_display=job.prev_hash_hex_display, height=None, job_id=job.job_id)
+        node = FakeNode([9, {"hash": block.hash_hex_display(), "confirmations": confirmations}])
+        return await BlockSubmitter(node, journal, clock=FakeClock()).resubmit_pending(fake_hash("tip"))
+
+    (outcome,) = asyncio.run(main())
+    assert (outcome.result, outcome.attempts) == (result, 0)
+
+
+# --- the raw block is journaled before the checks run --------------------------------------
+
+
+def test_the_block_is_journaled_before_it_is_checked(tmp_path, monkeypatch):
+    # The checks hash every transaction (0.14 s for a 1 MB block): a crash or a stop in
+    # that time must not lose the block.
+    from miner.chain.block import Block
+
+    job, solution, block = solved()
+    path = tmp_path / "blocks.jsonl"
+    seen = []
+    real_check = Block.check
+
+    def check_looking_at_the_journal(self, *args, **kwargs):
+        text = path.read_text() if path.exists() else ""
+        seen.append(any(json.loads(line)["type"] == "found" for line in text.splitlines()))
+        return real_check(self, *args, **kwargs)
+
+    monkeypatch.setattr(Block, "check", check_looking_at_the_journal)
+
+    async def main():
+        return await BlockSubmitter(FakeNode(), Journal(path), clock=FakeClock()).submit(job, solution)
+
+    assert asyncio.run(main()).accepted
+    assert seen == [True]
+
+
+# --- the node is down: one retry loop for every waiting block ------------------------------
+
+
+def test_while_the_node_is_down_one_loop_retries_for_every_waiting_block(tmp_path):
+    blocks = [solved(i) for i in range(40)]
+    down = rpc.NodeUnavailable(None, "connection refused", "submitblock")
+
+    async def main():
+        node = FakeNode(default=down)
+        journal, metrics = Journal(tmp_path / "blocks.jsonl"), Metrics()
+        # The real clock, with tiny delays.
+        submitter = BlockSubmitter(node, journal, metrics, retry_initial_delay=0.005, retry_max_delay=0.01)
+        tasks = [asyncio.create_task(submitter.submit(job, sol)) for job, sol, _ in blocks]
+        await wait_until(lambda: submitter.waiting_for_node == len(blocks), 30, "every block queued")
+        calls_at_queue = len(node.calls)
+        await wait_until(lambda: len(node.calls) >= calls_at_queue + 30, 30, "30 retries")
+        assert all(item.raw is None for item in submitter._queue.values()), "bytes stay in the journal only"
+        node.default = None  # the node is back
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        return node, journal, metrics, submitter, outcomes
+
+    node, journal, metrics, submitter, outcomes = asyncio.run(main())
+    assert [o.result for o in outcomes] == ["accepted"] * len(blocks)
+    sent = [params[0] for method, params in node.calls if method == "submitblock"]
+    per_block = sorted(sent.count(b.serialize().hex()) for _, _, b in blocks)
+    # One block carries the retries; every other one is sent at most twice (its own first
+    # try before the queue formed, and once when the node is back): not one loop per block.
+    assert per_block[-1] >= 30 and max(per_block[:-1]) <= 2
+    assert {journal.get(b.hash_hex_display()).results for _, _, b in blocks} == {("unavailable", "accepted")}
+    assert pending_gauge(metrics) == 0 and blocks_total(metrics, "accepted") == len(blocks)
+    assert submitter.waiting_for_node == 0 and submitter._retry_task.done()
+
+
+def test_cancelled_submissions_leave_the_queue_and_stop_the_retry_loop(tmp_path):
+    blocks = [solved(i) for i in range(3)]
+
+    async def main():
+        node = FakeNode(default=rpc.NodeUnavailable(None, "connection refused", "submitblock"))
+        journal = Journal(tmp_path / "blocks.jsonl")
+        submitter = BlockSubmitter(node, journal, retry_initial_delay=60.0, retry_max_delay=60.0)
+        tasks = [asyncio.create_task(submitter.submit(job, sol)) for job, sol, _ in blocks]
+        await wait_until(lambda: submitter.waiting_for_node == 3, 30, "every block queued")
+        loop_task = submitter._retry_task
+        started = asyncio.get_running_loop().time()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, loop_task, return_exceptions=True)
+        took = asyncio.get_running_loop().time() - started
+        return journal, submitter, loop_task, took
+
+    journal, submitter, loop_task, took = asyncio.run(main())
+    assert took < 1.0 and loop_task.cancelled()
+    assert submitter.waiting_for_node == 0 and submitter._locks == {}
+    assert journal.pending_count() == 3
+
+
+# --- the next start: blocks on the tip first, every other earlier entry judged in bulk -----
+
+
+def test_only_one_of_many_siblings_on_the_tip_is_resubmitted(tmp_path):
+    tip = fake_hash("tip")
+    siblings = [solved(i, tip) for i in range(30)]
+
+    async def main():
+        journal = Journal(tmp_path / "blocks.jsonl")
+        for job, _, block in siblings:
+            journal.record_found(block.serialize(), block_hash_hex_display=block.hash_hex_display(),
+                                 prev_hash_hex_display=tip, height=1, job_id=job.job_id)
+        first = siblings[0][2].hash_hex_display()
+        # submitblock accepted; then getblockcount, getblockhash 1 (the first sibling won)
+        node = FakeNode(["high-hash", None, 1, first])
+        metrics = Metrics()
+        submitter = BlockSubmitter(node, journal, metrics, clock=FakeClock())
+        on_tip = await submitter.resubmit_on_tip(tip)
+        judged = await submitter.judge_earlier_entries()
+        return node, journal, metrics, on_tip, judged
+
+    node, journal, metrics, on_tip, judged = asyncio.run(main())
+    # The first was refused (a bad block), the second accepted: that moved the tip, so the
+    # other 28 build on a tip the chain has left.
+    assert [o.result for o in on_tip] == ["high-hash", "accepted"]
+    assert len(node.submitted_hex()) == 2
+    assert [o.result for o in judged] == ["stale"] * 28
+    assert journal.pending_count() == 0
+    assert blocks_total(metrics, "stale") == 28 and blocks_total(metrics, "accepted") == 1
+
+
+def test_earlier_entries_are_judged_in_bulk(tmp_path):
+    from .journal_gen import found_record, stale_entries, write_journal
+
+    path = tmp_path / "blocks.jsonl"
+    old = stale_entries(20_000, [5, 6, 7, 8, 50])  # 50: above the node's tip
+    in_chain_hash = old[2][0]  # height 7
+    write_journal(path, [found_record(h, p, height, raw) for h, p, height, raw in old])
+
+    async def main():
+        journal = Journal(path)
+        answers = {5: fake_hash("5"), 6: fake_hash("6"), 7: in_chain_hash, 8: fake_hash("8")}
+
+        class ChainNode(FakeNode):
+            async def call(self, method, *params, timeout=None):
+                self.calls.append((method, params))
+                await asyncio.sleep(0)
+                return 9 if method == "getblockcount" else answers[params[0]]
+
+        node = ChainNode()
+        metrics = Metrics()
+        submitter = BlockSubmitter(node, journal, metrics, clock=FakeClock())
+        assert await submitter.resubmit_on_tip(fake_hash("the tip")) == []
+        return node, journal, metrics, await submitter.judge_earlier_entries()
+
+    node, journal, metrics, judged = asyncio.run(main())
+    assert node.calls == [("getblockcount", ()), *[("getblockhash", (h,)) for h in (5, 6, 7, 8)]]
+    assert len(judged) == 20_000 and journal.pending_count() == 0
+    assert [o.block_hash_hex_display for o in judged if o.accepted] == [in_chain_hash]
+    assert blocks_total(metrics, "stale") == 19_999 and pending_gauge(metrics) == 0
