@@ -40,7 +40,7 @@ import numpy as np
 
 from miner.sched.economics import HashpriceError, breakeven_usd_per_mwh
 from miner.sched.model import UTC, PriceInterval, SiteSpec
-from miner.sched.price_files import utc_datetime
+from miner.sched.price_files import source_of_file, utc_datetime
 from miner.sched.optimize import (Problem, Unit, UnitState, VIOLATION_KINDS, fleet_slack, site_violations,
                                   solve, solve_milp)
 from miner.sched.policy import (HOUR_S, LOOKBACK_H, MAX_HORIZON_H, POLICY_NAMES, PriceBook, current_price,
@@ -57,13 +57,27 @@ HINDSIGHT_WINDOW_H = 48
 HINDSIGHT_OVERLAP_H = 24
 
 
-# Said when a price file is missing: where real price files come from.
-PRICE_DATA_HELP = (
-    "The example's 2023-2024 hourly prices ship with gridminer in deploy/examples/prices/ "
-    "(see its README.md); more markets and years: the \"processed\" files of "
-    "github.com/HewlettPackard/green-dcc (data/electricity_prices/processed/<REGION>/<YEAR>/) "
-    "and ENTSO-E Transparency Platform day-ahead price exports. Paths in a sites file are "
-    "relative to the sites file; .csv.gz files are read as they are.")
+# Said when price files are missing: which ship, and where the others come from.
+PRICE_DATA_SHIPPED = (
+    "Only ERCOT, CAISO and NYISO prices (2023-2024) ship with gridminer, in "
+    "deploy/examples/prices/ (its README.md says why the others do not). Paths in a sites "
+    "file are relative to the sites file; .csv.gz files are read as they are.")
+PRICE_DATA_SOURCES = (
+    "Real price files: the \"processed\" files of github.com/HewlettPackard/green-dcc "
+    "(data/electricity_prices/processed/<REGION>/<YEAR>/) or ENTSO-E Transparency Platform "
+    "day-ahead price exports.")
+
+
+def missing_price_files_error(missing: Sequence[tuple[str, Path]]) -> str:
+    """One error for every site whose price file is missing: each file, where to get it."""
+    lines = [f"site {name!r}: no price file {path}" + (f"; get it from {source}"
+                                                       if (source := source_of_file(path)) else "")
+             for name, path in missing]
+    if len(missing) > 1:
+        lines = [f"{len(missing)} sites have no price file:"] + [f"  {line}" for line in lines]
+    if not all(source_of_file(path) for _, path in missing):
+        lines.append(PRICE_DATA_SOURCES)
+    return "\n".join(lines + [PRICE_DATA_SHIPPED])
 
 
 class BacktestError(ValueError):
@@ -74,6 +88,17 @@ class BacktestError(ValueError):
 # Prices
 
 
+def replay_feed(fleet: FleetSpec, site: SiteSpec) -> dict | None:
+    """The site's price file table: its `prices =` file, else a csv [site.feed]."""
+    feed = fleet.replay.get(site.name)
+    return site.feed if feed is None and site.feed.get("kind") == "csv" else feed
+
+
+def replay_path(fleet: FleetSpec, feed: Mapping) -> Path:
+    path = Path(feed["path"])
+    return path if path.is_absolute() else fleet.base_dir / path
+
+
 def load_replay_prices(fleet: FleetSpec, site: SiteSpec) -> list[PriceInterval]:
     """The site's price file as intervals, publication times made honest for a back-test.
 
@@ -82,17 +107,13 @@ def load_replay_prices(fleet: FleetSpec, site: SiteSpec) -> list[PriceInterval]:
     feed does: a file written in naive UTC (CAISO, NYISO) is not stamped by the UTC day."""
     from miner.sched.feeds import csv_market_timezone, load_price_csv
 
-    feed = fleet.replay.get(site.name)
-    if feed is None and site.feed.get("kind") == "csv":
-        feed = site.feed
+    feed = replay_feed(fleet, site)
     if feed is None:
         raise BacktestError(f"site {site.name!r}: no price file to replay (give prices = \"FILE.csv\")")
-    path = Path(feed["path"])
-    if not path.is_absolute():
-        path = fleet.base_dir / path
+    path = replay_path(fleet, feed)
     publication = feed.get("publication") or "day_ahead"
     if not path.is_file():
-        raise BacktestError(f"site {site.name!r}: no price file {path}. {PRICE_DATA_HELP}")
+        raise BacktestError(missing_price_files_error([(site.name, path)]))
     # Keys named as a sites file names them (a [site.feed] table has its own names).
     keys = ({"clock_key": "price_timezone", "zone_key": "timezone"} if site.name in fleet.replay
             else {})
@@ -202,6 +223,10 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
         raise BacktestError(f"unknown policy {unknown[0]!r}; choose from {', '.join(ALL_POLICIES)}")
     sites = fleet.sites
     if prices is None:
+        missing = [(s.name, path) for s in sites if (feed := replay_feed(fleet, s)) is not None
+                   and not (path := replay_path(fleet, feed)).is_file()]
+        if missing:
+            raise BacktestError(missing_price_files_error(missing))
         prices = {s.name: load_replay_prices(fleet, s) for s in sites}
     first, last = coverage({s.name: prices.get(s.name, ()) for s in sites})
     start_dt = utc_datetime(start) if start is not None else first

@@ -95,6 +95,26 @@ def market_of_file(name: str | Path) -> MarketFile | None:
     return MarketFile(stem.split("_")[0].upper(), *known)
 
 
+# Where a file named for its market can be fetched (the example's sources; only ERCOT,
+# CAISO and NYISO ship with gridminer, the others' terms restrict redistribution).
+GREEN_DCC_REPO = "github.com/HewlettPackard/green-dcc"
+GREEN_DCC_PATH = "data/electricity_prices/processed/{market}/{year}/{market}_electricity_prices_{year}.csv"
+
+
+def source_of_file(name: str | Path) -> str | None:
+    """Where to fetch the price file a name names ("DE-LU_2023.csv" -> the green-dcc file
+    it is a renamed copy of), or None for a name gridminer does not know."""
+    market = market_of_file(name)
+    if market is None:
+        return None
+    year = next((part[:4] for part in Path(name).name.split("_")[1:] if part[:4].isdigit()), "<YEAR>")
+    if market.market.startswith("SE"):
+        return (f"the ENTSO-E Transparency Platform's CSV export of Day-ahead Prices, "
+                f"BZN|{market.market}, {year} (transparency.entsoe.eu), renamed {Path(name).name}")
+    return (f"{GREEN_DCC_REPO}, {GREEN_DCC_PATH.format(market=market.market, year=year)} "
+            f"(a \"processed\" file, not \"standardized\"), renamed {Path(name).name}")
+
+
 def open_price_text(path: Path):
     """A price file opened as text; a .gz file is decompressed on the fly."""
     if path.suffix.lower() == ".gz":

@@ -1,11 +1,15 @@
-"""The price data shipped for the example back-test: the example runs from any copy of
-the repository, the issue's minimal sites file (no time-zone keys) runs on it, .gz files
-read like the plain ones, and a missing file or an unknown naive file says what to do."""
+"""The price data shipped for the example back-test: only the three markets whose data
+may be republished, the example runs from any copy of the repository, the issue's
+minimal sites file (no time-zone keys) runs on it, .gz files read like the plain ones,
+and a missing file or an unknown naive file says what to do. The ten-site fleet needs
+files gridminer does not ship: its test runs when GRIDMINER_PRICE_DATA names a folder
+holding them (green-dcc/<REGION>_<YEAR>.csv, entsoe-sweden/SE4_<YEAR>_entsoe.csv)."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,25 +26,41 @@ EXAMPLES = REPO / "deploy" / "examples"
 SHIPPED = EXAMPLES / "prices"
 TEST_PRICES = REPO / "tests" / "data" / "prices"
 
-# The ten files of deploy/examples/sites-backtest.toml (2023) and their currencies.
-TEN = [("green-dcc/US-TEX-ERCO", "USD"), ("green-dcc/US-CAL-CISO", "USD"), ("green-dcc/US-MIDA-PJM", "USD"),
-       ("green-dcc/US-NY-NYIS", "USD"), ("green-dcc/DE-LU", "EUR"), ("green-dcc/FR", "EUR"),
-       ("green-dcc/NL", "EUR"), ("green-dcc/ES", "EUR"), ("green-dcc/BE", "EUR"),
-       ("entsoe-sweden/SE4", "EUR")]
+# The markets shipped for deploy/examples/sites-backtest.toml, in its order, and their
+# currencies. Nothing else may ship: the other markets' terms restrict redistribution.
+SHIPPED_MARKETS = [("green-dcc/US-TEX-ERCO", "USD"), ("green-dcc/US-CAL-CISO", "USD"),
+                   ("green-dcc/US-NY-NYIS", "USD")]
+# The seven markets of sites-backtest-10.toml that the operator fetches.
+NOT_SHIPPED = ["US-MIDA-PJM", "DE-LU", "FR", "NL", "ES", "BE", "SE4"]
 
 
 def shipped(stem: str, year: int) -> Path:
-    suffix = "_entsoe.csv.gz" if "entsoe" in stem else ".csv.gz"
-    return SHIPPED / f"{stem}_{year}{suffix}"
+    return SHIPPED / f"{stem}_{year}.csv.gz"
 
 
-def test_every_file_of_the_example_ships_for_2023_and_2024_and_is_small():
-    files = [shipped(stem, y) for stem, _ in TEN for y in (2023, 2024)]
-    assert all(f.is_file() for f in files), [f.name for f in files if not f.is_file()]
-    assert sum(f.stat().st_size for f in files) < 1_100_000
+def shipped_files() -> set[Path]:
+    """The files git tracks under deploy/examples/prices (an operator's fetched files next
+    to them are ignored); every file there outside a git checkout."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z", "--", str(SHIPPED)], cwd=REPO, capture_output=True,
+                                timeout=60)
+    except OSError:
+        listed = None
+    if listed is None or listed.returncode != 0:
+        return {f for f in SHIPPED.rglob("*") if f.is_file()}
+    return {REPO / name for name in listed.stdout.decode().split("\0") if name}
+
+
+def test_only_the_three_republishable_markets_ship_for_2023_and_2024_and_are_small():
+    files = {shipped(stem, y) for stem, _ in SHIPPED_MARKETS for y in (2023, 2024)}
+    present = {f for f in shipped_files() if f.name not in ("README.md", ".gitignore")}
+    assert present == files, sorted(f.name for f in present ^ files)
+    assert sum(f.stat().st_size for f in files) < 350_000
     readme = (SHIPPED / "README.md").read_text()
-    for source in ("HewlettPackard/green-dcc", "punnoose-1620/machine-learning-project", "MIT", "ENTSO-E"):
-        assert source in readme
+    for text in ("HewlettPackard/green-dcc", "MIT", "ERCOT", "CAISO", "NYISO", "sites-backtest-10.toml"):
+        assert text in readme
+    ignored = (SHIPPED / ".gitignore").read_text()
+    assert all(market in ignored for market in NOT_SHIPPED[:-1]) and "entsoe-sweden/" in ignored
 
 
 def test_gzip_file_reads_like_the_plain_file(tmp_path):
@@ -89,11 +109,11 @@ min_power_fraction = 0.5
 """
 
 
-def minimal_sites(tmp_path: Path, fleet: str = "[fleet]\npower_budget_mw = 60.0\n") -> Path:
+def minimal_sites(tmp_path: Path, fleet: str = "[fleet]\npower_budget_mw = 18.0\n") -> Path:
     """The sites file of the scheduler issue (no timezone, price_timezone or publication
-    keys) over the ten shipped 2023 files."""
+    keys) over the three shipped 2023 files."""
     text = "[economics]\nhashprice_usd_per_th_day = 0.08\npool_fee = 0.02\n" + fleet
-    for stem, currency in TEN:
+    for stem, currency in SHIPPED_MARKETS:
         text += MINIMAL_SITE.format(name=stem.split("/")[1].lower(), path=shipped(stem, 2023).as_posix(),
                                     currency=currency, eur="usd_per_unit = 1.08\n" if currency == "EUR" else "")
     path = tmp_path / "sites.toml"
@@ -104,6 +124,7 @@ def minimal_sites(tmp_path: Path, fleet: str = "[fleet]\npower_budget_mw = 60.0\
 def test_minimal_sites_file_loads_the_same_prices_as_the_example_with_its_keys(tmp_path):
     minimal = load_sites(minimal_sites(tmp_path))
     example = load_sites(EXAMPLES / "sites-backtest.toml")
+    assert len(minimal.sites) == len(example.sites) == 3
     for a, b in zip(minimal.sites, example.sites):
         assert load_replay_prices(minimal, a) == load_replay_prices(example, b), a.name
 
@@ -111,7 +132,7 @@ def test_minimal_sites_file_loads_the_same_prices_as_the_example_with_its_keys(t
 def test_minimal_sites_file_runs_on_the_shipped_data(tmp_path):
     r = run_backtest(load_sites(minimal_sites(tmp_path)), "2023-07-01", "2023-07-04",
                      policies=("always_on", "gridminer", "hindsight"), workers=1)
-    assert r.price_usd.shape == (10, 72)
+    assert r.price_usd.shape == (3, 72)
     assert all(p.fleet["violations"] == 0 for p in r.policies.values())
     assert r.policies["hindsight"].fleet["profit_usd"] >= r.policies["always_on"].fleet["profit_usd"]
 
@@ -129,7 +150,7 @@ def test_example_backtest_json_from_a_copy_of_the_examples(tmp_path):
                           text=True, timeout=60)
     assert tool.returncode == 0, tool.stderr
     doc = json.loads(backtest.stdout)
-    assert doc["hours"] == 48 and len(doc["policies"]["gridminer"]["sites"]) == 10
+    assert doc["hours"] == 48 and len(doc["policies"]["gridminer"]["sites"]) == 3
     assert "capture ratio" in backtest.stderr and "fleet" in backtest.stderr
 
 
@@ -140,8 +161,70 @@ def test_missing_price_file_says_where_the_data_comes_from(tmp_path):
     with pytest.raises(BacktestError) as err:
         run_backtest(load_sites(tmp_path / "s.toml"))
     text = str(err.value)
-    assert "no price file" in text and str(tmp_path / "US-TEX-ERCO_2023.csv") in text
+    assert f"site 'x': no price file {tmp_path / 'US-TEX-ERCO_2023.csv'}; get it from " in text
+    assert "green-dcc, data/electricity_prices/processed/US-TEX-ERCO/2023/US-TEX-ERCO_electricity_prices_2023.csv" in text
+    assert "deploy/examples/prices" in text
+    # a file of a market gridminer does not know: the sources in general
+    text = (tmp_path / "s.toml").read_text().replace("US-TEX-ERCO_2023.csv", "mine.csv")
+    (tmp_path / "s.toml").write_text(text)
+    with pytest.raises(BacktestError) as err:
+        run_backtest(load_sites(tmp_path / "s.toml"))
+    text = str(err.value)
+    assert f"site 'x': no price file {tmp_path / 'mine.csv'}\n" in text
     assert "deploy/examples/prices" in text and "green-dcc" in text and "ENTSO-E" in text
+
+
+def test_ten_site_example_without_the_fetched_files_names_each_file_and_its_source(tmp_path):
+    """A fresh clone: the seven markets gridminer does not ship are missing, and the
+    error says which file and exactly where it comes from."""
+    copy = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, copy)
+    fleet = load_sites(copy / "sites-backtest-10.toml")
+    assert [s.name for s in fleet.sites][:4] == ["texas", "california", "virginia", "new-york"]
+    for site in fleet.sites:
+        market = Path(fleet.replay[site.name]["path"]).name.split("_")[0]
+        if market not in NOT_SHIPPED:
+            assert load_replay_prices(fleet, site)
+            continue
+        with pytest.raises(BacktestError) as err:
+            load_replay_prices(fleet, site)
+        text = str(err.value)
+        assert f"site {site.name!r}: no price file {copy / 'prices'}" in text
+        if market == "SE4":
+            assert "ENTSO-E Transparency Platform's CSV export of Day-ahead Prices, BZN|SE4, 2023" in text
+        else:
+            assert f"green-dcc, data/electricity_prices/processed/{market}/2023/{market}_electricity_prices_2023.csv" in text
+    with pytest.raises(BacktestError) as err:
+        run_backtest(fleet)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{len(NOT_SHIPPED)} sites have no price file:"
+    assert sum("no price file" in line and "get it from" in line for line in lines) == len(NOT_SHIPPED)
+
+
+PRICE_DATA = os.environ.get("GRIDMINER_PRICE_DATA")
+
+
+@pytest.mark.skipif(not PRICE_DATA, reason="set GRIDMINER_PRICE_DATA to a folder holding the fetched "
+                                           "green-dcc/<REGION>_2023.csv and entsoe-sweden/SE4_2023_entsoe.csv "
+                                           "files (see deploy/examples/sites-backtest-10.toml)")
+def test_ten_site_example_runs_on_the_fetched_files(tmp_path):
+    copy = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, copy)
+    fleet = load_sites(copy / "sites-backtest-10.toml")
+    for feed in fleet.replay.values():
+        path = Path(feed["path"])
+        if not path.is_file():
+            fetched = Path(PRICE_DATA) / path.relative_to(copy / "prices")
+            if not fetched.is_file():
+                pytest.skip(f"GRIDMINER_PRICE_DATA lacks {fetched.relative_to(PRICE_DATA)}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.symlink_to(fetched)
+    assert fleet.replay["virginia"]["publication"] == "realtime"
+    r = run_backtest(fleet, "2023-07-01", "2023-07-04", policies=("always_on", "gridminer", "hindsight"),
+                     workers=1)
+    assert r.price_usd.shape == (10, 72)
+    assert all(p.fleet["violations"] == 0 for p in r.policies.values())
+    assert r.policies["hindsight"].fleet["profit_usd"] >= r.policies["gridminer"].fleet["profit_usd"]
 
 
 def test_unknown_naive_file_asks_for_the_sites_file_keys(tmp_path):
