@@ -24,6 +24,7 @@ from typing import TextIO
 
 from miner.chain.address import AddressError, address_to_script
 from miner.chain.networks import Network, get_network
+from miner.chain.target import target_to_difficulty
 from prometheus_client import start_http_server
 
 from miner.config import Config, ConfigError, parse_listen
@@ -182,7 +183,7 @@ class _Run:
         sc = self.config.sched
         if sc.sites is None:
             return
-        from miner.sched.scheduler import local_site_of
+        from miner.sched.scheduler import fleet_setting_problems, local_site_of
         from miner.sched.sites import SitesError, load_sites
 
         try:
@@ -190,6 +191,11 @@ class _Run:
             self.local_site = local_site_of(self.fleet, sc.local_site)
         except (SitesError, ValueError) as e:
             raise ConfigError(f"sched.sites: {e}") from None
+        # Every feed and device setting and environment variable, all at once, before a node starts
+        problems = fleet_setting_problems(self.fleet, local_site=self.local_site)
+        if problems:
+            raise ConfigError(f"sched.sites {sc.sites}: {len(problems)} setting(s) missing or wrong; nothing "
+                              "was started:\n  - " + "\n  - ".join(problems))
 
     def _prepare_scheduler(self, *, rpc=None, coinbase_sats=None) -> None:
         """Build the scheduler (with [sched] sites) once the local pool exists, before anything
@@ -373,6 +379,7 @@ class SoloMiner(_Run):
             network = get_network(chain)  # Core's chain names ("main", "test") are aliases there
         except ValueError:
             raise ConfigError(f"node reports chain {chain!r}, which gridminer does not know") from None
+        self.metrics.set_run_info(chain=network.name, mode=self.config.mining.mode)
         if network.signet_blocks:
             await self._check_signet_challenge(rpc, info, network)
         self.network = network
@@ -515,6 +522,7 @@ class SoloMiner(_Run):
     async def _feed(self, source: GBTWorkSource, pool, server: StratumServer | None) -> None:
         tip: bytes | None = None
         async for job in source.jobs():
+            self.metrics.set_network_difficulty(target_to_difficulty(job.target))
             if job.prev_hash_internal != tip:
                 if tip is not None:
                     self.race.finish(tip)  # the node moved off it: a block on it would only compete

@@ -1,7 +1,8 @@
 """Every Prometheus metric gridminer exports, in one place.
 
 Components take a `Metrics` (default: one with a private registry, so tests and
-libraries never collide on the global one). Labels are bounded sets: a site, a worker
+libraries never collide on the global one). The registry also carries the standard
+`process_*` (start time, CPU, memory, open fds) and `python_info` series. Labels are bounded sets: a site, a worker
 group, a reason or a method name; never a client address or a job id.
 """
 
@@ -10,7 +11,12 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Info, PlatformCollector,
+                               ProcessCollector, disable_created_metrics)
+
+# Every counter and histogram would also export a `*_created` series (the Unix time it
+# was made): 86 series nobody graphs. Process-wide, as prometheus_client offers it.
+disable_created_metrics()
 
 
 # Label values known in advance (pre-initialised below).
@@ -173,10 +179,27 @@ class Metrics:
         for kind in ("unavailable", "auth"):  # the worded kinds; node codes are rpc_<code>
             self.rpc_errors.labels(kind)
 
-        # Build
+        # Build and run
         self.build_info = Gauge("gridminer_build_info", "Always 1; labels say what runs",
                                 ["version", "python"], registry=r)
         self.build_info.labels(_version(), platform.python_version()).set(1)
+        self.run_info = Info("gridminer_run", "What this daemon runs: chain (main, test, testnet4, signet, "
+                             "regtest) and mode (solo, proxy, agent)", registry=r)
+        self.network_difficulty = Gauge("gridminer_network_difficulty",
+                                        "Difficulty of the chain's next block (from the node's template or "
+                                        "the pool's)", registry=r)
+
+        # The standard process and interpreter series, in this registry (not the global one)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+
+    def set_run_info(self, *, chain: str, mode: str) -> None:
+        """Label gridminer_run_info with the chain and run mode (call once the config is known)."""
+        self.run_info.info({"chain": str(chain), "mode": str(mode)})
+
+    def set_network_difficulty(self, difficulty: float) -> None:
+        """The chain's current difficulty (from a template's bits or getmininginfo)."""
+        self.network_difficulty.set(float(difficulty))
 
 
 def _version() -> str:

@@ -40,7 +40,7 @@ import numpy as np
 
 from miner.sched.economics import HashpriceError, breakeven_usd_per_mwh
 from miner.sched.model import UTC, PriceInterval, SiteSpec
-from miner.sched.price_files import utc_datetime
+from miner.sched.price_files import source_of_file, utc_datetime
 from miner.sched.optimize import (Problem, Unit, UnitState, VIOLATION_KINDS, fleet_slack, site_violations,
                                   solve, solve_milp)
 from miner.sched.policy import (HOUR_S, LOOKBACK_H, MAX_HORIZON_H, POLICY_NAMES, PriceBook, current_price,
@@ -57,12 +57,46 @@ HINDSIGHT_WINDOW_H = 48
 HINDSIGHT_OVERLAP_H = 24
 
 
+# Said when price files are missing: which ship, and where the others come from.
+PRICE_DATA_SHIPPED = (
+    "Only ERCOT, CAISO and NYISO prices (2023-2024) ship with gridminer, in "
+    "deploy/examples/prices/ (its README.md says why the others do not). Paths in a sites "
+    "file are relative to the sites file; .csv.gz files are read as they are.")
+PRICE_DATA_SOURCES = (
+    "Real price files: the \"processed\" files of github.com/HewlettPackard/green-dcc "
+    "(data/electricity_prices/processed/<REGION>/<YEAR>/) or ENTSO-E Transparency Platform "
+    "day-ahead price exports.")
+
+
+def missing_price_files_error(missing: Sequence[tuple[str, Path]]) -> str:
+    """One error for every site whose price file is missing: each file, where to get it."""
+    lines = [f"site {name!r}: no price file {path}" + (f"; get it from {source}"
+                                                       if (source := source_of_file(path)) else "")
+             for name, path in missing]
+    if len(missing) > 1:
+        lines = [f"{len(missing)} sites have no price file:"] + [f"  {line}" for line in lines]
+    if not all(source_of_file(path) for _, path in missing):
+        lines.append(PRICE_DATA_SOURCES)
+    return "\n".join(lines + [PRICE_DATA_SHIPPED])
+
+
 class BacktestError(ValueError):
     """The back-test cannot run: no price file for a site, an empty period, no hashprice."""
 
 
 # ---------------------------------------------------------------------------
 # Prices
+
+
+def replay_feed(fleet: FleetSpec, site: SiteSpec) -> dict | None:
+    """The site's price file table: its `prices =` file, else a csv [site.feed]."""
+    feed = fleet.replay.get(site.name)
+    return site.feed if feed is None and site.feed.get("kind") == "csv" else feed
+
+
+def replay_path(fleet: FleetSpec, feed: Mapping) -> Path:
+    path = Path(feed["path"])
+    return path if path.is_absolute() else fleet.base_dir / path
 
 
 def load_replay_prices(fleet: FleetSpec, site: SiteSpec) -> list[PriceInterval]:
@@ -73,19 +107,20 @@ def load_replay_prices(fleet: FleetSpec, site: SiteSpec) -> list[PriceInterval]:
     feed does: a file written in naive UTC (CAISO, NYISO) is not stamped by the UTC day."""
     from miner.sched.feeds import csv_market_timezone, load_price_csv
 
-    feed = fleet.replay.get(site.name)
-    if feed is None and site.feed.get("kind") == "csv":
-        feed = site.feed
+    feed = replay_feed(fleet, site)
     if feed is None:
         raise BacktestError(f"site {site.name!r}: no price file to replay (give prices = \"FILE.csv\")")
-    path = Path(feed["path"])
-    if not path.is_absolute():
-        path = fleet.base_dir / path
+    path = replay_path(fleet, feed)
     publication = feed.get("publication") or "day_ahead"
+    if not path.is_file():
+        raise BacktestError(missing_price_files_error([(site.name, path)]))
+    # Keys named as a sites file names them (a [site.feed] table has its own names).
+    keys = ({"clock_key": "price_timezone", "zone_key": "timezone"} if site.name in fleet.replay
+            else {})
     try:
         return load_price_csv(path, timezone=feed.get("timezone"), currency=site.currency,
                               publication=publication, published_local=feed.get("published_local"),
-                              market_timezone=csv_market_timezone(feed, site))
+                              market_timezone=csv_market_timezone(feed, site), **keys)
     except OSError as exc:
         raise BacktestError(f"site {site.name!r}: cannot read price file {path}: {exc}") from exc
     except ValueError as exc:
@@ -144,6 +179,9 @@ class BacktestResult:
     capacity_mw: np.ndarray = field(default_factory=lambda: np.zeros(0))
     hindsight_bound_usd: float | None = None   # LP relaxation of the whole period (bound=True)
     notes: list[str] = field(default_factory=list)
+    # sites whose every hour's price was published before the hour began (day-ahead
+    # markets): a decision there knows the hour's real price, as hindsight does
+    known_before_sites: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_json(self) -> dict:
@@ -159,6 +197,7 @@ class BacktestResult:
                 "coupling": self.coupling, "policies": pol, "capture_ratio": self.capture_ratio,
                 "hours_without_price": dict(zip(self.site_names, self.hours_without_price)),
                 "hindsight_bound_usd": self.hindsight_bound_usd,
+                "prices_known_before_the_hour": self.known_before_sites,
                 "notes": self.notes, "seconds": round(self.seconds, 3)}
 
 
@@ -184,6 +223,10 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
         raise BacktestError(f"unknown policy {unknown[0]!r}; choose from {', '.join(ALL_POLICIES)}")
     sites = fleet.sites
     if prices is None:
+        missing = [(s.name, path) for s in sites if (feed := replay_feed(fleet, s)) is not None
+                   and not (path := replay_path(fleet, feed)).is_file()]
+        if missing:
+            raise BacktestError(missing_price_files_error(missing))
         prices = {s.name: load_replay_prices(fleet, s) for s in sites}
     first, last = coverage({s.name: prices.get(s.name, ()) for s in sites})
     start_dt = utc_datetime(start) if start is not None else first
@@ -212,6 +255,10 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
     init = [UnitState() for _ in sites]
     forced = book.forced[:, j0:j1]
 
+    hour_starts = book.start_s + np.arange(j0, j1) * HOUR_S
+    published = book.published[:, j0:j1]
+    known_before = [s.name for i, s in enumerate(sites)
+                    if np.all(np.isnan(published[i]) | (published[i] < hour_starts))]
     price_seen = seen_prices(book, sites, j0, j1)
     unseen = np.isnan(price_seen)
     curtail = unseen & np.array([s.fail_safe == "curtail" for s in sites])[:, None]
@@ -265,7 +312,7 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
                           breakeven_usd=breakeven, capture_ratio=capture, coupling=coupling.strip() or "none",
                           hours_without_price=[int(m.sum()) for m in missing],
                           capacity_mw=np.array([s.capacity_mw for s in sites]), notes=notes,
-                          hindsight_bound_usd=lp_bound,
+                          hindsight_bound_usd=lp_bound, known_before_sites=known_before,
                           seconds=time.perf_counter() - t_begin)
 
 
@@ -412,6 +459,7 @@ def format_report(result: BacktestResult, per_site: bool = True) -> str:
     out.append(_table("fleet", [(p, r.fleet) for p, r in result.policies.items()]))
     if result.capture_ratio is not None:
         out.append(f"\ncapture ratio (gridminer - always_on) / (hindsight - always_on): {result.capture_ratio:.3f}")
+        out.append(capture_explanation(result))
     timing = ", ".join(f"{p} {r.seconds:.1f}s" for p, r in result.policies.items())
     out.append(f"time: {result.seconds:.1f}s ({timing})")
     if "hindsight" in result.policies:
@@ -425,6 +473,22 @@ def format_report(result: BacktestResult, per_site: bool = True) -> str:
     return "\n".join(out)
 
 
+def capture_explanation(result: BacktestResult) -> str:
+    """Why the capture ratio is what it is: a ratio of 1 at day-ahead sites is no bug."""
+    known = result.known_before_sites
+    rest = [n for n in result.site_names if n not in known]
+    if not known:
+        return ("  (no site's prices were known before their hour: gridminer plans on forecasts, "
+                "hindsight on the real prices)")
+    head = ("  all sites" if not rest else f"  {len(known)} of {len(result.site_names)} sites") + \
+        " have day-ahead prices: each hour's price is published the day before, so gridminer " \
+        "decides on the same prices hindsight sees"
+    if not rest:
+        return head + "; it can differ only where its rolling plan ends before the published prices do"
+    return head + f"; the gap comes from {', '.join(rest)}, whose prices are known only as the hour " \
+        "runs (real-time), and from the end of the rolling horizon"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The `miner backtest` arguments (shared by `python -m miner.sched.backtest`)."""
     parser.add_argument("sites", metavar="SITES.toml", help="sites file (prices = paths relative to it)")
@@ -432,9 +496,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="first hour, ISO date or date-time (naive = UTC); default: start of the prices")
     parser.add_argument("--to", dest="end", metavar="DATE",
                         help="end (exclusive), ISO date or date-time; default: end of the prices")
-    parser.add_argument("--plot", metavar="FILE.png", help="write a PNG: prices, breakeven and site levels")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="write FILE.png (the period at a glance: monthly profit and uptime per site, "
+                             "price duration curves against breakeven, fleet power) and FILE-detail.png "
+                             "(hourly prices, breakeven and power levels over --plot-window)")
+    parser.add_argument("--plot-window", nargs=2, metavar=("FROM", "TO"),
+                        help="the detail plot's period, ISO dates or date-times (naive = UTC); "
+                             "default: the first 7 days")
     parser.add_argument("--json", action="store_true",
-                        help="end the output with one JSON line holding every figure")
+                        help="print one JSON object holding every figure on stdout, the tables on stderr")
     parser.add_argument("--policies", metavar="NAME", nargs="+", default=list(ALL_POLICIES),
                         help=f"policies to run (default: all of {' '.join(ALL_POLICIES)}); "
                              "the capture ratio needs always_on, gridminer and hindsight")
@@ -456,6 +526,8 @@ def run_cli(args: argparse.Namespace) -> int:
     for p in args.policies:
         policies += [x for x in p.split(",") if x]
     try:
+        for when in args.plot_window or ():
+            utc_datetime(when)           # a bad date fails before the run, not after it
         fleet = load_sites(args.sites)
         result = run_backtest(fleet, args.start, args.end, policies)
     except (SitesError, BacktestError) as exc:
@@ -464,12 +536,19 @@ def run_cli(args: argparse.Namespace) -> int:
     except ValueError as exc:   # a date that does not parse
         print(f"miner backtest: {exc}", file=sys.stderr)
         return 2
-    print(format_report(result, per_site=not args.no_site_tables))
+    # With --json stdout carries the JSON alone (for jq and json.tool); the tables go to stderr.
+    human = sys.stderr if args.json else sys.stdout
+    print(format_report(result, per_site=not args.no_site_tables), file=human)
     if args.plot:
         from miner.sched.plot import plot_backtest
 
-        plot_backtest(result, args.plot)
-        print(f"plot written to {args.plot}")
+        try:
+            written = plot_backtest(result, args.plot, window=args.plot_window)
+        except (ValueError, OSError) as exc:     # a window outside the period, an unwritable path
+            print(f"miner backtest: --plot: {exc}", file=sys.stderr)
+            return 2
+        for path in written:
+            print(f"plot written to {path}", file=human)
     if args.json:
         print(json.dumps(result.to_json(), separators=(",", ":")))
     return 0

@@ -39,6 +39,7 @@ from miner.sched.price_files import (
     is_ambiguous,
     load_price_csv,
     localize,
+    market_of_file,
     merge_intervals,
     parse_local_hhmm,
     parse_price_cell,
@@ -824,11 +825,12 @@ def make_feed(table: Mapping, *, base_dir: Path, site: SiteSpec) -> PriceFeed:
         path = path if path.is_absolute() else Path(base_dir) / path
         if not path.is_file():
             raise ValueError(f"[site.feed] path: no price file {path}")
-        intervals = load_price_csv(path, timezone=_string(table, "timezone"),
+        market = market_of_file(path)     # a file named for its market needs no zone keys
+        intervals = load_price_csv(path, timezone=_string(table, "timezone") or (market and market.clock),
                                    currency=_string(table, "currency") or site.currency,
                                    publication=_string(table, "publication", "realtime") or "realtime",
                                    published_local=_string(table, "published_local"),
-                                   market_timezone=csv_market_timezone(table, site))
+                                   market_timezone=csv_market_timezone(table, site) or (market and market.zone))
         return ReplayFeed(intervals, replay_from=_replay_from(table.get("replay_from")))
     if kind == "http_json":
         headers_env = table.get("headers_env", {})
@@ -853,6 +855,22 @@ def make_feed(table: Mapping, *, base_dir: Path, site: SiteSpec) -> PriceFeed:
     return GridstatusFeed(_string(table, "iso") or "", _string(table, "location") or "",
                           _string(table, "market", "DAY_AHEAD_HOURLY") or "DAY_AHEAD_HOURLY",
                           method=_string(table, "method", "get_lmp") or "get_lmp")
+
+
+def feed_environment(table: Mapping) -> list[tuple[str, str]]:
+    """The environment variables a [site.feed] table needs at fetch time: (name, what for)."""
+    kind = table.get("kind")
+    if kind == "http_json":
+        headers = table.get("headers_env") or {}
+        return [(var, f"header {h}") for h, var in headers.items() if isinstance(var, str)] \
+            if isinstance(headers, Mapping) else []
+    if kind == "entsoe":
+        return [(_string(table, "token_env", "ENTSOE_TOKEN") or "ENTSOE_TOKEN", "ENTSO-E token")]
+    if kind == "ercot":
+        return [(_string(table, "subscription_key_env", "ERCOT_SUBSCRIPTION_KEY") or "ERCOT_SUBSCRIPTION_KEY",
+                 "ERCOT subscription key"),
+                (_string(table, "token_env", "ERCOT_API_TOKEN") or "ERCOT_API_TOKEN", "ERCOT bearer token")]
+    return []
 
 
 def feed_for_site(site: SiteSpec, base_dir: Path) -> PriceFeed:

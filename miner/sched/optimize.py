@@ -308,6 +308,26 @@ def solve_dp(problem: Problem) -> Schedule:
                     method="dp", seconds=time.perf_counter() - t0)
 
 
+def solve_if_uncoupling_fits(problem: Problem) -> Schedule | None:
+    """The coupled problem solved exactly without a MILP when its coupling does not bind:
+    each site's own optimum (the DP, an upper bound on the coupled optimum) is taken
+    when together they keep the budget and meet the target in every slot. None when they
+    do not, or when a site needs the MILP anyway (ramp limit, hold slots)."""
+    t0 = time.perf_counter()
+    if any(u.ramp_limited for u in problem.units) or problem.hold.any():
+        return None
+    level = np.zeros_like(problem.margin)
+    for i, unit in enumerate(problem.units):
+        level[i], _ = solve_site_dp(unit, problem.init[i], problem.margin[i], problem.forced_off[i],
+                                    problem.curtail[i])
+    short, excess = fleet_slack(problem, level)
+    if np.any(excess > TOLERANCE) or np.any(short > TOLERANCE * max(problem.target_ths or 1.0, 1.0)):
+        return None
+    profit, starts = profit_of(problem, level)
+    return Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
+                    method="dp", seconds=time.perf_counter() - t0)
+
+
 # ---------------------------------------------------------------------------
 # MILP (HiGHS through scipy.optimize.milp)
 
@@ -672,7 +692,8 @@ def solve(problem: Problem, *, window: int = 168, overlap: int = 48,
             methods.add("dp")
             continue
         if T <= window + overlap:
-            s = solve_milp(sub, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
+            s = (solve_if_uncoupling_fits(sub) if coupled else None) or \
+                solve_milp(sub, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
             level[rows] = s.level
             methods.add("milp")
             gaps.append(s.mip_gap)
@@ -682,8 +703,9 @@ def solve(problem: Problem, *, window: int = 168, overlap: int = 48,
         for a in range(0, T, window):
             b = min(T, a + window + overlap)
             keep = min(window, T - a)
-            s = solve_milp(problem.sub(rows, a, b, init=init, coupled=coupled),
-                           time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
+            window_problem = problem.sub(rows, a, b, init=init, coupled=coupled)
+            s = (solve_if_uncoupling_fits(window_problem) if coupled else None) or \
+                solve_milp(window_problem, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
             level[rows, a:a + keep] = s.level[:, :keep]
             init = [end_state(init[j], s.level[j, :keep]) for j in range(len(rows))]
             gaps.append(s.mip_gap)

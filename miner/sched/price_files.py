@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import bisect
 import csv
+import gzip
 import logging
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -50,6 +52,75 @@ MISSING_PRICE_CELLS = frozenset({"", "n/e", "-", "n/a", "nan", "NaN", "null"})
 #   13:30 covers every US market we know, so it is the default for other zones.
 EUROPE_DAY_AHEAD_PUBLISHED_LOCAL = "13:00"
 DEFAULT_DAY_AHEAD_PUBLISHED_LOCAL = "13:30"
+
+# Markets known by their file name (green-dcc `<REGION>_<YEAR>.csv`, ENTSO-E exports
+# `SE4_<YEAR>_entsoe.csv`; gzipped or not): the first "_"-separated part of the name ->
+# (clock of naive timestamps, None when the file states it: tz-aware rows or an ENTSO-E
+# "MTU (CET/CEST)" header; the market zone, whose wall clock day-ahead results are
+# published in; how prices become known). PJM's file is its real-time market, replayed
+# as "realtime" (see sites.py); the others are day-ahead markets.
+KNOWN_MARKET_FILES: dict[str, tuple[str | None, str, str]] = {
+    "US-TEX-ERCO": (None, "America/Chicago", "day_ahead"),
+    "US-CAL-CISO": ("UTC", "America/Los_Angeles", "day_ahead"),
+    "US-MIDA-PJM": ("UTC", "America/New_York", "realtime"),
+    "US-NY-NYIS": ("UTC", "America/New_York", "day_ahead"),
+    "DE-LU": ("Europe/Berlin", "Europe/Berlin", "day_ahead"),
+    "FR": ("Europe/Paris", "Europe/Paris", "day_ahead"),
+    "NL": ("Europe/Amsterdam", "Europe/Amsterdam", "day_ahead"),
+    "BE": ("Europe/Brussels", "Europe/Brussels", "day_ahead"),
+    "ES": ("Europe/Madrid", "Europe/Madrid", "day_ahead"),
+    **{f"SE{n}": (None, "Europe/Stockholm", "day_ahead") for n in range(1, 5)},
+}
+
+
+@dataclass(frozen=True)
+class MarketFile:
+    """What a known price file's name tells: see KNOWN_MARKET_FILES."""
+
+    market: str
+    clock: str | None
+    zone: str
+    publication: str
+
+
+def market_of_file(name: str | Path) -> MarketFile | None:
+    """The market a price file's name names ("US-CAL-CISO_2023.csv.gz" -> CAISO), or None."""
+    stem = Path(name).name
+    for suffix in (".gz", ".csv"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+    known = KNOWN_MARKET_FILES.get(stem.split("_")[0].upper())
+    if known is None:
+        return None
+    return MarketFile(stem.split("_")[0].upper(), *known)
+
+
+# Where a file named for its market can be fetched (the example's sources; only ERCOT,
+# CAISO and NYISO ship with gridminer, the others' terms restrict redistribution).
+GREEN_DCC_REPO = "github.com/HewlettPackard/green-dcc"
+GREEN_DCC_PATH = "data/electricity_prices/processed/{market}/{year}/{market}_electricity_prices_{year}.csv"
+
+
+def source_of_file(name: str | Path) -> str | None:
+    """Where to fetch the price file a name names ("DE-LU_2023.csv" -> the green-dcc file
+    it is a renamed copy of), or None for a name gridminer does not know."""
+    market = market_of_file(name)
+    if market is None:
+        return None
+    year = next((part[:4] for part in Path(name).name.split("_")[1:] if part[:4].isdigit()), "<YEAR>")
+    if market.market.startswith("SE"):
+        return (f"the ENTSO-E Transparency Platform's CSV export of Day-ahead Prices, "
+                f"BZN|{market.market}, {year} (transparency.entsoe.eu), renamed {Path(name).name}")
+    return (f"{GREEN_DCC_REPO}, {GREEN_DCC_PATH.format(market=market.market, year=year)} "
+            f"(a \"processed\" file, not \"standardized\"), renamed {Path(name).name}")
+
+
+def open_price_text(path: Path):
+    """A price file opened as text; a .gz file is decompressed on the fly."""
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", newline="", encoding="utf-8-sig")
+    return path.open(newline="", encoding="utf-8-sig")
+
 
 # ENTSO-E export header "MTU (<clock>)" -> a zone with that clock's rules.
 _ENTSOE_CLOCKS = {
@@ -308,7 +379,7 @@ def _pick_currency(from_header: str | None, given: str | None, path: Path) -> st
 
 
 def _day_ahead_clock(path: Path, *, market_timezone: str | None, file_zone: str | None,
-                     published_local: str | None) -> DayAheadClock:
+                     published_local: str | None, zone_key: str = "market_timezone") -> DayAheadClock:
     """The publication clock of day-ahead prices: `published_local` on the wall clock of the
     market zone. Without `market_timezone` the file's clock stands for the market only when
     it is a local zone: a UTC clock (naive-UTC CAISO/PJM/NYISO files, tz-aware rows read
@@ -318,7 +389,7 @@ def _day_ahead_clock(path: Path, *, market_timezone: str | None, file_zone: str 
     if zone_name is None and file_zone is not None and file_zone.upper() != "UTC":
         zone_name = file_zone
     if zone_name is None:
-        raise ValueError(f"{path}: day-ahead publication needs market_timezone= (the zone whose "
+        raise ValueError(f"{path}: day-ahead publication needs {zone_key} = \"ZONE\" (the zone whose "
                          "wall clock the publication time is in, e.g. 'America/Los_Angeles' for "
                          "CAISO): the file's clock is UTC or a row offset, not a market's")
     return DayAheadClock(zone_named(zone_name), day_ahead_published_local(zone_name, published_local))
@@ -333,7 +404,8 @@ def _row_spacing(starts: Sequence[datetime]) -> timedelta:
 
 def load_price_csv(path: str | Path, *, timezone: str | None = None, currency: str | None = None,
                    publication: str = "realtime", published_local: str | None = None,
-                   market_timezone: str | None = None) -> list[PriceInterval]:
+                   market_timezone: str | None = None, clock_key: str = "timezone",
+                   zone_key: str = "market_timezone") -> list[PriceInterval]:
     """Read a green-dcc or ENTSO-E price file into sorted, non-overlapping UTC intervals.
 
     `timezone`: the clock of the file's timestamps (required for naive green-dcc files;
@@ -344,10 +416,14 @@ def load_price_csv(path: str | Path, *, timezone: str | None = None, currency: s
     without `timezone`) needs it, else ValueError: a file's clock is not its market's.
     `publication`: "realtime" (known at start), "settled" (known at end) or "day_ahead"
     (known on the day before delivery at `published_local`, see day_ahead_published_local).
-    Missing prices ("", "n/e", "-", text) are skipped; negative prices are kept."""
+    Missing prices ("", "n/e", "-", text) are skipped; negative prices are kept.
+    `clock_key`, `zone_key`: the caller's names of `timezone` and `market_timezone`, for
+    the errors that ask for them (a sites file calls them price_timezone and timezone).
+    A ".gz" file is read through gzip."""
+    keys = {"clock_key": clock_key, "zone_key": zone_key}
     path = Path(path)
     _check_publication(publication)
-    with path.open(newline="", encoding="utf-8-sig") as f:
+    with open_price_text(path) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header:
@@ -355,11 +431,11 @@ def load_price_csv(path: str | Path, *, timezone: str | None = None, currency: s
         if header[0].strip().startswith("MTU"):
             return _load_entsoe_rows(path, header, reader, timezone=timezone, currency=currency,
                                      publication=publication, published_local=published_local,
-                                     market_timezone=market_timezone)
+                                     market_timezone=market_timezone, **keys)
         if header[0].strip().lower() == "datetime" and len(header) >= 2:
             return _load_green_dcc_rows(path, header, reader, timezone=timezone, currency=currency,
                                         publication=publication, published_local=published_local,
-                                        market_timezone=market_timezone)
+                                        market_timezone=market_timezone, **keys)
     raise ValueError(f"{path}: unknown price file format (header {header!r}); expected "
                      "'Datetime,Price (USD/MWh)' or an ENTSO-E export with 'MTU (...)'")
 
@@ -367,7 +443,8 @@ def load_price_csv(path: str | Path, *, timezone: str | None = None, currency: s
 def _load_green_dcc_rows(path: Path, header: list[str], reader: Iterable[list[str]], *,
                          timezone: str | None, currency: str | None, publication: str,
                          published_local: str | None,
-                         market_timezone: str | None) -> list[PriceInterval]:
+                         market_timezone: str | None, clock_key: str,
+                         zone_key: str) -> list[PriceInterval]:
     cur = _pick_currency(_currency_from_header(header[1]), currency, path)
     zone = zone_named(timezone) if timezone else None
     starts: list[datetime] = []
@@ -384,8 +461,10 @@ def _load_green_dcc_rows(path: Path, header: list[str], reader: Iterable[list[st
             raise ValueError(f"{path}:{lineno}: bad timestamp {row[0]!r}") from exc
         if stamp.tzinfo is None:
             if wall is None:
-                raise ValueError(f"{path}: naive timestamps ({row[0]!r}); give timezone= "
-                                 "('UTC' for CAISO/PJM/NYISO files, the local zone for EU files)")
+                raise ValueError(f"{path}: naive timestamps ({row[0]!r}) and a file name that names no "
+                                 f"known market: give {clock_key} = \"ZONE\", the clock the file "
+                                 "was written in ('UTC' for CAISO/PJM/NYISO files, the local zone "
+                                 "for EU files)")
             start = wall.to_utc(stamp)  # before the price test: see _load_entsoe_rows
         else:
             start = stamp.astimezone(UTC)
@@ -407,7 +486,7 @@ def _load_green_dcc_rows(path: Path, header: list[str], reader: Iterable[list[st
     clock = None
     if publication == "day_ahead":
         clock = _day_ahead_clock(path, market_timezone=market_timezone, file_zone=timezone,
-                                 published_local=published_local)
+                                 published_local=published_local, zone_key=zone_key)
     rows = ((s, s + step, p) for s, p in zip(starts, prices))
     intervals = _with_publication(rows, currency=cur, publication=publication, clock=clock)
     return merge_intervals(intervals)
@@ -424,12 +503,13 @@ def _parse_entsoe_stamp(text: str) -> datetime:
 def _load_entsoe_rows(path: Path, header: list[str], reader: Iterable[list[str]], *,
                       timezone: str | None, currency: str | None, publication: str,
                       published_local: str | None,
-                      market_timezone: str | None) -> list[PriceInterval]:
+                      market_timezone: str | None, clock_key: str,
+                      zone_key: str) -> list[PriceInterval]:
     m = re.search(r"MTU\s*\(([^)]*)\)", header[0])
     clock_name = m.group(1).strip() if m else ""
     zone_name = timezone or _ENTSOE_CLOCKS.get(clock_name)
     if zone_name is None:
-        raise ValueError(f"{path}: unknown MTU clock {clock_name!r}; give timezone=")
+        raise ValueError(f"{path}: unknown MTU clock {clock_name!r}; give {clock_key} = \"ZONE\"")
     zone = zone_named(zone_name)
     cur = _pick_currency(_currency_from_header(header[1]) if len(header) > 1 else None, currency, path)
     wall = WallClock(zone)
@@ -462,5 +542,5 @@ def _load_entsoe_rows(path: Path, header: list[str], reader: Iterable[list[str]]
     clock = None
     if publication == "day_ahead":
         clock = _day_ahead_clock(path, market_timezone=market_timezone, file_zone=zone_name,
-                                 published_local=published_local)
+                                 published_local=published_local, zone_key=zone_key)
     return merge_intervals(_with_publication(rows, currency=cur, publication=publication, clock=clock))

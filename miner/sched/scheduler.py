@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -320,7 +321,12 @@ class Scheduler:
         unknown time (None: long ago); starting the scheduler is not a start of the site."""
         async def site_level(name: str) -> float:
             readings = await asyncio.gather(*(self._read(name, dev) for dev in self.devices.get(name, [])))
-            levels = [r.level if r.level is not None else 1.0 for r in readings if r is not None and r.hashing]
+            hashing = [r for r in readings if r is not None and r.hashing]
+            # What the devices do before the first decision (prices may take a while):
+            # the dashboards show the real hash rate from the start, not 0.
+            self.metrics.site_hashing.labels(name).set(1 if hashing else 0)
+            self.metrics.site_hashrate.labels(name).set(sum(r.hashrate_hs for r in hashing))
+            levels = [r.level if r.level is not None else 1.0 for r in hashing]
             return max(levels, default=0.0)
 
         names = [name for name in self.sites if self.devices.get(name)]
@@ -611,6 +617,38 @@ def hashprice_source_for(economics: Any, *, rpc: Any = None,
                          "mode has a node; give hashprice_usd_per_th_day or hashprice_file")
     return NodeHashprice(rpc, economics.btc_usd, coinbase_sats=coinbase_sats,
                          subsidy_btc=economics.subsidy_btc, avg_fees_btc=economics.avg_fees_btc)
+
+
+def fleet_setting_problems(fleet: Any, *, local_site: str | None = None,
+                           environ: Mapping[str, str] | None = None) -> list[str]:
+    """Everything wrong or missing in a loaded sites file's feeds and devices, all of it
+    (a bad key, an unreadable price file, an environment variable a feed or device needs
+    that is not set), so a run can refuse to start with one complete list before it
+    starts a node or a worker. Empty when build_scheduler will find nothing to refuse."""
+    from miner.devices.drivers import make_device
+    from miner.sched.feeds import feed_environment, feed_for_site
+
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    for site in fleet.sites:
+        try:
+            feed_for_site(site, fleet.base_dir)
+        except ValueError as e:
+            problems.append(str(e) if site.name in str(e) else f"site {site.name!r}: {e}")
+        for var, what in feed_environment(site.feed):
+            if not env.get(var):
+                problems.append(f"site {site.name!r} feed: environment variable {var} ({what}) is not set")
+        for table in site.devices:
+            if isinstance(table, Mapping) and table.get("kind") == "local":
+                if site.name != local_site:
+                    problems.append(f"site {site.name!r} device {table.get('name', '?')!r}: kind 'local' "
+                                    f"belongs to the site of the local workers (sched.local_site)")
+                continue
+            try:
+                make_device(table, site=site.name, environ=env)
+            except ValueError as e:
+                problems.append(str(e))
+    return problems
 
 
 def build_scheduler(fleet: Any, *, metrics: Metrics, interval_seconds: float = 60.0,

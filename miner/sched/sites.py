@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from miner.sched.economics import HashpriceError, HashpriceSeries, load_hashprice_csv
 from miner.sched.model import DemandResponseWindow, SiteSpec
-from miner.sched.price_files import utc_datetime, zone_named
+from miner.sched.price_files import market_of_file, utc_datetime, zone_named
 
 
 class SitesError(ValueError):
@@ -45,12 +45,13 @@ FAIL_SAFES = ("curtail", "hold")
 # How a price file's prices became known (feeds.load_price_csv): "day_ahead" the day
 # before delivery, "realtime" at the start of the interval, "settled" at its end.
 PUBLICATIONS = ("day_ahead", "realtime", "settled")
-# Price files of real-time markets, replayed as "realtime": an hour's price is known from
-# its start, the reading of an operator who sees the running 5-minute prices and can
-# curtail within minutes (the hourly file cannot show that reaction). "settled" (known
-# when the hour ends) is the strict reading; give publication = "settled" to test it.
-# Every other file is a day-ahead market.
-REALTIME_FILE_MARKERS = ("US-MIDA-PJM",)
+# Files whose name names their market (price_files.KNOWN_MARKET_FILES) need no
+# price_timezone, timezone or publication: the file's clock, the market zone and how its
+# prices become known are inferred. PJM's file is its real-time market, replayed as
+# "realtime": an hour's price is known from its start, the reading of an operator who
+# sees the running 5-minute prices and can curtail within minutes (the hourly file cannot
+# show that reaction). "settled" (known when the hour ends) is the strict reading; give
+# publication = "settled" to test it. Unknown files are day-ahead markets by default.
 
 
 @dataclass(frozen=True)
@@ -219,7 +220,8 @@ def _replay_feed(raw: Mapping[str, Any], where: str, base_dir: Path, currency: s
                  site_tz: str) -> dict | None:
     """The CSV feed dict for `prices = FILE` (None without one). The site's `timezone` is
     the market zone of day-ahead publication times (feeds.csv_market_timezone); UTC, the
-    default, names no market and is left out."""
+    default, names no market and is left out. For a file that names a known market,
+    price_timezone and the market zone default to what its name tells."""
     prices = _string(raw, "prices", where)
     price_tz = _string(raw, "price_timezone", where)
     publication = _string(raw, "publication", where)
@@ -232,6 +234,9 @@ def _replay_feed(raw: Mapping[str, Any], where: str, base_dir: Path, currency: s
         return None
     if price_tz is not None:
         _zone(price_tz, where, "price_timezone")
+    market = market_of_file(prices)
+    if price_tz is None and market is not None:
+        price_tz = market.clock
     if publication is None:
         publication = default_publication(prices)
     elif publication not in PUBLICATIONS:
@@ -246,6 +251,8 @@ def _replay_feed(raw: Mapping[str, Any], where: str, base_dir: Path, currency: s
         feed["timezone"] = price_tz
     if site_tz.upper() != "UTC":
         feed["market_timezone"] = site_tz
+    elif market is not None:
+        feed["market_timezone"] = market.zone
     if published_local is not None:
         feed["published_local"] = published_local
     return feed
@@ -253,7 +260,8 @@ def _replay_feed(raw: Mapping[str, Any], where: str, base_dir: Path, currency: s
 
 def default_publication(file_name: str) -> str:
     """"realtime" for the files of real-time markets (PJM), "day_ahead" otherwise."""
-    return "realtime" if any(m in Path(file_name).name for m in REALTIME_FILE_MARKERS) else "day_ahead"
+    market = market_of_file(file_name)
+    return market.publication if market is not None else "day_ahead"
 
 
 def _parse_windows(raw: Any, where: str, tz: str) -> tuple[DemandResponseWindow, ...]:

@@ -20,7 +20,7 @@ ALERTS = PROMETHEUS / "alerts.yml"
 
 # Grafana's own variables and what a test substitutes for them.
 BUILTIN_VARIABLES = ("$__rate_interval", "$__range", "$__interval")
-METRIC_NAME = re.compile(r"\bgridminer_[a-z0-9_]+\b")
+METRIC_NAME = re.compile(r"\b(?:gridminer_[a-z0-9_]+|process_[a-z0-9_]+|python_info)\b")
 VARIABLE = re.compile(r"\$(?:\{)?([A-Za-z_][A-Za-z0-9_]*)")
 
 

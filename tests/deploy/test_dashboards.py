@@ -36,8 +36,8 @@ def exported_sample_names() -> set[str]:
     """Every sample name gridminer can export (labelled metrics with no child yet included)."""
     names = set()
     for family in Metrics().registry.collect():
-        suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
-                    "gauge": ("",), "info": ("_info",), "summary": ("_count", "_sum", "_created")}[family.type]
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
+                    "gauge": ("",), "info": ("_info",), "summary": ("_count", "_sum")}[family.type]
         names.update(family.name + s for s in suffixes)
     return names
 
@@ -142,7 +142,7 @@ def test_queries_and_alerts_name_only_metrics_gridminer_exports():
 def test_every_metric_is_on_a_dashboard_or_in_an_alert():
     used = set(used_metric_names())
     unused = [family.name for family in Metrics().registry.collect()
-              if not used & {family.name + s for s in ("", "_total", "_bucket", "_count", "_sum")}]
+              if not used & {family.name + s for s in ("", "_total", "_bucket", "_count", "_sum", "_info")}]
     assert not unused, f"metrics no dashboard shows and no alert reads: {unused}"
 
 

@@ -89,6 +89,28 @@ def test_secrets_the_examples_name_are_listed_in_the_env_file_example():
             "GRIDMINER_AGENT_TOKEN"} <= env_example_names()
 
 
+def test_multisite_example_names_every_missing_setting_at_once_before_starting_anything(tmp_path):
+    """`miner run --sites multisite-sites.toml` without the secrets: one error listing every
+    variable the feeds and devices need, and nothing started (no node: its data directory
+    and the npm/numba cache stay untouched, and the error comes without a node's wait)."""
+    from miner.sched.scheduler import fleet_setting_problems
+    from miner.sched.sites import load_sites
+
+    secrets = env_example_names()
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")      # a node would be installed and started here
+    proc = subprocess.run([sys.executable, "-m", "miner", "run", "--sites", str(EXAMPLES / "multisite-sites.toml"),
+                           "--metrics", "off"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    for var in ("ERCOT_SUBSCRIPTION_KEY", "ERCOT_API_TOKEN", "ENTSOE_TOKEN", "PARIS_RIG01_TOKEN", "UTILITY_API_AUTH"):
+        assert var in proc.stderr, (var, proc.stderr)
+    assert "nothing was started" in proc.stderr
+    assert not (tmp_path / "cache").exists(), "something was installed or started before the check"
+    # with every variable set, the sites file has nothing left to refuse
+    fleet = load_sites(EXAMPLES / "multisite-sites.toml")
+    assert fleet_setting_problems(fleet, local_site="lab", environ={n: "x" for n in secrets}) == []
+
+
 # --- docker compose ------------------------------------------------------------------------
 
 def compose() -> dict:

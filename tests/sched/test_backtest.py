@@ -219,7 +219,7 @@ def test_errors(tmp_path):
     (tmp_path / "s.toml").write_text('[economics]\nhashprice_usd_per_th_day = 0.05\n'
                                      '[[site]]\nname = "x"\nprices = "absent.csv"\ncapacity_mw = 1\n'
                                      'efficiency_j_per_th = 20\n')
-    with pytest.raises(BacktestError, match="site 'x': cannot read price file"):
+    with pytest.raises(BacktestError, match="site 'x': no price file"):
         run_backtest(load_sites(tmp_path / "s.toml"))
     spec = load_sites(sites_file(tmp_path))
     with pytest.raises(BacktestError, match="empty period"):
@@ -229,16 +229,16 @@ def test_errors(tmp_path):
     assert main([str(tmp_path / "s.toml")]) == 2
 
 
-def test_cli_json_last_line_and_plot(tmp_path):
+def test_cli_json_alone_on_stdout_and_plots(tmp_path):
     path = sites_file(tmp_path, "[fleet]\npower_budget_mw = 15.0")
     png = tmp_path / "week.png"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run([sys.executable, "-m", "miner.sched.backtest", str(path), "--from", "2023-08-16",
-                           "--to", "2023-08-19T00:00:00", "--plot", str(png), "--json"],
+                           "--to", "2023-08-19T00:00:00", "--plot", str(png), "--json",
+                           "--plot-window", "2023-08-17", "2023-08-18"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.rstrip("\n").split("\n")
-    doc = json.loads(lines[-1])
+    doc = json.loads(proc.stdout)          # the JSON alone: `| jq` and `| python -m json.tool` work
     assert set(doc["policies"]) == set(ALL_POLICIES)
     for name, figures in doc["policies"].items():
         for key in ("profit_usd", "energy_mwh", "starts", "violations"):
@@ -247,8 +247,15 @@ def test_cli_json_last_line_and_plot(tmp_path):
         assert figures["violations"] == 0
     assert isinstance(doc["capture_ratio"], float)
     assert doc["hours"] == 72
-    assert "site texas" in proc.stdout and "fleet" in proc.stdout and "capture ratio" in proc.stdout
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert doc["prices_known_before_the_hour"] == ["texas", "germany"]
+    assert "site texas" in proc.stderr and "fleet" in proc.stderr and "capture ratio" in proc.stderr
+    assert "published the day before" in proc.stderr
+    for p in (png, tmp_path / "week-detail.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 20_000
+    table = subprocess.run([sys.executable, "-m", "miner.sched.backtest", str(path), "--from", "2023-08-16",
+                            "--to", "2023-08-17", "--policies", "always_on", "hindsight"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert table.returncode == 0 and "fleet" in table.stdout and not table.stdout.lstrip().startswith("{")
 
 
 def test_cli_bad_input(tmp_path):
@@ -258,21 +265,44 @@ def test_cli_bad_input(tmp_path):
     assert "cannot read sites file" in proc.stderr
 
 
-def test_plot_heatmaps_for_many_sites(tmp_path):
-    """More than PANELS_MAX_SITES sites: heatmaps instead of one panel each."""
+def test_plots_monthly_figures_and_window(tmp_path):
+    """The overview's monthly profit per site adds up to the accounted profit; the detail
+    window is the one asked for, and one outside the period is refused."""
     from miner.sched.model import PriceInterval, SiteSpec
-    from miner.sched.plot import PANELS_MAX_SITES, plot_backtest
+    from miner.sched.plot import detail_window, monthly, plot_backtest
     from miner.sched.sites import EconomicsSpec, FleetSpec
 
-    start = datetime(2023, 8, 16, tzinfo=UTC)
+    start = datetime(2023, 8, 30, tzinfo=UTC)
     hour = timedelta(hours=1)
-    n_sites = PANELS_MAX_SITES + 2
-    sites = tuple(SiteSpec(name=f"s{k}", capacity_mw=1.0, efficiency_j_per_th=20.0) for k in range(n_sites))
-    prices = {s.name: [PriceInterval(start + h * hour, start + (h + 1) * hour, 50.0 + 100.0 * ((h + k) % 5 == 0),
-                                     "USD", hour, start - hour) for h in range(48)]
+    sites = tuple(SiteSpec(name=f"s{k}", capacity_mw=1.0 + k, efficiency_j_per_th=20.0, start_cost_usd=3.0)
+                  for k in range(3))
+    prices = {s.name: [PriceInterval(start + h * hour, start + (h + 1) * hour, 50.0 + 200.0 * ((h + k) % 5 == 0),
+                                     "USD", hour, start - hour) for h in range(96)]
               for k, s in enumerate(sites)}
     fleet = FleetSpec(sites=sites, economics=EconomicsSpec(hashprice_usd_per_th_day=0.05))
     result = run_backtest(fleet, policies=("always_on", "gridminer", "hindsight"), prices=prices, workers=1)
-    assert result.policies["gridminer"].fleet["violations"] == 0
-    png = plot_backtest(result, tmp_path / "many.png")
-    assert png.read_bytes()[:4] == b"\x89PNG"
+    profit, uptime, labels = monthly(result, "gridminer")
+    assert labels == ["2023-08", "2023-09"]
+    for i, site in enumerate(result.policies["gridminer"].sites):
+        assert profit[i].sum() == pytest.approx(site["profit_usd"], abs=0.05)
+    assert np.all((0 <= uptime) & (uptime <= 1))
+    assert detail_window(result, ("2023-08-31", "2023-09-01")) == (24, 48)
+    with pytest.raises(ValueError, match="outside the back-test period"):
+        detail_window(result, ("2024-01-01", "2024-01-02"))
+    written = plot_backtest(result, tmp_path / "p.png", window=("2023-08-31", "2023-09-01"))
+    assert [p.name for p in written] == ["p.png", "p-detail.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in written)
+
+
+def test_cli_bad_plot_window(tmp_path):
+    path = sites_file(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    base = [sys.executable, "-m", "miner.sched.backtest", str(path), "--from", "2023-08-16", "--to", "2023-08-17",
+            "--policies", "always_on", "--plot", str(tmp_path / "p.png")]
+    bad = subprocess.run(base + ["--plot-window", "yesterday", "today"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert bad.returncode == 2 and "not an ISO date-time: 'yesterday'" in bad.stderr
+    outside = subprocess.run(base + ["--plot-window", "2024-01-01", "2024-01-02"], capture_output=True, text=True,
+                             env=env, timeout=120)
+    assert outside.returncode == 2 and "outside the back-test period" in outside.stderr
+    assert "Traceback" not in bad.stderr + outside.stderr

@@ -507,9 +507,14 @@ def test_feed_for_site_with_only_a_price_file(tmp_path):
                     feed=table)
     feed = feed_for_site(site, tmp_path)
     assert price_at(run(feed.fetch(utc(2023, 11, 5, 7, 10))), utc(2023, 11, 5, 7, 10)).price == 25.61
-    # rows carry offsets, not a market: a site without a zone must name one for day-ahead
+    # a file named for its market: the zone is inferred even when the site has none
+    inferred = feed_for_site(SiteSpec(name="texas", capacity_mw=10, efficiency_j_per_th=20, feed=table), tmp_path)
+    assert inferred.intervals == feed.intervals
+    # rows carry offsets, not a market: a file of an unknown market must name its zone for day-ahead
+    shutil.copy(DATA / "US-TEX-ERCO_2023_excerpt.csv", tmp_path / "hub.csv")
+    unknown = dict(table, path="hub.csv")
     with pytest.raises(ValueError, match="market_timezone"):
-        feed_for_site(SiteSpec(name="texas", capacity_mw=10, efficiency_j_per_th=20, feed=table), tmp_path)
+        feed_for_site(SiteSpec(name="texas", capacity_mw=10, efficiency_j_per_th=20, feed=unknown), tmp_path)
     with pytest.raises(ValueError, match="no price feed"):
         feed_for_site(SiteSpec(name="x", capacity_mw=1, efficiency_j_per_th=20), tmp_path)
 

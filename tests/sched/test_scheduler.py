@@ -10,6 +10,7 @@ feed, the economics and the metrics are the real ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -581,3 +582,57 @@ def test_build_scheduler_makes_feeds_devices_policy_and_hashprice():
         hashprice_source_for(live.economics)
     source = hashprice_source_for(live.economics, rpc=object())
     assert isinstance(source, NodeHashprice) and source.subsidy_btc == 3.125 and source.btc_usd == 60_000.0
+
+
+def test_site_hash_rate_is_read_before_the_first_decision():
+    """The dashboards' site hash rate comes from the devices at once, not after the first
+    step has fetched prices (here a feed that never answers) and decided."""
+    fleet = fleet_of({"name": "texas"})
+    rig = Rig("s19", hashrate_hs=110e12)
+    rig.level = 1.0
+    feed = SettableFeed(20.0)
+    feed.hang = True
+    sched, policy, metrics = make(fleet, {"texas": feed}, {"texas": [rig]}, feed_timeout_seconds=3600.0)
+
+    async def scenario():
+        task = asyncio.create_task(sched.run())
+        try:
+            for _ in range(3000):      # the condition, not a time: ends as soon as it holds
+                if sample(metrics, "gridminer_site_hashrate_hashes_per_second", site="texas") is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert feed.calls >= 1 and not policy.seen_states, "still waiting for the price"
+            return (sample(metrics, "gridminer_site_hashrate_hashes_per_second", site="texas"),
+                    sample(metrics, "gridminer_site_hashing", site="texas"))
+        finally:
+            sched.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    assert asyncio.run(scenario()) == (110e12, 1.0)
+
+
+def test_fleet_setting_problems_lists_every_missing_variable_and_bad_table(tmp_path):
+    from miner.sched.scheduler import fleet_setting_problems
+
+    doc = {"economics": {"hashprice_usd_per_th_day": HASHPRICE},
+           "site": [{"name": "texas", "capacity_mw": 1.0, "efficiency_j_per_th": 20.0,
+                     "feed": {"kind": "ercot", "settlement_point": "HB_NORTH"},
+                     "device": [{"kind": "agent", "name": "rig", "host": "10.0.0.1", "token_env": "RIG_TOKEN"},
+                                {"kind": "cgminer", "name": "s9", "host": "10.0.0.2", "curtail": "maybe"}]},
+                    {"name": "paris", "capacity_mw": 1.0, "efficiency_j_per_th": 20.0,
+                     "feed": {"kind": "http_json", "url": "https://p.example/", "price_path": "p",
+                              "headers_env": {"Authorization": "PRICE_AUTH"}},
+                     "device": [{"kind": "local", "name": "cpu"}]},
+                    {"name": "lab", "capacity_mw": 1.0, "efficiency_j_per_th": 20.0,
+                     "feed": {"kind": "csv", "path": "absent.csv"}}]}
+    fleet = parse_sites(doc, base_dir=tmp_path)
+    problems = fleet_setting_problems(fleet, local_site="texas", environ={})
+    text = "\n".join(problems)
+    for needle in ("ERCOT_SUBSCRIPTION_KEY", "ERCOT_API_TOKEN", "RIG_TOKEN", "'s9'", "curtail", "PRICE_AUTH",
+                   "paris' device 'cpu'", "absent.csv"):
+        assert needle in text, needle
+    assert len(problems) == 7
+    env = {"ERCOT_SUBSCRIPTION_KEY": "k", "ERCOT_API_TOKEN": "t", "RIG_TOKEN": "r", "PRICE_AUTH": "a"}
+    assert len(fleet_setting_problems(fleet, local_site="texas", environ=env)) == 3

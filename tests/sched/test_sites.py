@@ -64,7 +64,8 @@ def test_issue_example(tmp_path):
         ("texas", "USD", 5.0, 10.0, 20.0)
     assert (site.min_on_hours, site.min_off_hours, site.start_cost_usd, site.min_power_fraction) == (1, 1, 50.0, 0.5)
     assert site.feed == {"kind": "csv", "path": str(tmp_path.resolve() / "US-TEX-ERCO_2023.csv"),
-                         "publication": "day_ahead", "currency": "USD"}
+                         "publication": "day_ahead", "currency": "USD",
+                         "market_timezone": "America/Chicago"}   # inferred from the file name
     assert fleet.replay["texas"] == site.feed
     assert site.fail_safe == "curtail" and site.ramp_mw_per_hour is None and site.demand_response == ()
 
@@ -151,13 +152,17 @@ def test_live_only_economics_has_no_constant(tmp_path):
         fleet.economics.hashprice_at(datetime(2024, 1, 1, tzinfo=UTC))
 
 
-def test_the_shipped_example_parses():
-    fleet = load_sites(REPO / "deploy" / "examples" / "sites-backtest.toml")
-    assert len(fleet.sites) == 10
+@pytest.mark.parametrize("name, sites", [("sites-backtest.toml", 3), ("sites-backtest-10.toml", 10)])
+def test_the_example_backtests_parse(name, sites):
+    """Both parse without their price files (the ten-site one's are fetched by the operator)."""
+    fleet = load_sites(REPO / "deploy" / "examples" / name)
+    assert len(fleet.sites) == sites
     assert {s.efficiency_j_per_th for s in fleet.sites} == {20.0}
     assert {(s.min_on_hours, s.min_off_hours) for s in fleet.sites} == {(1.0, 1.0)}
     assert all(s.start_cost_usd > 0 for s in fleet.sites)
-    assert fleet.replay["virginia"]["publication"] == "realtime"
+    assert {s.name for s in fleet.sites} >= {"texas", "california", "new-york"}
+    assert all(f["publication"] == ("realtime" if site == "virginia" else "day_ahead")
+               for site, f in fleet.replay.items())
     assert all(Path(f["path"]).is_absolute() for f in fleet.replay.values())
 
 
