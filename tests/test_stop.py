@@ -134,15 +134,17 @@ def test_node_stopped_with_blocks_pending_stops_within_5_s_and_the_next_start_re
         tip = node.rpc.call_sync("getbestblockhash")
         node.stop()  # the miner's job is on `tip`; every block found now waits for the node
         # A rig finds blocks on that tip (every share is one at regtest difficulty); with no
-        # new tip coming it mines the old one again after new_tip_timeout.
+        # new tip coming it mines the old one again after new_tip_timeout. The first goes to
+        # the journal and waits for the node; the others on that tip are held back
+        # (work/race.py: one block per tip with the node).
         rig = StratumMiner(f"stratum+tcp://127.0.0.1:{port}", "site.rig", new_tip_timeout=0.2).start()
         deadline = time.monotonic() + 60
         while True:
             found, final = _journal_state(journal)
             pending = {h for h, prev in found.items() if prev == tip and h not in final}
-            if len(pending) >= 3:
+            if pending:
                 break
-            assert time.monotonic() < deadline, f"no blocks pending after 60 s:\n{tail(log)}"
+            assert time.monotonic() < deadline, f"no block pending after 60 s:\n{tail(log)}"
             time.sleep(0.05)
         rig.close()
         rig = None
