@@ -207,13 +207,30 @@ def _http_json(port: int, method: str, path: str, auth: RPCAuth, body: Any = Non
         conn.close()
 
 
-def _kill_quietly(proc: subprocess.Popen[bytes]) -> None:
-    """Finalizer: never leave a node running after the interpreter exits."""
+def kill_quietly(proc: subprocess.Popen[bytes]) -> None:
+    """Finalizer: never leave a child (a node, a miner) running after the interpreter exits."""
     if proc.poll() is None:
         with contextlib.suppress(OSError):
             proc.kill()
         with contextlib.suppress(subprocess.SubprocessError):
             proc.wait(STOP_TIMEOUT_S)
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """SIGTERM, then SIGKILL if the process has not exited after timeout seconds; True if it
+    had to be killed."""
+    if proc.poll() is not None:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        return True
 
 
 def find_bitcoind(path: str | os.PathLike[str] | None = None) -> str:
@@ -424,16 +441,8 @@ class RegtestNode:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("regtest %s ignored SIGTERM for %.0f s; killing it", self.kind, timeout)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
+        if terminate(proc, timeout):
+            log.warning("regtest %s ignored SIGTERM for %.0f s; it was killed", self.kind, timeout)
         self._reap()
 
     def kill(self) -> None:
@@ -641,7 +650,7 @@ class RegtestNode:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                     cwd=self.datadir, env=env, start_new_session=True)
         self._proc = proc
-        self._proc_finalizer = weakref.finalize(self, _kill_quietly, proc)
+        self._proc_finalizer = weakref.finalize(self, kill_quietly, proc)
 
     def _reap(self) -> None:
         if self._proc_finalizer is not None:

@@ -28,15 +28,14 @@ minerd is not on PATH or cannot start (a missing shared library, say): tests ski
 
 from __future__ import annotations
 
-import contextlib
 import re
-import signal
 import subprocess
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 
+from miner.node.regtest import kill_quietly, terminate
 from miner.testing.peers import peer_problem
 
 __all__ = ["MinerdError", "MinerdProcess", "MinerdUnavailable", "find_minerd"]
@@ -69,14 +68,6 @@ def find_minerd() -> str:
     found = shutil.which("minerd")
     assert found is not None  # peer_problem found it
     return found
-
-
-def _kill_quietly(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(OSError):
-            proc.kill()
-        with contextlib.suppress(subprocess.SubprocessError):
-            proc.wait(STOP_TIMEOUT_S)
 
 
 class MinerdProcess:
@@ -124,7 +115,7 @@ class MinerdProcess:
         proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self._proc = proc
-        self._finalizer = weakref.finalize(self, _kill_quietly, proc)
+        self._finalizer = weakref.finalize(self, kill_quietly, proc)
         self._reader = threading.Thread(target=self._read, args=(proc,), name=f"minerd-{proc.pid}", daemon=True)
         self._reader.start()
         return self
@@ -134,14 +125,7 @@ class MinerdProcess:
         proc = self._proc
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        terminate(proc, timeout)
         if self._reader is not None:
             self._reader.join(timeout)
         if self._finalizer is not None:
