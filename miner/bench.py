@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from kernels import paths
@@ -168,18 +169,25 @@ def minerd_rate(seconds: float = MINERD_SECONDS) -> tuple[float | None, str]:
 
 
 def run_bench(seconds: float = 10.0, threads: int | None = None, measure_compile: bool = True,
-              rounds: int = 5, minerd: bool = True) -> BenchResult:
+              rounds: int = 5, minerd: bool = True, progress: Callable[[str], None] | None = None) -> BenchResult:
     """Rates are medians over `rounds` interleaved rounds, so a burst of noise (turbo, a
-    neighbour on the host) hits one round of one figure, not a whole ratio."""
+    neighbour on the host) hits one round of one figure, not a whole ratio. progress gets a
+    line as each phase starts (compiles take a minute on some paths)."""
+    say = progress or (lambda _line: None)
     threads = threads or kscan.default_threads()
     model, features = cpu_info()
     choice = kscan.chosen_kernel()
     able = paths.runnable()
     kernels = [k for k in paths.KERNELS if able[k] is None]
-    loads = {k: load_times(k) if measure_compile else (None, None) for k in kernels}
+    loads = {}
+    for k in kernels:
+        if measure_compile:
+            say(f"path {k}: cold compile and cached load, in two fresh processes (a minute on some paths)")
+        loads[k] = load_times(k) if measure_compile else (None, None)
     window = seconds / rounds
     share = 0.35 / len(kernels)
     samples: dict[str, list[float]] = {"stream": [], "all": [], "loop": [], **{k: [] for k in kernels}}
+    say(f"rates: {rounds} rounds of {window:.1f} s ({', '.join(kernels)}, {threads} threads, references)")
     for _ in range(rounds):
         samples["stream"].append(single_stream_rate(0.15 * window))
         for k in kernels:
@@ -188,7 +196,11 @@ def run_bench(seconds: float = 10.0, threads: int | None = None, measure_compile
         samples["loop"].append(hashlib_loop_rate(0.15 * window))
     med = {k: statistics.median(v) for k, v in samples.items()}
     stream, per_thread, all_threads, loop = med["stream"], med[choice.kernel], med["all"], med["loop"]
+    if minerd:
+        say("minerd --benchmark, when it is on PATH (about 12 s)")
     minerd_mhs, minerd_note = minerd_rate() if minerd else (None, "skipped")
+    if threads > 1:
+        say(f"{threads} single-thread processes at once")
     procs = processes_rate(threads, max(1.0, 0.35 * seconds), choice.kernel) if threads > 1 else None
     return BenchResult(
         kernel=choice.kernel, kernel_reason=choice.reason,
@@ -262,8 +274,13 @@ def main(args) -> int:
     except paths.KernelUnavailable as e:
         print(f"miner bench: {e}", file=sys.stderr)
         return 2
+    t0 = time.monotonic()
+
+    def progress(line: str) -> None:  # stderr: --json keeps stdout to the JSON alone
+        print(f"[{time.monotonic() - t0:5.1f} s] {line}", file=sys.stderr, flush=True)
+
     result = run_bench(seconds=args.seconds, threads=args.threads, measure_compile=not args.no_compile,
-                       minerd=not args.no_minerd)
+                       minerd=not args.no_minerd, progress=progress)
     stats = None
     if args.asm_stats:
         from kernels.asm import hot_loop_stats, lane_loop_asm, sha_instruction_counts, shani_asm

@@ -46,6 +46,8 @@ def test_bench_json_reports_every_figure():
         assert figures["mhs_per_thread"] > 0 and figures["compile_s"] > 0 and figures["cached_load_s"] > 0
     assert result["paths"][result["kernel"]]["mhs_per_thread"] == result["kernel_mhs_per_thread"]
     assert result["minerd_mhs_per_thread"] is None and result["minerd_note"] == "skipped"
+    # Each long phase is announced on stderr as it starts (stdout stays the JSON alone).
+    assert "cold compile and cached load" in out.stderr and "rates:" in out.stderr, out.stderr
 
 
 def test_minerd_reports_are_parsed():
