@@ -44,7 +44,8 @@ def _wait_for_a_job(port: int, timeout: float = 60.0) -> None:
         sock.sendall(b'{"id":1,"method":"mining.subscribe","params":[]}\n'
                      b'{"id":2,"method":"mining.authorize","params":["site.probe","x"]}\n')
         buffered = b""
-        while b'"mining.notify"' not in buffered:
+        # A notify message, not the subscribe answer (which names "mining.notify" too).
+        while not any(json.loads(line).get("method") == "mining.notify" for line in buffered.split(b"\n")[:-1] if line):
             assert time.monotonic() < deadline, f"no job from the stratum server: {buffered[-500:]!r}"
             sock.settimeout(max(0.1, deadline - time.monotonic()))
             chunk = sock.recv(65536)
