@@ -252,11 +252,10 @@ class _Run:
         if pool is not None:
             pool.start()
 
-    async def _wait_visibly(self, fn, what: str | None) -> float | None:
+    async def _wait_visibly(self, fn, what: str | None) -> None:
         """Run fn() on a daemon thread, so that a stop never waits for it; when it takes over
         QUIET_WAIT seconds, say `what` we wait for (None: fn says it itself), then every
-        PROGRESS_INTERVAL how long so far. Returns the seconds it took when that was
-        announced, else None; raises what fn raised."""
+        PROGRESS_INTERVAL how long so far. Raises what fn raised."""
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
 
@@ -274,20 +273,15 @@ class _Run:
                 loop.call_soon_threadsafe(settle, error)
 
         t0 = time.monotonic()
-        threading.Thread(target=work, name=f"gridminer-{getattr(fn, '__name__', 'wait')}", daemon=True).start()
+        threading.Thread(target=work, name="gridminer-wait", daemon=True).start()
         done, _ = await asyncio.wait([ready], timeout=QUIET_WAIT)
-        announced = not done and what is not None
-        if what is None:
-            await ready
-            return None
-        if announced:
+        if not done and what is not None:
             self._print(what)
-        while not done:
-            done, _ = await asyncio.wait([ready], timeout=PROGRESS_INTERVAL)
-            if not done:
-                self._print(f"... {time.monotonic() - t0:.0f} s")
-        ready.result()
-        return time.monotonic() - t0 if announced else None
+            while not done:
+                done, _ = await asyncio.wait([ready], timeout=PROGRESS_INTERVAL)
+                if not done:
+                    self._print(f"... {time.monotonic() - t0:.0f} s")
+        await ready
 
     def _print(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
@@ -687,8 +681,8 @@ class AgentMiner(_UpstreamRun):
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
             loop.call_soon_threadsafe(self._submit, job, solution)
 
-        self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="agent",
-                                      site=self.pool_site, max_unanswered=MAX_UNANSWERED_SHARES)
+        self.pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="agent",
+                               site=self.pool_site, max_unanswered=MAX_UNANSWERED_SHARES)
         self._prepare_scheduler()
         api = None
         if self.config.agent.api != "off":
@@ -780,8 +774,8 @@ class ProxyMiner(_UpstreamRun):
         def on_solution(job: Job, solution: Solution, is_block: bool) -> None:
             loop.call_soon_threadsafe(self._submit_local, job, solution)
 
-        self.pool = pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="local",
-                                      site=self.pool_site, max_unanswered=MAX_UNANSWERED_SHARES)
+        self.pool = WorkerPool(threads, on_solution, metrics=self.metrics, worker_group="local",
+                               site=self.pool_site, max_unanswered=MAX_UNANSWERED_SHARES)
         self._prepare_scheduler()
         host, port = parse_listen(self.config.stratum.listen, "stratum.listen")
         self.server = server = StratumServer(lambda job, solution: None, host=host, port=port, metrics=self.metrics,

@@ -375,14 +375,11 @@ class GBTWorkSource:
         if isinstance(header, dict) and isinstance(header.get("height"), int) and isinstance(header.get("time"), int):
             made = template_on_tip(template, tip_hex_display=best, tip_height=header["height"],
                                    tip_time=header["time"], network=network, now=int(time.time()))
+        self._log_rate_limited("stale_template", "the node's template builds on %s, not its best block %s: %s",
+                               prev, best, "waiting for a template on the best block" if made is None else
+                               "mining an empty block on the best block until the node has a template for it")
         if made is None:
-            self._log_rate_limited("stale_template", "the node's template builds on %s, not its best block %s: "
-                                   "waiting for a template on the best block", prev, best)
             self.metrics.template_errors.labels("stale_template").inc()
-            return None
-        self._log_rate_limited("stale_template", "the node's template builds on %s, not its best block %s: "
-                               "mining an empty block on the best block until the node has a template for it",
-                               prev, best)
         return made
 
     def _publish(self, job: Job, new_tip_via: str | None) -> None:

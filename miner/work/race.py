@@ -90,7 +90,3 @@ class BlockRace(Generic[Candidate]):
             return tip.backups.popleft()  # stays in flight
         tip.in_flight = False
         return None
-
-    def is_finished(self, prev_hash_internal: bytes) -> bool:
-        tip = self._tips.get(prev_hash_internal)
-        return tip is not None and tip.finished
