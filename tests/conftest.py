@@ -5,6 +5,7 @@ use). Use it without destroying it: read, mine, send transactions; never stop,
 restart or invalidate it, and do not assume a height (other tests mine too).
 `regtest_node_factory` makes fresh nodes for tests that need a known chain or that
 stop, kill and restart nodes; every node it made is closed at teardown, pass or fail.
+`api_node` is one node per module made by the miner.testing API itself.
 
 Node tests skip (with the reason) only when Node.js/npm are missing; set
 GRIDMINER_REGTEST_NODE=bitcoind to run them against bitcoind instead.
@@ -152,6 +153,24 @@ def regtest_node() -> Iterator[Any]:
     node = RegtestNode(kind, persistent=False)
     try:
         node.start()
+        yield node
+    finally:
+        node.close()
+
+
+@pytest.fixture(scope="module")
+def api_node() -> Iterator[Any]:
+    """One miner.testing.RegtestNode per test module (the testing API's own class and its
+    default choice: bitcoind when on PATH, else bcoin), so a module knows its chain from
+    height 0; skipped, with the reason, when no node can run here."""
+    from miner.testing import RegtestNode, RegtestUnavailable
+
+    node = RegtestNode()
+    try:
+        try:
+            node.start()
+        except RegtestUnavailable as e:
+            pytest.skip(f"regtest node unavailable: {e}")
         yield node
     finally:
         node.close()

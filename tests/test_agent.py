@@ -15,7 +15,7 @@ from miner.controller import AgentMiner
 from miner.metrics import Metrics
 from miner.stratum import protocol as p
 from miner.stratum.server import StratumServer
-from miner.testing import RegtestNode, RegtestUnavailable, StratumPool
+from miner.testing import StratumPool
 from tests.stratum.test_session import make_job
 from tests.waiting import wait_until
 
@@ -91,20 +91,6 @@ POOL_DIFFICULTY = 2.0 ** -20
 NOTIFY_HOLD_S = 5.0
 
 
-@pytest.fixture(scope="module")
-def pool_node():
-    """A regtest node of this module's own (bitcoind when on PATH, else the pinned bcoin)."""
-    node = RegtestNode()
-    try:
-        try:
-            node.start()
-        except RegtestUnavailable as e:
-            pytest.skip(f"regtest node unavailable: {e}")
-        yield node
-    finally:
-        node.close()
-
-
 def agent_config(pool_url: str, threads: int = 1) -> Config:
     return Config(mining=MiningConfig(mode="agent", threads=threads),
                   upstream=UpstreamConfig(pools=[pool_url], user="site1.rig1"),
@@ -127,11 +113,11 @@ async def set_pool_difficulty(pool: StratumPool, difficulty: float) -> None:
     pool.delay_notify(0, 0)
 
 
-def test_a_pool_rejection_never_stops_the_agent(pool_node):
+def test_a_pool_rejection_never_stops_the_agent(api_node):
     """Issue: the agent took a hash that met regtest's target for a block, sent it to a pool
     at difficulty above the network's, retired the tip when the pool rejected it, and
     hashed nothing more. Now the share target is the pool's and no answer stops it."""
-    with StratumPool(pool_node, difficulty=1.0) as pool:
+    with StratumPool(api_node, difficulty=1.0) as pool:
         pool.delay_notify(NOTIFY_HOLD_S, count=None)
         # That pool's verdict on the agent's first share (the old agent sent one that met
         # the network target but not the pool's: a low-difficulty share).
@@ -167,12 +153,12 @@ def test_a_pool_rejection_never_stops_the_agent(pool_node):
     assert agent.pool.best_share >= POOL_DIFFICULTY
 
 
-def test_a_paused_or_curtailed_agent_reports_no_rate_and_real_share_figures(pool_node):
+def test_a_paused_or_curtailed_agent_reports_no_rate_and_real_share_figures(api_node):
     """Issue: a paused agent's cgminer devs said Idle with MHS 5s > 0 and the status line
     decayed over the rate window; Found Blocks, Best Share and Hardware Errors were 0."""
     from miner.devices.local import LocalWorkers
 
-    with StratumPool(pool_node, difficulty=1.0) as pool:
+    with StratumPool(api_node, difficulty=1.0) as pool:
         pool.delay_notify(NOTIFY_HOLD_S, count=None)
 
         async def scenario():
@@ -268,11 +254,11 @@ def test_hardware_errors_reach_the_cgminer_api():
 
 
 @pytest.mark.parametrize("policy", ["same-host", "any", "never"])
-def test_client_reconnect_goes_to_the_configured_host_only(pool_node, policy):
+def test_client_reconnect_goes_to_the_configured_host_only(api_node, policy):
     """A pool's client.reconnect to another host would take our worker name and password
     there: followed only as upstream.follow_reconnect says (default: the same host)."""
-    with StratumPool(pool_node) as pool, StratumPool(pool_node, host="127.0.0.2") as elsewhere, \
-            StratumPool(pool_node) as same_host:
+    with StratumPool(api_node) as pool, StratumPool(api_node, host="127.0.0.2") as elsewhere, \
+            StratumPool(api_node) as same_host:
         config = agent_config(pool.url, threads=0)
         config = replace(config, upstream=replace(config.upstream, password=POOL_PASSWORD, follow_reconnect=policy))
 

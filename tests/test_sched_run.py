@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from miner import config as cfg
+from tests.miner_run import node_credentials
 from tests.test_agent import api_call
 from miner.node.regtest import free_port
 
@@ -164,11 +165,8 @@ def test_price_across_breakeven_stops_and_restarts_local_workers_and_an_agent(re
     node = regtest_node
     agent_api = free_port()
     env = dict(os.environ, RIG7_TOKEN=TOKEN, GRIDMINER_AGENT_TOKEN=TOKEN)
-    if node.kind == "bcoin":  # node credentials from the environment, as an operator would
-        env.update(GRIDMINER_RPC_USER=node.auth.user, GRIDMINER_RPC_PASSWORD=node.auth.password)
-        node_auth = []
-    else:
-        node_auth = ["--rpc-cookie", str(node.auth.path)]
+    credentials, node_auth = node_credentials(node)  # bcoin's from the environment, as an operator would
+    env.update(credentials)
     with PriceAPI(20.0) as prices:
         sites, config = write_files(tmp_path, prices.url, agent_api)
         miner = Process([sys.executable, "-m", "miner", "run", "-c", str(config), "--sites", str(sites),

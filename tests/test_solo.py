@@ -17,18 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import zmq
 
 from miner.chain.address import address_to_script
 from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, NodeConfig, StratumConfig
 from miner.controller import SoloMiner
 from miner.metrics import Metrics
-from miner.node.rpc import NodeRPC
-from miner.work.gbt import GBTSettings, GBTWorkSource
-from miner.work.journal import Journal
-from miner.work.submit import BlockSubmitter
+from miner.work.gbt import GBTSettings
+from tests.miner_run import node_credentials
 from tests.waiting import wait_until
+from tests.work.support import running_gbt_source
 
 
 def node_config(node, **kw) -> NodeConfig:
@@ -137,28 +135,18 @@ def test_a_run_started_right_after_a_payment_mines_it_on_core(regtest_node_facto
 # --- new tips: polling within 1 s, ZMQ within 100 ms --------------------------------------
 
 async def _switch_latency(node, tmp_path, *, settings: GBTSettings, publish=None) -> float:
-    rpc = NodeRPC(node.rpc_url, node.auth, timeout=10)
-    with Journal(tmp_path / "j.jsonl") as journal:
-        source = GBTWorkSource(rpc, BlockSubmitter(rpc, journal), settings)
-        jobs = source.jobs()
-        task = asyncio.create_task(source.run())
-        try:
-            await asyncio.wait_for(source.ready.wait(), 10)
-            if publish is not None:
-                await asyncio.sleep(0.5)  # let the subscriber connect (ZMQ's slow joiner)
-            new_tip = (await asyncio.to_thread(node.mine_with_node, 1))[0]
-            t0 = time.monotonic()
-            if publish is not None:
-                publish(new_tip)
-            while True:
-                job = await asyncio.wait_for(jobs.__anext__(), 5)
-                if job.prev_hash_hex_display == new_tip:
-                    assert job.clean
-                    return time.monotonic() - t0
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await jobs.aclose()
+    async with running_gbt_source(node, tmp_path / "j.jsonl", settings, ready_timeout=10) as (_, jobs):
+        if publish is not None:
+            await asyncio.sleep(0.5)  # let the subscriber connect (ZMQ's slow joiner)
+        new_tip = (await asyncio.to_thread(node.mine_with_node, 1))[0]
+        t0 = time.monotonic()
+        if publish is not None:
+            publish(new_tip)
+        while True:
+            job = await asyncio.wait_for(jobs.__anext__(), 5)
+            if job.prev_hash_hex_display == new_tip:
+                assert job.clean
+                return time.monotonic() - t0
 
 
 def test_new_tip_by_polling_within_one_second(regtest_node_factory, node_kind, tmp_path):
@@ -258,10 +246,8 @@ def test_miner_killed_between_found_and_accepted_resubmits_on_restart(regtest_no
     cmd = [sys.executable, "-m", "miner", "run", "--node", node.rpc_url, "--address", address,
            "--journal", str(journal), "--threads", "1", "--log-level", "warning",
            "--stratum", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]
-    if node.kind == "bcoin":  # credentials from the environment, as an operator would
-        env = dict(os.environ, GRIDMINER_RPC_USER=node.auth.user, GRIDMINER_RPC_PASSWORD=node.auth.password)
-    else:
-        env, cmd = dict(os.environ), cmd + ["--rpc-cookie", str(node.auth.path)]
+    credentials, args = node_credentials(node)  # bcoin's from the environment, as an operator would
+    env, cmd = dict(os.environ, **credentials), cmd + args
     miner = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     pending: set[str] = set()
     try:

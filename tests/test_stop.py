@@ -19,6 +19,7 @@ import pytest
 
 from miner.node.regtest import free_port
 from miner.testing.stratum_miner import StratumMiner
+from tests.miner_run import first_notify, node_credentials
 from tests.waiting import tail, wait_port
 
 # Core's regtest P2WPKH example address (any regtest address will do: nothing is mined).
@@ -33,24 +34,6 @@ def _wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float
         assert proc.poll() is None, f"miner exited ({proc.returncode}) before saying {text!r}:\n{tail(path)}"
         assert time.monotonic() < deadline, f"miner never said {text!r}:\n{tail(path)}"
         time.sleep(0.05)
-
-
-def _wait_for_a_job(port: int, timeout: float = 60.0) -> None:
-    """Subscribe and authorize on the stratum server until a mining.notify arrives."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    with socket.create_connection(("127.0.0.1", port), timeout) as sock:
-        sock.sendall(b'{"id":1,"method":"mining.subscribe","params":[]}\n'
-                     b'{"id":2,"method":"mining.authorize","params":["site.probe","x"]}\n')
-        buffered = b""
-        # A notify message, not the subscribe answer (which names "mining.notify" too).
-        while not any(json.loads(line).get("method") == "mining.notify" for line in buffered.split(b"\n")[:-1] if line):
-            assert time.monotonic() < deadline, f"no job from the stratum server: {buffered[-500:]!r}"
-            sock.settimeout(max(0.1, deadline - time.monotonic()))
-            chunk = sock.recv(65536)
-            assert chunk, f"the stratum server closed the connection: {buffered[-500:]!r}"
-            buffered += chunk
 
 
 def _stop_and_time(proc: subprocess.Popen, sig: int, log: Path) -> float:
@@ -122,16 +105,15 @@ def test_node_stopped_with_blocks_pending_stops_within_5_s_and_the_next_start_re
            "--journal", str(journal), "--threads", "0", "--log-level", "info",
            "--stratum", f"127.0.0.1:{port}", "--metrics", "127.0.0.1:0"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDMINER_RPC_")}
-    if node.kind == "bcoin":
-        env.update(GRIDMINER_RPC_USER=node.auth.user, GRIDMINER_RPC_PASSWORD=node.auth.password)
-    else:
-        cmd += ["--rpc-cookie", str(node.auth.path)]
+    credentials, args = node_credentials(node)
+    env.update(credentials)
+    cmd += args
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     rig = None
     try:
         wait_port(port, 120, proc, log)
-        _wait_for_a_job(port)
+        first_notify(port)
         tip = node.rpc.call_sync("getbestblockhash")
         node.stop()  # the miner's job is on `tip`; every block found now waits for the node
         # A rig finds blocks on that tip (every share is one at regtest difficulty); with no

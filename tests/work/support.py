@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import json
@@ -153,3 +154,26 @@ class FakeNode:
 
     def submitted_hex(self) -> list[str]:
         return [params[0] for method, params in self.calls if method == "submitblock"]
+
+
+@contextlib.asynccontextmanager
+async def running_gbt_source(node, journal_path: Path, settings, ready_timeout: float = 30.0):
+    """A GBTWorkSource running on a real node: (source, its job subscription) once it has a job."""
+    from miner.node.rpc import NodeRPC
+    from miner.work.gbt import GBTWorkSource
+    from miner.work.journal import Journal
+    from miner.work.submit import BlockSubmitter
+
+    rpc = NodeRPC(node.rpc_url, node.auth, timeout=10)
+    with Journal(journal_path) as journal:
+        source = GBTWorkSource(rpc, BlockSubmitter(rpc, journal), settings)
+        jobs = source.jobs()
+        task = asyncio.create_task(source.run())
+        try:
+            await asyncio.wait_for(source.ready.wait(), ready_timeout)
+            yield source, jobs
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await jobs.aclose()
+            rpc.close()

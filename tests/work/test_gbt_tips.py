@@ -13,39 +13,26 @@ import time
 import pytest
 
 from miner.chain.address import address_to_script
-from miner.node.rpc import NodeRPC
-from miner.work.gbt import GBTSettings, GBTWorkSource
-from miner.work.journal import Journal
-from miner.work.submit import BlockSubmitter
+from miner.work.gbt import GBTSettings
+from tests.work.support import running_gbt_source
 
 
 async def _job_after_invalidation(node, tmp_path, settings: GBTSettings, depth: int) -> tuple[float, str, int]:
     """Seconds from invalidateblock's return to a clean job on the new (lower) tip."""
-    rpc = NodeRPC(node.rpc_url, node.auth, timeout=10)
-    with Journal(tmp_path / "j.jsonl") as journal:
-        source = GBTWorkSource(rpc, BlockSubmitter(rpc, journal), settings)
-        jobs = source.jobs()
-        task = asyncio.create_task(source.run())
-        try:
-            await asyncio.wait_for(source.ready.wait(), 30)
-            height = await asyncio.to_thread(node.rpc.call_sync, "getblockcount")
-            assert source.height == height + 1
-            if settings.zmq_url:
-                await asyncio.sleep(0.5)  # ZMQ's slow joiner: let the subscription reach the node
-            doomed = await asyncio.to_thread(node.rpc.call_sync, "getblockhash", height - depth + 1)
-            await asyncio.to_thread(node.rpc.call_sync, "invalidateblock", doomed)
-            t0 = time.monotonic()
-            best = await asyncio.to_thread(node.rpc.call_sync, "getbestblockhash")
-            while True:
-                job = await asyncio.wait_for(jobs.__anext__(), 20)
-                if job.prev_hash_hex_display == best:
-                    assert job.clean, "a job on a new tip must tell miners to drop the old work"
-                    return time.monotonic() - t0, best, job.height
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await jobs.aclose()
-            rpc.close()
+    async with running_gbt_source(node, tmp_path / "j.jsonl", settings) as (source, jobs):
+        height = await asyncio.to_thread(node.rpc.call_sync, "getblockcount")
+        assert source.height == height + 1
+        if settings.zmq_url:
+            await asyncio.sleep(0.5)  # ZMQ's slow joiner: let the subscription reach the node
+        doomed = await asyncio.to_thread(node.rpc.call_sync, "getblockhash", height - depth + 1)
+        await asyncio.to_thread(node.rpc.call_sync, "invalidateblock", doomed)
+        t0 = time.monotonic()
+        best = await asyncio.to_thread(node.rpc.call_sync, "getbestblockhash")
+        while True:
+            job = await asyncio.wait_for(jobs.__anext__(), 20)
+            if job.prev_hash_hex_display == best:
+                assert job.clean, "a job on a new tip must tell miners to drop the old work"
+                return time.monotonic() - t0, best, job.height
 
 
 def _node_with_blocks(regtest_node_factory, kind: str, blocks: int = 6):
