@@ -1,5 +1,2 @@
-"""Device-facing surfaces of a rig: the cgminer-compatible agent control API."""
-
-from miner.devices.agent_api import AgentAPIConfigError, AgentAPIServer, AgentState
-
-__all__ = ["AgentAPIConfigError", "AgentAPIServer", "AgentState"]
+"""Devices: the vocabulary every driver meets (`miner.devices.model`), the drivers, and the
+cgminer-compatible control API a rig serves (`miner.devices.agent_api`)."""

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from miner.devices.cgminer import check_level, device_error, modelled_power_w, number
-from miner.sched.model import DeviceError, DeviceReading
+from miner.devices.model import DeviceError, DeviceReading
 
 log = logging.getLogger(__name__)
 

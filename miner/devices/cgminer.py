@@ -14,7 +14,7 @@ repaired: ``stats`` rows written ``}{`` without a comma), :func:`check_status`,
 :func:`hashrate_hs`. I/O: :class:`CgminerClient`, one connection per command, every
 exchange bounded by ``timeout`` seconds.
 
-Devices (``miner.sched.model.Device``):
+Devices (``miner.devices.model.Device``):
 
 * :class:`AgentDevice` -- a gridminer agent (``miner.devices.agent_api``): ``pause`` /
   ``resume`` with the shared token, ``summary`` for the rate and the ``Paused`` flag.
@@ -40,7 +40,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from miner.sched.model import DeviceError, DeviceReading
+from miner.devices.model import DeviceError, DeviceReading
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from miner.devices.axeos import OFF_MODES, AxeOSDevice, parse_levels
 from miner.devices.cgminer import DEFAULT_PORT, AgentDevice, CgminerDevice
-from miner.sched.model import Device
+from miner.devices.model import Device
 
 KINDS = ("agent", "cgminer", "luxos", "axeos", "local")
 

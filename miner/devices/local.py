@@ -15,7 +15,7 @@ import time
 from typing import Callable
 
 from miner.hashing.pool import WorkerPool
-from miner.sched.model import DeviceError, DeviceReading
+from miner.devices.model import DeviceError, DeviceReading
 
 # After a resume, how long the pool counts as hashing before its nonce counter has to
 # show it (seconds): the first kernel chunk of a thread takes up to ~50 ms, a job switch
@@ -32,7 +32,7 @@ def active_threads_for(level: float, threads: int) -> int:
 
 
 class LocalWorkers:
-    """The Device protocol (miner.sched.model.Device) over a WorkerPool."""
+    """The Device protocol (miner.devices.model.Device) over a WorkerPool."""
 
     def __init__(self, name: str, pool: WorkerPool, *, power_w: float | None = None,
                  clock: Callable[[], float] = time.monotonic,

@@ -142,27 +142,3 @@ class PriceFeed(Protocol):
     no later than now), may return future intervals (day-ahead), and raises FeedError."""
 
     async def fetch(self, now: datetime) -> Sequence[PriceInterval]: ...
-
-
-@dataclass(frozen=True)
-class DeviceReading:
-    hashing: bool                      # the device reports hashing now
-    hashrate_hs: float                 # hashes per second it reports (0.0 when unknown)
-    power_w: float | None = None       # watts it reports, None when it cannot tell
-    level: float | None = None         # power level it runs at, if it can tell
-
-
-class DeviceError(Exception):
-    """A device did not answer or refused a command."""
-
-
-class Device(Protocol):
-    """Something the scheduler can curtail: local workers, an agent, an ASIC."""
-
-    name: str
-
-    async def apply(self, level: float) -> None:
-        """Run at `level` (0.0: stop hashing). Raises DeviceError."""
-
-    async def read(self) -> DeviceReading:
-        """What the device reports now. Raises DeviceError."""

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol, Sequence
 
+from miner.devices.model import Device, DeviceError, DeviceReading
 from miner.metrics import Metrics
 from miner.sched.economics import HashpriceSeries, hashprice_usd_per_th_day
 from miner.sched.feeds import merge_intervals, price_at
-from miner.sched.model import (UTC, Device, DeviceError, DeviceReading, FeedError, Plan, Policy, PriceFeed,
-                               PriceInterval, SiteDecision, SiteSpec, SiteState)
+from miner.sched.model import UTC, FeedError, Plan, Policy, PriceFeed, PriceInterval, SiteDecision, SiteSpec, SiteState
 
 log = logging.getLogger(__name__)
 

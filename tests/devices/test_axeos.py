@@ -10,7 +10,7 @@ import pytest
 
 from miner.devices.axeos import AxeOSDevice, AxeOSError, choose_level, level_of, parse_levels
 from miner.node.regtest import free_port
-from miner.sched.model import DeviceError
+from miner.devices.model import DeviceError
 from tests.devices.emulators import AxeOSEmulator
 
 LEVELS = {1.0: (525, 1200), 0.6: (400, 1100)}

@@ -28,7 +28,7 @@ from miner.devices.cgminer import (
     parse_text_reply,
 )
 from miner.node.regtest import free_port
-from miner.sched.model import DeviceError
+from miner.devices.model import DeviceError
 from tests.devices.emulators import CgminerEmulator
 
 TOKEN = "agent-token-7f3a"

@@ -12,7 +12,7 @@ from kernels.scan import warm_up
 from miner.devices.local import LocalWorkers, active_threads_for
 from miner.hashing.pool import WorkerPool
 from miner.metrics import Metrics
-from miner.sched.model import DeviceError
+from miner.devices.model import DeviceError
 from tests.hashing.test_pool import HARD_BITS, make_job
 
 

@@ -20,7 +20,8 @@ import pytest
 from miner.metrics import Metrics
 from miner.sched.economics import breakeven_usd_per_mwh
 from miner.sched.feeds import StaticFeed, merge_intervals
-from miner.sched.model import UTC, DeviceError, DeviceReading, FeedError, PriceInterval, SiteState
+from miner.devices.model import DeviceError, DeviceReading
+from miner.sched.model import UTC, FeedError, PriceInterval, SiteState
 from miner.sched.scheduler import (HashpriceUnavailable, NodeHashprice, RetryPolicy, Scheduler, SeriesHashprice,
                                    StaticHashprice, describe)
 from miner.sched.policy import make_policy
