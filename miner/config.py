@@ -44,6 +44,15 @@ no error message or repr shows one (SECRET_KEYS; URLs with credentials are not e
     interval_seconds = 60       # seconds between scheduler steps
     local_site = "texas"        # the site the local CPU workers belong to (and label)
     policy = "gridminer"        # the policy by name (miner.sched.policy.make_policy)
+
+    [bus]                       # the fleet bus (NATS JetStream): miner fleet and site agents
+    url = "nats://127.0.0.1:4222"   # comma-separated for a cluster; tls:// for TLS
+    user = "texas"              # password only from GRIDMINER_BUS_PASSWORD; or creds_file
+    desired_ttl_seconds = 300   # how long a site trusts its last desired state
+    lease_ttl_seconds = 15      # fleet leader lease
+    report_interval_seconds = 15
+    signing_key_file = "fleet.key"      # fleet: Ed25519 key (miner fleet keygen)
+    leader_public_key = "ab12..."       # sites: the fleet key's public half (hex or base64)
 """
 
 from __future__ import annotations
@@ -151,6 +160,21 @@ class SchedConfig:
 
 
 @dataclass(frozen=True)
+class BusConfig:
+    url: str = "nats://127.0.0.1:4222"  # NATS server(s), comma-separated; never with credentials
+    user: str | None = None  # its password only from GRIDMINER_BUS_PASSWORD (never the file or argv)
+    creds_file: str | None = None  # NATS credentials file (JWT + nkey seed), instead of user/password
+    tls_ca: str | None = None  # CA file to verify the server's certificate
+    desired_ttl_seconds: float = 300.0  # a site trusts its last desired state this long, then its fail-safe
+    lease_ttl_seconds: float = 15.0  # fleet leader lease: a standby takes over this long after the leader dies
+    report_interval_seconds: float = 15.0  # s between a site's reports (and after every apply)
+    name: str | None = None  # this fleet instance or site agent in logs and the lease; default host-pid
+    signing_key_file: str | None = None  # fleet: Ed25519 private key (PEM, or the 32-byte seed in hex)
+    leader_public_key: str | None = None  # sites: the fleet key's raw 32-byte public key, hex or base64
+    state_dir: str | None = None  # sites: where the highest applied revision is kept
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = NodeConfig()
     mining: MiningConfig = MiningConfig()
@@ -160,6 +184,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     sched: SchedConfig = SchedConfig()
+    bus: BusConfig = BusConfig()
 
     def default_journal_path(self, chain: str) -> Path:
         """One journal per network and chain (chain: "regtest-<block 1 hash prefix>", from
@@ -169,7 +194,7 @@ class Config:
 
 
 _SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "upstream": UpstreamConfig, "agent": AgentConfig,
-             "stratum": StratumConfig, "metrics": MetricsConfig, "log": LogConfig, "sched": SchedConfig}
+             "stratum": StratumConfig, "metrics": MetricsConfig, "log": LogConfig, "sched": SchedConfig, "bus": BusConfig}
 _LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -321,7 +346,35 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"sched.interval_seconds: must be > 0 seconds, got {sc.interval_seconds}")
     if sc.local_site is not None and sc.sites is None:
         raise ConfigError("sched.local_site: needs sched.sites (the sites file that names it)")
+    validate_bus(config.bus)
     return config
+
+
+BUS_SCHEMES = ("nats://", "tls://")
+BUS_PASSWORD_ENV = "GRIDMINER_BUS_PASSWORD"
+
+
+def validate_bus(bus: BusConfig) -> BusConfig:
+    urls = [u.strip() for u in bus.url.split(",")]
+    for url in urls:
+        if url_has_secrets(url):
+            raise ConfigError(f"bus.url: no credentials or query in the URL (not shown here); give bus.user and "
+                              f"the password in {BUS_PASSWORD_ENV}, or bus.creds_file")
+        if not url.startswith(BUS_SCHEMES) or not urlsplit(url).hostname:
+            raise ConfigError(f"bus.url: expected nats://HOST:PORT (or tls://), comma-separated, got {url!r}")
+    if bus.user is not None and bus.creds_file is not None:
+        raise ConfigError("bus.user and bus.creds_file: give one way to authenticate, not both")
+    for key in ("desired_ttl_seconds", "lease_ttl_seconds", "report_interval_seconds"):
+        if not getattr(bus, key) > 0:
+            raise ConfigError(f"bus.{key}: must be > 0 seconds, got {getattr(bus, key)}")
+    if bus.leader_public_key is not None:
+        from miner.fleet.records import load_public_key
+
+        try:
+            load_public_key(bus.leader_public_key)
+        except ValueError as e:
+            raise ConfigError(f"bus.{e}") from None
+    return bus
 
 
 def parse_listen(value: str, key: str) -> tuple[str, int]:
@@ -351,7 +404,15 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, dict[str, A
     for key in raw:
         if key not in _SECTIONS:
             raise ConfigError(f"[{key}]: unknown section (known: {', '.join(_SECTIONS)})")
+    if isinstance(raw.get("bus"), dict) and "password" in raw["bus"]:
+        raise ConfigError(f"bus.password: not read from a file; put it in the environment variable {BUS_PASSWORD_ENV}")
     sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    if path is not None:
+        # Files named in [bus] are relative to the config file, as the sites file is.
+        bus = sections["bus"]
+        sections["bus"] = replace(bus, **{key: str(Path(path).parent / Path(getattr(bus, key)).expanduser())
+                                          for key in ("creds_file", "tls_ca", "signing_key_file", "state_dir")
+                                          if getattr(bus, key) is not None})
     if path is not None and sections["sched"].sites is not None:
         # A sites file named in the config is relative to the config file, not the cwd.
         sites = Path(path).parent / Path(sections["sched"].sites).expanduser()

@@ -23,10 +23,10 @@ import collections
 import logging
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from miner.config import BUS_PASSWORD_ENV, BusConfig
 from miner.devices.actuator import LimitedLog
 from miner.fleet.records import check_site_name
 
@@ -37,7 +37,7 @@ REPORTED_BUCKET = "gridminer_reported"
 LEASE_BUCKET = "gridminer_lease"
 LEASE_KEY = "leader"
 BUCKET_HISTORY = 5
-PASSWORD_ENV = "GRIDMINER_BUS_PASSWORD"
+PASSWORD_ENV = BUS_PASSWORD_ENV
 # Seconds between reconnect attempts while the bus is away (nats-py waits this long).
 RECONNECT_WAIT_SECONDS = 2.0
 # Seconds one request (direct get, publish ack, bucket call) may take.
@@ -85,25 +85,9 @@ class BusStopped(Exception):
     """stop() was called while connecting."""
 
 
-@dataclass(frozen=True)
-class BusSettings:
-    """The `[bus]` section (miner.config.BusConfig has the same keys, validated)."""
-
-    url: str = "nats://127.0.0.1:4222"
-    user: str | None = None
-    creds_file: str | None = None
-    tls_ca: str | None = None
-    desired_ttl_seconds: float = 300.0
-    lease_ttl_seconds: float = 15.0
-    report_interval_seconds: float = 15.0
-    name: str = ""
-    signing_key_file: str | None = None
-    leader_public_key: str | None = None
-    state_dir: str | None = None
-
-    @property
-    def instance_name(self) -> str:
-        return self.name or f"{socket.gethostname()}-{os.getpid()}"
+def instance_name(config: BusConfig) -> str:
+    """[bus] name, or host-pid: a fleet instance or site agent in logs and the lease."""
+    return config.name or f"{socket.gethostname()}-{os.getpid()}"
 
 
 StateCallback = Callable[[bool], Awaitable[None] | None]
@@ -113,7 +97,7 @@ class Bus:
     """One NATS connection. connect() retries until the server answers or stop() is
     called; nats-py then reconnects forever. `on_state(connected)` is called on each change."""
 
-    def __init__(self, settings: BusSettings, *, site: str | None = None,
+    def __init__(self, settings: BusConfig, *, site: str | None = None,
                  environ: dict[str, str] | None = None, on_state: StateCallback | None = None) -> None:
         self.settings, self.site = settings, site
         self.environ = os.environ if environ is None else environ
@@ -132,7 +116,7 @@ class Bus:
         s = self.settings
         options: dict[str, Any] = {
             "servers": [u.strip() for u in s.url.split(",") if u.strip()],
-            "name": s.instance_name,
+            "name": instance_name(s),
             "allow_reconnect": True, "max_reconnect_attempts": -1,
             "reconnect_time_wait": RECONNECT_WAIT_SECONDS, "connect_timeout": REQUEST_TIMEOUT_SECONDS,
             "disconnected_cb": self._disconnected, "reconnected_cb": self._reconnected,
@@ -321,15 +305,6 @@ def _safe_error(error: BaseException) -> str:
     """An error for the log; nats-py never puts the password in its messages, and the
     URL we log is the configured one (credentials belong in [bus] user, not the URL)."""
     return str(error) or type(error).__name__
-
-
-def read_password_free_url(url: str) -> str:
-    """Refuse a URL with embedded credentials: they would show in logs and in argv."""
-    for part in url.split(","):
-        if "@" in part.split("://", 1)[-1]:
-            raise ValueError("[bus] url must not carry credentials (user:password@host): give [bus] user and "
-                             f"the password in {PASSWORD_ENV}, or creds_file")
-    return url
 
 
 def load_signing_key_file(path: str | Path) -> Any:

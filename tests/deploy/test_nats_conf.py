@@ -10,7 +10,8 @@ import re
 import pytest
 
 from miner.fleet import bus as busmod
-from miner.fleet.bus import FLEET_PERMISSIONS, Bus, BusError, BusSettings, site_permissions
+from miner.config import BusConfig
+from miner.fleet.bus import FLEET_PERMISSIONS, Bus, BusError, site_permissions
 from miner.node.regtest import free_port
 from miner.sched.sites import load_sites
 from tests.deploy.deployfiles import DEPLOY
@@ -55,7 +56,7 @@ def test_the_shipped_config_runs_and_keeps_sites_apart(nats_server):
     server = NatsServer(port=port, config_text=text, environ=dict(os.environ, **quoted))
 
     def bus(user, site=None):
-        b = Bus(BusSettings(url=server.url, user=user), site=site, environ={busmod.PASSWORD_ENV: password_of[user]})
+        b = Bus(BusConfig(url=server.url, user=user), site=site, environ={busmod.PASSWORD_ENV: password_of[user]})
         b.request_timeout = 2.0
         return b
 

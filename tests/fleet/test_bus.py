@@ -11,7 +11,8 @@ import nats.errors
 import pytest
 
 from miner.fleet import bus as busmod
-from miner.fleet.bus import Bus, BusError, BusSettings
+from miner.config import BusConfig
+from miner.fleet.bus import Bus, BusError
 from miner.fleet.records import encode_desired, make_desired, new_signing_key
 from tests.waiting import wait_until
 
@@ -32,7 +33,7 @@ def violation(bus, text: str) -> bool:
 
 def bus_for(server, user, *, site=None):
     name, password = user
-    settings = BusSettings(url=server.url, user=name, name=f"test-{name}")
+    settings = BusConfig(url=server.url, user=name, name=f"test-{name}")
     bus = Bus(settings, site=site, environ={busmod.PASSWORD_ENV: password})
     bus.request_timeout = 2.0
     return bus
@@ -155,10 +156,13 @@ def test_the_site_reconnects_after_the_server_restarts_and_reads_again(nats_serv
 
 
 def test_a_password_only_comes_from_the_environment():
-    settings = BusSettings(url="nats://127.0.0.1:1", user="alpha")
+    settings = BusConfig(url="nats://127.0.0.1:1", user="alpha")
     with pytest.raises(BusError, match="GRIDMINER_BUS_PASSWORD"):
         Bus(settings, environ={}).connect_options()
     options = Bus(settings, site="alpha", environ={busmod.PASSWORD_ENV: "pw"}).connect_options()
     assert options["password"] == "pw" and options["inbox_prefix"] == "_INBOX_alpha"
-    with pytest.raises(ValueError, match="must not carry credentials"):
-        busmod.read_password_free_url("nats://alpha:pw@host:4222")
+    from miner.config import ConfigError, validate_bus
+
+    with pytest.raises(ConfigError, match="no credentials") as e:
+        validate_bus(BusConfig(url="nats://alpha:pw@host:4222"))
+    assert "pw" not in str(e.value)
