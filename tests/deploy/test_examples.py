@@ -184,6 +184,20 @@ def test_units_have_a_dedicated_user_environment_file_restart_and_hardening():
     assert regtest["User"] == ["gridminer"] and regtest["Restart"] == ["on-failure"]
 
 
+def test_fleet_unit_runs_the_fleet_example_with_the_daemons_user_and_hardening():
+    unit = unit_settings(SYSTEMD / "gridminer-fleet.service")
+    assert unit["User"] == ["gridminer"] and unit["EnvironmentFile"] == ["/etc/gridminer/gridminer.env"]
+    [exec_start] = unit["ExecStart"]
+    assert exec_start.split()[1:] == ["fleet", "-c", "/etc/gridminer/fleet.toml"]
+    settings = {f"{k}={v}" for k, values in unit.items() for v in values}
+    for option in HARDENING:
+        assert option in settings, option
+    config = load(EXAMPLES / "fleet.toml", env={})
+    assert config.sched.sites == str(EXAMPLES / "multisite-sites.toml")
+    assert config.bus.user == "fleet" and config.bus.signing_key_file == "/etc/gridminer/fleet.key"
+    assert "GRIDMINER_BUS_PASSWORD" in env_example_names()
+
+
 def test_service_reads_an_example_config_that_loads():
     """ExecStart's -c file is where the README has the operator put an example."""
     [exec_start] = unit_settings(SYSTEMD / "gridminer.service")["ExecStart"]
