@@ -3,6 +3,7 @@
     regtest node ◄── miner run (solo, 1 CPU thread, stratum, scheduler over two sites) ──► :metrics
                            ▲ stratum                 │ device "rig1" (cgminer API)
                      miner run --mode agent ◄────────┘                                  ──► :metrics
+    nats-server ◄── miner fleet (the same sites, leader) ──► :metrics; site "home" reports once
     a raw client that misbehaves (malformed line, unknown job, oversized line) ─► stratum
     ZMQ hashblock in bitcoind's framing (bcoin has none) with one sequence gap ─► solo
     a price API that answers nonsense ─► site "lyon" (feed errors, stale, fail-safe)
@@ -46,7 +47,7 @@ GRAFANA_VALUES = {"__rate_interval": "10s", "__range": "5m", "__interval": "1s"}
 READY_TIMEOUT_S = 45.0
 # Series that show the whole scenario has been scraped (what the panels need to exist).
 READY = (
-    'count(up{job="gridminer"} == 1) == 2',
+    'count(up{job="gridminer"} == 1) == 3',
     'gridminer_blocks_total{stage="accepted"} > 0',
     "gridminer_upstream_up == 1",
     'gridminer_stratum_worker_share_difficulty_total{worker="home.rig1"} > 0',
@@ -61,6 +62,9 @@ READY = (
     'gridminer_site_revenue_usd_total{site="home"}',
     "gridminer_agent_api_requests_total",
     "gridminer_device_actuations_total",
+    "gridminer_fleet_leader == 1",
+    'gridminer_fleet_desired_revision{site="home"}',
+    'gridminer_fleet_last_ack_age_seconds{site="home"}',
 )
 
 
@@ -276,9 +280,46 @@ def fill_variables(api: PrometheusAPI, dashboard: dict) -> dict[str, str]:
     return filled
 
 
-def test_every_dashboard_query_returns_data_and_every_alert_is_valid(prometheus_tools, regtest_node, tmp_path):
+def report_as_site(server, site: str) -> None:
+    """One report with an ack, written with the site's own credentials (as its agent would)."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    from miner.config import BusConfig
+    from miner.fleet.bus import PASSWORD_ENV, Bus, BusError
+    from miner.fleet.records import Ack, SiteReport, encode_report
+
+    async def report() -> None:
+        user, password = server.site_user(site)
+        bus = Bus(BusConfig(url=server.url, user=user), site=site, environ={PASSWORD_ENV: password})
+        await asyncio.wait_for(bus.connect(), 30)
+        deadline = time.monotonic() + 60
+        try:
+            while True:   # "no responders" until the fleet has made the bucket
+                now = datetime.now(timezone.utc)
+                try:
+                    await bus.publish_report(site, encode_report(SiteReport(
+                        site, now, True, "following", 1 << 32 | 1, 1.0, 1.0, True, 1e6, None,
+                        ack=Ack(1 << 32 | 1, "applied", "test", now))))
+                    return
+                except BusError:
+                    assert time.monotonic() < deadline, "the fleet never made its buckets"
+                    await asyncio.sleep(0.2)
+        finally:
+            await bus.close()
+
+    asyncio.run(report())
+
+
+def test_every_dashboard_query_returns_data_and_every_alert_is_valid(prometheus_tools, regtest_node, nats_server,
+                                                                     tmp_path):
     node = regtest_node
-    ports = {name: free_port() for name in ("stratum", "metrics", "agent_metrics", "agent_api", "prometheus")}
+    ports = {name: free_port() for name in ("stratum", "metrics", "agent_metrics", "agent_api", "prometheus",
+                                            "fleet_metrics")}
+    bus = nats_server(sites=["home", "lyon"])
+    (tmp_path / "fleet.toml").write_text(f'[sched]\ninterval_seconds = 1\n[bus]\nuser = "fleet"\n'
+                                         f'signing_key_file = "fleet.key"\nreport_interval_seconds = 600\n'
+                                         f'[metrics]\nlisten = "127.0.0.1:{ports["fleet_metrics"]}"\n')
     price_api = NonsensePriceAPI()
     publisher = TipPublisher(node) if node.zmq_url is None else None
     config = write_configs(tmp_path, zmq_url=node.zmq_url or publisher.url, price_url=price_api.url,
@@ -295,11 +336,16 @@ def test_every_dashboard_query_returns_data_and_every_alert_is_valid(prometheus_
                  "--pool", f"stratum+tcp://127.0.0.1:{ports['stratum']}", "--user", "home.rig1",
                  "--api", f"127.0.0.1:{ports['agent_api']}", "--stratum", "off",
                  "--metrics", f"127.0.0.1:{ports['agent_metrics']}"]
+    fleet_cmd = [sys.executable, "-m", "miner", "fleet", "-c", str(tmp_path / "fleet.toml"), "--sites",
+                 str(tmp_path / "sites.toml"), "--bus", bus.url]
+    subprocess.run([sys.executable, "-m", "miner", "fleet", "keygen", "--out", str(tmp_path / "fleet.key")],
+                   check=True, capture_output=True, timeout=120)
+    env["GRIDMINER_BUS_PASSWORD"] = bus.fleet_user[1]
     prom_cmd = [prometheus_tools.prometheus,
-                f"--config.file={prometheus_config(tmp_path, [ports['metrics'], ports['agent_metrics']])}",
+                f"--config.file={prometheus_config(tmp_path, [ports['metrics'], ports['agent_metrics'], ports['fleet_metrics']])}",
                 f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
                 f"--web.listen-address=127.0.0.1:{ports['prometheus']}", "--log.level=warn"]
-    logs = {name: tmp_path / f"{name}.log" for name in ("solo", "agent", "prometheus")}
+    logs = {name: tmp_path / f"{name}.log" for name in ("solo", "agent", "fleet", "prometheus")}
     procs: dict[str, subprocess.Popen] = {}
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen:
@@ -310,6 +356,8 @@ def test_every_dashboard_query_returns_data_and_every_alert_is_valid(prometheus_
     try:
         wait_port(ports["stratum"], proc=start("solo", solo_cmd), log=logs["solo"])
         start("agent", agent_cmd)
+        start("fleet", fleet_cmd)
+        report_as_site(bus, "home")
         start("prometheus", prom_cmd)
         misbehave(ports["stratum"])
         api = PrometheusAPI(ports["prometheus"])
