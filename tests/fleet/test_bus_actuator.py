@@ -106,6 +106,12 @@ def test_the_leader_writes_changes_and_refreshes_and_reports_become_measurements
         measured = await act.measure("texas")
         assert (measured.level, measured.hashing) == (0.0, False)
         assert sample(metrics, "gridminer_fleet_site_reporting", site="texas") == 0
+        # A site whose clock runs an hour behind is judged by when its reports arrive.
+        await reported.put("texas", encode_report(report(clock.now - timedelta(hours=1), level=1.0)))
+        measured = await act.measure("texas")
+        assert measured.hashing and sample(metrics, "gridminer_fleet_site_reporting", site="texas") == 1
+        clock.now += timedelta(seconds=45)
+        assert not (await act.measure("texas")).hashing
         # A malformed report is counted and does not replace the last good one.
         await reported.put("texas", b'{"v":1,"site":"texas"}')
         await act.measure("texas")
