@@ -1,0 +1,1 @@
+"""The run modes of `miner run`, on the shared machinery of base.py."""
