@@ -127,7 +127,8 @@ def _run_config(args) -> int:
     import logging
 
     from miner import config as cfg
-    from miner.controller import AgentMiner, ProxyMiner
+    from miner.controller import ProxyMiner
+    from miner.modes.agent import AgentMiner
     from miner.modes.solo import SoloMiner
 
     try:
