@@ -1,6 +1,10 @@
 """What every run mode shares: the stop on SIGINT/SIGTERM (within 5 s), the metrics
 endpoint, the [sched] scheduler next to mining, the kernel warm-up, status lines and the
-bounded wind-down of in-flight submissions."""
+bounded wind-down of in-flight submissions.
+
+    [sched] sites (any mode): Scheduler ─► the WorkerPool (a device of sched.local_site),
+                              agents and ASICs of every site, by live power price
+"""
 
 from __future__ import annotations
 
