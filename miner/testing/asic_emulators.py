@@ -1,0 +1,613 @@
+"""ASIC firmware emulators that speak the wire protocols asic-rs (``pyasic-rs``) uses.
+
+asic-rs addresses a miner by IP only: it probes HTTP on port 80 and the cgminer API on
+port 4028 and has no port setting. So each emulated miner gets its own loopback address
+(127.0.0.0/8 all routes to ``lo`` on Linux) and listens on the real ports there. Binding
+port 80 needs root or CAP_NET_BIND_SERVICE; :func:`can_bind_low_ports` tells.
+
+One :class:`EmulatorHost` runs any number of miners in one asyncio loop: two listening
+sockets per miner, nothing per miner but its state, so a benchmark can run thousands.
+
+Families, each answering what asic-rs sends to identify it, read it and control it:
+
+* :class:`LuxOSMiner` -- LuxOS (LUXminer) on an Antminer: the cgminer JSON API on 4028
+  (``version`` identifies it by ``LUXminer`` in ``STATUS[0].Description``; ``summary``,
+  ``stats``, ``devs``, ``pools``, ``config``, ``power``, ``profiles``, ``fans``,
+  ``temps``; ``session`` / ``logon`` / ``logoff`` hand out the session id that
+  ``curtail <sid>,sleep|wakeup`` and ``profileset <sid>,<profile>`` need). Replies end
+  with a NUL byte and the connection closes, as cgminer does.
+* :class:`VNishMiner` -- VNish (AnthillOS web UI) on an Antminer: HTTP JSON under
+  ``/api/v1``; ``POST /unlock {"pw"}`` gives a bearer token every other call needs;
+  ``info``, ``status``, ``summary``, ``chains``, ``chains/factory-info``, ``settings``
+  (GET/POST, ``miner.overclock.preset`` is the power preset), ``autotune/presets``
+  (``name`` is the preset's watts), ``mining/stop``, ``mining/start``.
+* :class:`BitaxeMiner` -- ESP-Miner's AxeOS HTTP API (``GET /`` names AxeOS,
+  ``GET /api/system/info``, ``GET /api/system/asic``); no 4028 listener.
+
+Shapes follow the firmware documentation and asic-rs's own test vectors (LuxOS API
+reference, VNish 1.3 OpenAPI document, ESP-Miner ``openapi.yaml``). Every request is
+recorded in ``miner.requests``. ``obey = False`` makes a miner acknowledge control
+commands and change nothing (a device that does not obey).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import random
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+MAX_REQUEST_BYTES = 64 * 1024     # every request asic-rs sends is well under 2 kB
+REQUEST_TIMEOUT_S = 10.0          # a client that sends nothing for this long is dropped
+HTTP_PORT = 80
+RPC_PORT = 4028
+
+
+def can_bind_low_ports() -> bool:
+    """True when this process may listen on port 80 of a loopback address."""
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 0))
+        s.close()
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.254.254.254", HTTP_PORT))
+        return True
+    except PermissionError:
+        return False
+    except OSError as e:
+        return e.errno == errno.EADDRINUSE  # someone else holds it: we may bind low ports
+    finally:
+        s.close()
+
+
+@dataclass
+class Request:
+    """One request a miner received: protocol, command or "METHOD /path", parameter/body."""
+
+    protocol: str       # "rpc" or "http"
+    command: str
+    param: Any = None
+
+
+class EmulatedMiner:
+    """State shared by the families: hashing or not, the power it runs at, what it was sent."""
+
+    serves_http = True
+    serves_rpc = True
+
+    def __init__(self, *, ths: float, watts: float, idle_watts: float = 12.0) -> None:
+        self.ths = float(ths)               # hash rate at the current setting, hashing
+        self.watts = float(watts)           # draw at the current setting, hashing
+        self.idle_watts = float(idle_watts)
+        self.hashing = True
+        self.obey = True
+        self.requests: list[Request] = []
+        self.started = time.time()
+        self.mac = "02:00:%02x:%02x:%02x:%02x" % tuple(secrets.token_bytes(4))
+
+    def rate_ghs(self) -> float:
+        return self.ths * 1000.0 if self.hashing else 0.0
+
+    def power_w(self) -> float:
+        return self.watts if self.hashing else self.idle_watts
+
+    def uptime_s(self) -> int:
+        return int(time.time() - self.started)
+
+    def commands(self, protocol: str | None = None) -> list[str]:
+        return [r.command for r in self.requests if protocol in (None, r.protocol)]
+
+    # The servers call these; a family overrides the one(s) it speaks.
+    def rpc(self, command: str, param: Any) -> dict[str, Any]:
+        return cgminer_status("E", 14, "Invalid command")
+
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        return 404, "text/plain", b"not found"
+
+
+def cgminer_status(severity: str, code: int, msg: str, description: str = "cgminer 4.11.1") -> dict[str, Any]:
+    return {"STATUS": [{"STATUS": severity, "When": int(time.time()), "Code": code, "Msg": msg,
+                        "Description": description}], "id": 1}
+
+
+def _json(status: int, obj: Any) -> tuple[int, str, bytes]:
+    return status, "application/json", json.dumps(obj).encode()
+
+
+# ---------------------------------------------------------------------------------
+# LuxOS
+
+
+@dataclass(frozen=True)
+class LuxProfile:
+    name: str
+    frequency_mhz: int
+    ths: float
+    watts: float
+
+
+LUXOS_S19K_PROFILES = (
+    LuxProfile("190MHz", 190, 39.2, 784), LuxProfile("240MHz", 240, 49.5, 978),
+    LuxProfile("290MHz", 290, 59.8, 1188), LuxProfile("340MHz", 340, 70.2, 1414),
+)
+
+
+class LuxOSMiner(EmulatedMiner):
+    """An Antminer S19k Pro on LuxOS: cgminer JSON API with sessions, curtail and profiles."""
+
+    version = "2025.4.8.220305-57b389c7"
+    model = "Antminer S19k Pro"
+
+    def __init__(self, *, profiles: tuple[LuxProfile, ...] = LUXOS_S19K_PROFILES,
+                 profile: str = "290MHz", idle_watts: float = 14.0) -> None:
+        self.profiles = {p.name: p for p in profiles}
+        p = self.profiles[profile]
+        super().__init__(ths=p.ths, watts=p.watts, idle_watts=idle_watts)
+        self.profile = profile
+        self.session: str | None = None
+
+    @property
+    def description(self) -> str:
+        return f"LUXminer {self.version}"
+
+    def _ok(self, code: int, msg: str, **sections: Any) -> dict[str, Any]:
+        out = cgminer_status("S", code, msg, self.description)
+        out.update(sections)
+        return out
+
+    def _err(self, code: int, msg: str) -> dict[str, Any]:
+        return cgminer_status("E", code, msg, self.description)
+
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        if method == "GET" and path == "/":
+            return 200, "text/html", b"<!doctype html><html><head><title>Luxor Firmware</title></head></html>"
+        return 404, "text/plain", b"not found"
+
+    def rpc(self, command: str, param: Any) -> dict[str, Any]:
+        handler = getattr(self, "_cmd_" + command, None)
+        if handler is None:
+            return self._err(14, "Invalid command")
+        return handler(param)
+
+    def _board_ghs(self) -> list[float]:
+        return [self.rate_ghs() / 3] * 3
+
+    def _cmd_version(self, param: Any) -> dict[str, Any]:
+        return self._ok(22, "LUXminer versions", VERSION=[{
+            "API": "3.7", "LUXminer": self.version, "Miner": self.version.split("-")[0],
+            "CompileTime": "Tue Apr  8 22:05:35 UTC 2025", "Type": self.model}])
+
+    def _cmd_config(self, param: Any) -> dict[str, Any]:
+        return self._ok(33, "LUXminer config", CONFIG=[{
+            "ASC Count": 3, "ControlBoardType": "cvitek", "Cooling": "Air",
+            "CurtailMode": "None" if self.hashing else "Sleep", "Hostname": "luxos-emu",
+            "IsAtmEnabled": False, "IsPowerSupplyOn": True, "IsTuning": False,
+            "MACAddr": self.mac, "Model": self.model, "NameplateTHS": 121.8, "OS": "LuxOS",
+            "Profile": self.profile, "RedLed": "off", "SerialNumber": "EMU" + self.mac.replace(":", ""),
+            "SystemStatus": "Normal"}])
+
+    def _cmd_summary(self, param: Any) -> dict[str, Any]:
+        ghs = self.rate_ghs()
+        return self._ok(11, "Summary", SUMMARY=[{
+            "Elapsed": self.uptime_s(), "GHS 5s": ghs, "GHS av": ghs, "GHS 1m": ghs, "GHS 5m": ghs,
+            "GHS 15m": ghs, "Accepted": 0, "Rejected": 0, "Hardware Errors": 0, "Best Share": 0}])
+
+    def _cmd_stats(self, param: Any) -> dict[str, Any]:
+        ghs = self._board_ghs()
+        row: dict[str, Any] = {"STATS": 0, "ID": "BTM_SOC0", "Elapsed": self.uptime_s(),
+                               "GHS 5s": self.rate_ghs(), "GHS av": self.rate_ghs(), "miner_count": 3,
+                               "fan_num": 4, "rate_unit": "GH",
+                               "frequency": self.profiles[self.profile].frequency_mhz}
+        for i in range(1, 5):
+            row[f"chain_rate{i}"] = f"{ghs[i - 1]:.2f}" if i <= 3 else "0"
+            row[f"chain_acn{i}"] = 77 if i <= 3 else 0
+            row[f"temp{i}"] = 47.0 if i <= 3 else 0.0
+            row[f"fan{i}"] = 1920
+        return self._ok(70, "CGMiner stats", STATS=[
+            {"CompileTime": "Tue Apr  8 22:05:35 UTC 2025", "Miner": self.version.split("-")[0],
+             "Type": self.model}, row])
+
+    def _cmd_devs(self, param: Any) -> dict[str, Any]:
+        rows = [{"ASC": i, "ID": i, "Enabled": "Y", "Status": "Alive", "Temperature": 47.0,
+                 "MHS 5s": g * 1000, "MHS av": g * 1000, "Nominal MHS": g * 1000,
+                 "Profile": self.profile, "Connector": f"J{7 + i}", "SerialNumber": f"EMUBOARD{i}",
+                 "IsUserShutdown": not self.hashing}
+                for i, g in enumerate(self._board_ghs())]
+        return self._ok(9, f"{len(rows)} ASC(s)", DEVS=rows)
+
+    def _cmd_pools(self, param: Any) -> dict[str, Any]:
+        return self._ok(7, "1 Pool(s)", POOLS=[{
+            "POOL": 0, "URL": "stratum+tcp://127.0.0.1:3333", "User": "emu", "Status": "Alive",
+            "Stratum Active": self.hashing, "Accepted": 0, "Rejected": 0, "GROUP": 0, "Priority": 0}])
+
+    def _cmd_groups(self, param: Any) -> dict[str, Any]:
+        return self._ok(309, "Groups", GROUPS=[{"GROUP": 0, "Name": "Default", "Quota": 1}])
+
+    def _cmd_power(self, param: Any) -> dict[str, Any]:
+        return self._ok(311, "Power usage", POWER=[{"PSU": False, "Watts": round(self.power_w())}])
+
+    def _cmd_profiles(self, param: Any) -> dict[str, Any]:
+        return self._ok(327, "Profiles", PROFILES=[{
+            "Profile Name": p.name, "Frequency": p.frequency_mhz, "Hashrate": p.ths, "Watts": p.watts,
+            "Voltage": 11.88, "Step": str(i - 12), "IsDynamic": True, "IsTuned": p.name == self.profile,
+            "CanRestore": True, "HasOverrides": False} for i, p in enumerate(self.profiles.values())])
+
+    def _cmd_fans(self, param: Any) -> dict[str, Any]:
+        return self._ok(202, "4 Fan(s)", FANS=[{"ID": i, "RPM": 1920, "Speed": 40} for i in range(4)])
+
+    def _cmd_temps(self, param: Any) -> dict[str, Any]:
+        return self._ok(201, "3 Temp(s)", TEMPS=[{"ID": i, "Board": 47.0, "Chip": 55.0} for i in range(3)])
+
+    def _cmd_events(self, param: Any) -> dict[str, Any]:
+        return self._ok(300, "Events", EVENTS=[])
+
+    def _cmd_session(self, param: Any) -> dict[str, Any]:
+        return self._ok(315, "Session", SESSION=[{"SessionID": self.session or ""}])
+
+    def _cmd_logon(self, param: Any) -> dict[str, Any]:
+        if self.session is not None:
+            return self._err(327, "Another session is active")
+        self.session = secrets.token_hex(4)
+        return self._ok(316, "Logon", SESSION=[{"SessionID": self.session}])
+
+    def _session_args(self, param: Any, n: int) -> list[str] | dict[str, Any]:
+        parts = str(param or "").split(",")
+        if len(parts) != n or not parts[0]:
+            return self._err(332, "Invalid parameters")
+        if self.session is None or parts[0] != self.session:
+            return self._err(313, "Invalid session id")
+        return parts
+
+    def _cmd_logoff(self, param: Any) -> dict[str, Any]:
+        args = self._session_args(param, 1)
+        if isinstance(args, dict):
+            return args
+        self.session = None
+        return self._ok(317, "Logoff")
+
+    def _cmd_curtail(self, param: Any) -> dict[str, Any]:
+        args = self._session_args(param, 2)
+        if isinstance(args, dict):
+            return args
+        if args[1] not in ("sleep", "wakeup"):
+            return self._err(332, f"Invalid curtail mode {args[1]}")
+        if self.obey:
+            self.hashing = args[1] == "wakeup"
+        return self._ok(335, "Curtail", CURTAIL=[{"Mode": args[1]}])
+
+    def _cmd_profileset(self, param: Any) -> dict[str, Any]:
+        args = self._session_args(param, 2)
+        if isinstance(args, dict):
+            return args
+        p = self.profiles.get(args[1])
+        if p is None:
+            return self._err(334, f"Unknown profile {args[1]}")
+        if self.obey:
+            self.profile, self.ths, self.watts = p.name, p.ths, p.watts
+        return self._ok(336, "Profile set", PROFILE=[{"Profile": p.name}])
+
+
+# ---------------------------------------------------------------------------------
+# VNish
+
+
+@dataclass(frozen=True)
+class VNishPreset:
+    watts: int
+    ths: float
+    tuned: bool = True
+
+
+VNISH_S19JPRO_PRESETS = (VNishPreset(1800, 70.0), VNishPreset(2400, 88.0), VNishPreset(3000, 104.0),
+                         VNishPreset(3400, 114.0, tuned=False))
+
+
+class VNishMiner(EmulatedMiner):
+    """An Antminer S19j Pro on VNish 1.3: the AnthillOS REST API with a bearer token."""
+
+    serves_rpc = False
+    fw_version = "1.3.4"
+    model = "Antminer S19j Pro"
+
+    def __init__(self, *, password: str = "admin", presets: tuple[VNishPreset, ...] = VNISH_S19JPRO_PRESETS,
+                 preset: int = 3000, idle_watts: float = 15.0) -> None:
+        self.presets = {p.watts: p for p in presets}
+        p = self.presets[preset]
+        super().__init__(ths=p.ths, watts=p.watts, idle_watts=idle_watts)
+        self.password = password
+        self.preset = preset
+        self.tokens: set[str] = set()
+
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        if method == "GET" and path == "/":
+            return 200, "text/html", b"<!doctype html><html><head><title>AnthillOS</title></head></html>"
+        if not path.startswith("/api/v1/"):
+            return 404, "text/plain", b"not found"
+        route = path[len("/api/v1/"):]
+        if method == "POST" and route == "unlock":
+            try:
+                pw = json.loads(body or b"{}").get("pw")
+            except (ValueError, AttributeError):
+                return _json(400, {"err": "bad request"})
+            if pw != self.password:
+                return _json(401, {"err": "wrong password"})
+            token = secrets.token_hex(16)
+            self.tokens.add(token)
+            return _json(200, {"token": token})
+        if method == "GET" and route == "info":   # public, the web UI's login page reads it
+            return _json(200, self._info())
+        auth = headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or auth[7:] not in self.tokens:
+            return _json(401, {"err": "unauthorized"})
+        handler = getattr(self, f"_{method.lower()}_{route.replace('/', '_').replace('-', '_')}", None)
+        if handler is None:
+            return _json(404, {"err": "not found"})
+        return handler(body)
+
+    def _state(self) -> str:
+        return "mining" if self.hashing else "stopped"
+
+    def _info(self) -> dict[str, Any]:
+        return {"miner": self.model, "model": "s19jpro", "fw_name": "Vnish", "fw_version": self.fw_version,
+                "build_time": "2025-03-01", "platform": "xil", "install_type": "nand",
+                "serial": "EMU" + self.mac.replace(":", ""),
+                "system": {"os": "GNU/Linux", "uptime": f"{self.uptime_s()} s",
+                           "network_status": {"mac": self.mac, "ip": "127.0.0.1", "netmask": "255.0.0.0",
+                                              "gateway": "127.0.0.1", "dns": [], "hostname": "vnish-emu",
+                                              "dhcp": False}}}
+
+    def _get_status(self, body: bytes) -> tuple[int, str, bytes]:
+        return _json(200, {"miner_state": self._state(), "miner_state_time": self.uptime_s(),
+                           "find_miner": False, "restart_required": False, "reboot_required": False,
+                           "unlocked": True})
+
+    def _get_summary(self, body: bytes) -> tuple[int, str, bytes]:
+        ghs = self.rate_ghs()
+        chains = [{"id": i + 1, "status": {"state": "mining" if self.hashing else "stopped"},
+                   "hashrate_rt": ghs / 3, "hashrate_ideal": ghs / 3, "frequency": 525,
+                   "voltage": 13400, "power_consumption": round(self.power_w() / 3),
+                   "chip_temp": {"min": 60, "max": 70}, "pcb_temp": {"min": 50, "max": 55},
+                   "chip_statuses": {"red": 0, "orange": 0, "grey": 0}} for i in range(3)]
+        return _json(200, {"miner": {
+            "miner_type": self.model, "miner_status": {"miner_state": self._state(),
+                                                       "miner_state_time": self.uptime_s(), "throttled": 100},
+            "hr_stock": 104000.0, "hr_realtime": ghs, "hr_nominal": ghs, "hr_average": ghs,
+            "average_hashrate": ghs, "instant_hashrate": ghs,
+            "power_consumption": round(self.power_w()), "power_usage": round(self.power_w()),
+            "power_efficiency": 29.0, "pcb_temp": {"min": 50, "max": 55}, "chip_temp": {"min": 60, "max": 70},
+            "hw_errors_percent": 0.0, "hr_error": 0.0, "hw_errors": 0, "devfee_percent": 2.8, "devfee": 0.0,
+            "pools": [{"id": 1, "url": "stratum+tcp://127.0.0.1:3333", "user": "emu", "status": "working",
+                       "accepted": 0, "rejected": 0}],
+            "cooling": {"fan_num": 4, "fans": [{"id": i, "rpm": 3600, "status": "ok", "max_rpm": 6000}
+                                               for i in range(4)], "settings": {"mode": {"name": "auto"}}},
+            "chains": chains, "found_blocks": 0, "best_share": 0, "restart_count": 0}})
+
+    def _get_chains(self, body: bytes) -> tuple[int, str, bytes]:
+        return _json(200, [])
+
+    def _get_chains_factory_info(self, body: bytes) -> tuple[int, str, bytes]:
+        return _json(200, {"hr_stock": 104000.0, "psu_serial": None, "boards": []})
+
+    def _settings(self) -> dict[str, Any]:
+        return {"miner": {"overclock": {"preset": str(self.preset), "globals": {"volt": 1340, "freq": 525}},
+                          "pools": [{"url": "stratum+tcp://127.0.0.1:3333", "user": "emu", "pass": "x"}]},
+                "ui": {}, "regional": {}, "network": {}}
+
+    def _get_settings(self, body: bytes) -> tuple[int, str, bytes]:
+        return _json(200, self._settings())
+
+    def _post_settings(self, body: bytes) -> tuple[int, str, bytes]:
+        try:
+            new = json.loads(body or b"{}")
+            preset = new.get("miner", {}).get("overclock", {}).get("preset")
+        except (ValueError, AttributeError):
+            return _json(400, {"err": "invalid settings"})
+        if preset is not None:
+            try:
+                p = self.presets[int(preset)]
+            except (ValueError, KeyError):
+                return _json(400, {"err": f"unknown preset {preset!r}"})
+            if self.obey:
+                self.preset, self.ths, self.watts = p.watts, p.ths, p.watts
+        return _json(200, {"restart_required": False, "reboot_required": False})
+
+    def _get_autotune_presets(self, body: bytes) -> tuple[int, str, bytes]:
+        return _json(200, [{"name": str(p.watts), "pretty": f"{p.watts} watt ~ {p.ths:g} TH",
+                            "status": "tuned" if p.tuned else "untuned",
+                            "modded_psu_required": False} for p in self.presets.values()])
+
+    def _post_mining_stop(self, body: bytes) -> tuple[int, str, bytes]:
+        if self.obey:
+            self.hashing = False
+        return _json(200, {})
+
+    def _post_mining_start(self, body: bytes) -> tuple[int, str, bytes]:
+        if self.obey:
+            self.hashing = True
+        return _json(200, {})
+
+
+# ---------------------------------------------------------------------------------
+# Bitaxe
+
+
+class BitaxeMiner(EmulatedMiner):
+    """A Bitaxe Supra on ESP-Miner (AxeOS) 2.10: read-only as far as asic-rs goes."""
+
+    serves_rpc = False
+
+    def __init__(self, *, ghs: float = 1000.0, watts: float = 14.5, frequency: int = 490,
+                 core_mv: int = 1166) -> None:
+        super().__init__(ths=ghs / 1000.0, watts=watts, idle_watts=3.0)
+        self.frequency = frequency
+        self.core_mv = core_mv
+
+    def info(self) -> dict[str, Any]:
+        return {"ASICModel": "BM1368", "asicCount": 1, "boardVersion": "401", "smallCoreCount": 1276,
+                "hashRate": self.rate_ghs(), "power": self.power_w(), "voltage": 5175, "current": 2800.0,
+                "temp": 59.9, "vrTemp": 61, "frequency": self.frequency, "coreVoltage": self.core_mv,
+                "coreVoltageActual": self.core_mv, "fanspeed": 35, "fanrpm": 3517,
+                "uptimeSeconds": self.uptime_s(), "version": "v2.10.1", "idfVersion": "v5.4",
+                "runningPartition": "ota_0", "hostname": "bitaxe-emu", "macAddr": self.mac,
+                "ssid": "emu", "wifiStatus": "Connected!", "sharesAccepted": 0, "sharesRejected": 0,
+                "bestDiff": "0", "bestSessionDiff": "0", "stratumURL": "127.0.0.1", "stratumPort": 3333,
+                "stratumUser": "emu", "fallbackStratumURL": "127.0.0.1", "fallbackStratumPort": 3334,
+                "fallbackStratumUser": "emu", "isUsingFallbackStratum": 0, "overheat_mode": 0}
+
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+        if method == "GET" and path == "/":
+            return 200, "text/html", b"<!doctype html><html><head><title>AxeOS</title></head></html>"
+        if method == "GET" and path == "/api/system/info":
+            return _json(200, self.info())
+        if method == "GET" and path == "/api/system/asic":
+            return _json(200, {"ASICModel": "BM1368", "deviceModel": "Supra", "asicCount": 1,
+                               "defaultFrequency": 490, "frequencyOptions": [400, 490, 525, 575],
+                               "defaultVoltage": 1166, "voltageOptions": [1100, 1166, 1200]})
+        return 404, "text/plain", b"not found"
+
+
+# ---------------------------------------------------------------------------------
+# servers
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 413: "Payload Too Large",
+            500: "Internal Server Error"}
+
+
+async def _serve_http(miner: EmulatedMiner, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+        headers = {}
+        for line in lines[1:]:
+            k, sep, v = line.partition(":")
+            if sep:
+                headers[k.strip().lower()] = v.strip()
+        length = int(headers.get("content-length", "0") or 0)
+        if length > MAX_REQUEST_BYTES:
+            status, ctype, body = 413, "text/plain", b"too large"
+        else:
+            data = await asyncio.wait_for(reader.readexactly(length), REQUEST_TIMEOUT_S) if length else b""
+            path = target.split("?", 1)[0]
+            param: Any = data.decode("utf-8", "replace") if data else None
+            miner.requests.append(Request("http", f"{method} {path}", param))
+            status, ctype, body = miner.http(method, path, headers, data)
+        writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: {ctype}\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
+            ConnectionError, ValueError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _serve_rpc(miner: EmulatedMiner, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """cgminer's API: one JSON request (asic-rs may or may not end it with a newline), one reply."""
+    buf = b""
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REQUEST_TIMEOUT_S
+        req: Any = None
+        while req is None:
+            chunk = await asyncio.wait_for(reader.read(4096), max(0.0, deadline - loop.time()))
+            buf += chunk
+            try:
+                req = json.loads(buf.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                if not chunk or len(buf) > MAX_REQUEST_BYTES:
+                    break
+        if isinstance(req, dict) and isinstance(req.get("command"), str):
+            command, param = req["command"], req.get("parameter")
+            miner.requests.append(Request("rpc", command, param))
+            reply = miner.rpc(command, param)
+        else:
+            miner.requests.append(Request("rpc", "<malformed>", buf[:80]))
+            reply = cgminer_status("E", 23, "Invalid JSON")
+        writer.write(json.dumps(reply).encode() + b"\x00")
+        await writer.drain()
+    except (asyncio.TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+class EmulatorHost:
+    """Many emulated miners in one asyncio loop, each on its own loopback address.
+
+    ``async with EmulatorHost() as host: ip = await host.add(LuxOSMiner())``. Addresses
+    come from a /16 of 127.0.0.0/8 picked at random (so parallel runs rarely meet), and
+    an address found busy is skipped.
+    """
+
+    def __init__(self, *, network: tuple[int, int] | None = None) -> None:
+        self._net = network or (127, random.randrange(64, 250))
+        self._next = random.randrange(1, 200) * 256 + 1
+        self.miners: dict[str, EmulatedMiner] = {}
+        self._servers: dict[str, list[asyncio.AbstractServer]] = {}
+
+    async def __aenter__(self) -> EmulatorHost:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def _allocate(self) -> str:
+        while True:
+            n = self._next
+            self._next += 1
+            if n % 256 in (0, 255):
+                continue
+            if n >= 65535:
+                raise RuntimeError("emulator host: loopback addresses exhausted")
+            return f"{self._net[0]}.{self._net[1]}.{n // 256}.{n % 256}"
+
+    async def add(self, miner: EmulatedMiner, ip: str | None = None) -> str:
+        """Start serving `miner`; returns the loopback address asic-rs should dial."""
+        for _ in range(64 if ip is None else 1):
+            addr = ip or self._allocate()
+            try:
+                servers = await self._listen(miner, addr)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE and ip is None:
+                    continue
+                raise
+            self.miners[addr] = miner
+            self._servers[addr] = servers
+            return addr
+        raise RuntimeError("emulator host: no free loopback address found")
+
+    async def _listen(self, miner: EmulatedMiner, addr: str) -> list[asyncio.AbstractServer]:
+        servers: list[asyncio.AbstractServer] = []
+        try:
+            if miner.serves_http:
+                servers.append(await asyncio.start_server(
+                    lambda r, w: _serve_http(miner, r, w), addr, HTTP_PORT, reuse_address=True))
+            if miner.serves_rpc:
+                servers.append(await asyncio.start_server(
+                    lambda r, w: _serve_rpc(miner, r, w), addr, RPC_PORT, reuse_address=True))
+        except OSError:
+            for s in servers:
+                s.close()
+            raise
+        return servers
+
+    async def remove(self, ip: str) -> None:
+        """Stop serving the miner at `ip` (it becomes unreachable)."""
+        for s in self._servers.pop(ip, []):
+            s.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(s.wait_closed(), 2)
+        self.miners.pop(ip, None)
+
+    async def close(self) -> None:
+        for ip in list(self._servers):
+            await self.remove(ip)
