@@ -1,7 +1,7 @@
 """Build a scheduler ``Device`` from one ``[[site.device]]`` table of a sites file.
 
     [[site.device]]
-    kind = "agent"              # agent | cgminer | luxos | axeos | local
+    kind = "agent"              # agent | cgminer | luxos | axeos | asic | local
     name = "rig-1"
     host = "10.0.0.21"          # agent, cgminer, luxos
     port = 4028                 # default 4028
@@ -16,6 +16,16 @@
     url = "http://10.0.0.40"
     off = "pause"               # "refuse" (default) or "pause" (AxeOS 2.14+)
     levels = { "1.0" = [525, 1200], "0.6" = [400, 1100] }   # level -> [MHz, mV]
+
+    [[site.device]]
+    kind = "asic"               # any firmware asic-rs knows (pip install 'gridminer[asic]')
+    name = "s19-7"
+    host = "10.0.0.57"          # an address only: asic-rs dials the firmware's own ports
+    family = "vnish"            # optional: refuse to drive it if asic-rs identifies another firmware
+    password_env = "S19_7_PW"   # optional; username_env too (VNish: password only)
+    levels = { "1.0" = 3000, "0.6" = 1800 }   # level -> power limit W, or a preset name
+    partial = "refuse"          # no levels table: 0 < level < 1 "refuse" (default) or "full"
+    timeout = 10.0
 
     [[site.device]]
     kind = "local"              # this run's own CPU worker pool (needs local_pool)
@@ -40,7 +50,7 @@ from miner.devices.axeos import OFF_MODES, AxeOSDevice, parse_levels
 from miner.devices.cgminer import DEFAULT_PORT, AgentDevice, CgminerDevice
 from miner.devices.model import Device
 
-KINDS = ("agent", "cgminer", "luxos", "axeos", "local")
+KINDS = ("agent", "cgminer", "luxos", "axeos", "asic", "local")
 
 _COMMON = {"kind", "name", "power_w", "hashrate_ths", "timeout"}
 _ALLOWED: dict[str, set[str]] = {
@@ -48,6 +58,7 @@ _ALLOWED: dict[str, set[str]] = {
     "cgminer": _COMMON | {"host", "port", "curtail", "token_env", "token", "text"},
     "luxos": _COMMON | {"host", "port"},
     "axeos": _COMMON | {"url", "levels", "off", "restart", "restart_timeout", "poll_interval"},
+    "asic": _COMMON | {"host", "family", "levels", "partial", "username_env", "password_env"},
     "local": {"kind", "name", "power_w"},
 }
 _CGMINER_CURTAIL = ("none", "ascdisable")   # LuxOS has its own kind
@@ -63,6 +74,8 @@ def make_device(table: Mapping[str, Any], *, site: str, local_pool: Any = None,
     if kind not in KINDS:
         raise ValueError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
     unknown = sorted(set(table) - _ALLOWED[kind])
+    if kind == "asic" and "port" in unknown:
+        raise ValueError(f"{where}: kind 'asic' takes no port: asic-rs dials the firmware's standard ports")
     if unknown:
         raise ValueError(f"{where}: unknown key(s) for kind {kind!r}: {', '.join(unknown)}")
     name = _text(table, "name", where)
@@ -85,6 +98,10 @@ def make_device(table: Mapping[str, Any], *, site: str, local_pool: Any = None,
         return AxeOSDevice(name, _text(table, "url", where), levels=levels, off=off,
                            restart=cfg.boolean("restart", True), **extra, **common)
 
+    if kind == "asic":
+        return _asic_device(table, name, where, cfg, common,
+                            os.environ if environ is None else environ)
+
     host, port = _text(table, "host", where), cfg.port()
     if kind == "luxos":
         return CgminerDevice(name, host, port, curtail="luxos", **common)
@@ -96,6 +113,36 @@ def make_device(table: Mapping[str, Any], *, site: str, local_pool: Any = None,
         return AgentDevice(name, host, port, token, text=text, **common)
     return CgminerDevice(name, host, port, curtail=cfg.choice("curtail", _CGMINER_CURTAIL, "none"),
                          token=token, text=text, **common)
+
+
+def _asic_device(table: Mapping[str, Any], name: str, where: str, cfg: _Reader,
+                 common: dict[str, Any], environ: Mapping[str, str]) -> Device:
+    from miner.devices.asiclib import PARTIAL_MODES, AsicLibDevice, parse_levels
+
+    raw_levels = table.get("levels")
+    if raw_levels is not None and not isinstance(raw_levels, Mapping):
+        raise ValueError(f"{where}: levels must be a table of level = watts or preset name")
+    try:
+        levels = parse_levels(raw_levels)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if raw_levels is not None and not levels:
+        raise ValueError(f"{where}: levels: empty (leave the key out for an on/off device)")
+    common["timeout"] = cfg.positive("timeout", 10.0)
+    family = _text(table, "family", where) if "family" in table else None
+    creds = {key: _secret_env(table, f"{key}_env", where, environ)
+             for key in ("username", "password") if f"{key}_env" in table}
+    # LibraryMissing (a ValueError) names the extra to install
+    return AsicLibDevice(name, _text(table, "host", where), family=family, levels=levels,
+                         partial=cfg.choice("partial", PARTIAL_MODES, "refuse"), **creds, **common)
+
+
+def _secret_env(table: Mapping[str, Any], key: str, where: str, environ: Mapping[str, str]) -> str:
+    var = _text(table, key, where)
+    value = environ.get(var, "")
+    if not value:
+        raise ValueError(f"{where}: {key} {var!r}: that environment variable is not set")
+    return value
 
 
 def _text(table: Mapping[str, Any], key: str, where: str) -> str:

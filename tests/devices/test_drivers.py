@@ -85,7 +85,7 @@ def test_every_kind_builds_its_driver_with_the_configured_values():
 
 @pytest.mark.parametrize("table, message", [
     ({"name": "x"}, "kind must be one of"),
-    ({"kind": "antminer", "name": "x"}, "kind must be one of agent, cgminer, luxos, axeos, local, got 'antminer'"),
+    ({"kind": "antminer", "name": "x"}, "kind must be one of agent, cgminer, luxos, axeos, asic, local, got 'antminer'"),
     ({"kind": "cgminer", "host": "h"}, "missing key 'name'"),
     ({"kind": "cgminer", "name": "x"}, "missing key 'host'"),
     ({"kind": "axeos", "name": "x"}, "missing key 'url'"),

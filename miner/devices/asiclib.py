@@ -1,0 +1,261 @@
+"""ASIC driver over asic-rs (the ``pyasic-rs`` package), for every firmware family it knows.
+
+asic-rs (the maintained successor of pyasic) identifies a miner by probing its standard
+ports (HTTP 80, the cgminer API on 4028, ...), then reads and controls it with that
+firmware's own API: LuxOS, VNish, Braiins OS, ePIC, Whatsminer, stock Antminer, Bitaxe
+and more. It takes an address only; ports cannot be set.
+
+What a level means here:
+
+* 0.0 -- ``miner.pause()`` (LuxOS ``curtail sleep``, VNish ``mining/stop``, Antminer
+  sleep mode, ...). Where asic-rs has no pause for the firmware (Bitaxe) level 0 is
+  refused with ``DeviceError`` kind "unsupported".
+* (0, 1] with a ``levels`` table -- the highest configured level not above the request
+  (the lowest one when all are above it) and its target: a number is a power limit in
+  watts (``set_power_limit``), a string is a preset name (``set_tuning_config`` with
+  ``TuningConfig.preset``). A firmware without that control refuses ("unsupported").
+* (0, 1) without a table -- refused (``partial = "refuse"``, the default), or run at
+  full power (``partial = "full"``). 1.0 resumes.
+
+A read is one ``get_data`` restricted to hash rate, power, mining flag and tuning
+target. asic-rs reports LuxOS as mining while it sleeps (its flag comes from a field it
+cannot parse, and defaults to true), so "hashing" is the hash rate above zero, with the
+flag only able to say no. Data calls swallow errors in asic-rs; a read without a hash
+rate is taken as no answer.
+
+Every library call is bounded by ``timeout`` seconds; library errors become
+``DeviceError`` (kinds from ``miner.devices.cgminer.ERROR_KINDS``) with the password
+scrubbed from the text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+from miner.devices.cgminer import check_level, device_error, modelled_power_w
+from miner.devices.model import DeviceError, DeviceReading
+
+log = logging.getLogger(__name__)
+
+EXTRA = "asic"                 # pip install 'gridminer[asic]'
+PARTIAL_MODES = ("refuse", "full")
+WATTS_MATCH = 0.5              # a tuning target within this many watts is that level
+Target = float | str           # power limit in watts, or a preset name
+
+
+class LibraryMissing(ValueError):
+    """pyasic-rs is not installed: a configuration error naming the extra to install."""
+
+
+def library() -> Any:
+    """The pyasic_rs module, or LibraryMissing saying how to install it."""
+    try:
+        import pyasic_rs
+    except ImportError:
+        raise LibraryMissing("kind 'asic' needs the pyasic-rs package: "
+                             f"pip install 'gridminer[{EXTRA}]'") from None
+    return pyasic_rs
+
+
+def parse_levels(raw: Mapping[Any, Any] | None) -> dict[float, Target]:
+    """{level: watts | preset name}; level keys may be strings ("0.5"). ValueError if bad."""
+    out: dict[float, Target] = {}
+    for key, value in (raw or {}).items():
+        try:
+            level = float(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"levels: key {key!r} is not a number") from None
+        if not 0.0 < level <= 1.0:
+            raise ValueError(f"levels: level {key!r} must be in (0, 1]")
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError(f"levels: {key!r}: empty preset name")
+            out[level] = value.strip()
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) and value > 0:
+            out[level] = float(value)
+        else:
+            raise ValueError(f"levels: {key!r} must map to watts (a positive number) or a preset "
+                             f"name (a string), got {value!r}")
+    return out
+
+
+def choose_level(levels: Mapping[float, Target], level: float) -> tuple[float, Target]:
+    """The highest configured level <= `level`, or the lowest one when all are above it."""
+    keys = sorted(levels)
+    below = [k for k in keys if k <= level + 1e-9]
+    k = below[-1] if below else keys[0]
+    return k, levels[k]
+
+
+def level_of(levels: Mapping[float, Target], watts: float | None, preset: str | None) -> float | None:
+    """Which configured level a tuning target (watts or preset name) is, None if none."""
+    for k, target in sorted(levels.items()):
+        if isinstance(target, str):
+            if preset is not None and preset == target:
+                return k
+        else:
+            if watts is not None and abs(watts - target) <= WATTS_MATCH:
+                return k
+            if preset is not None and _preset_watts(preset) == target:
+                return k
+    return None
+
+
+def _preset_watts(preset: str) -> float | None:
+    try:
+        return float(preset)
+    except ValueError:
+        return None
+
+
+class AsicLibDevice:
+    """One miner at `host`, driven through asic-rs; see the module docstring."""
+
+    def __init__(self, name: str, host: str, *, family: str | None = None,
+                 levels: Mapping[Any, Any] | None = None, partial: str = "refuse",
+                 username: str | None = None, password: str | None = None,
+                 timeout: float = 10.0, power_w: float | None = None,
+                 hashrate_ths: float | None = None) -> None:
+        if partial not in PARTIAL_MODES:
+            raise ValueError(f"partial must be one of {', '.join(PARTIAL_MODES)}, got {partial!r}")
+        if not timeout > 0:
+            raise ValueError("timeout must be positive")
+        self._lib = library()
+        self.name = name
+        self.host = host
+        self.family = family.lower() if family else None
+        self.levels = parse_levels(levels)
+        self.partial = partial
+        self._username = username
+        self._password = password
+        self.timeout = float(timeout)
+        self.power_w = power_w
+        self.nameplate_hs = hashrate_ths * 1e12 if hashrate_ths else None
+        self._miner: Any = None
+        self._identify_lock = asyncio.Lock()
+        self._read_fields = self._fields_except({"Hashrate", "Wattage", "IsMining", "TuningTarget"})
+
+    def __repr__(self) -> str:
+        return f"AsicLibDevice({self.name!r}, {self.host!r})"
+
+    def _fields_except(self, keep: set[str]) -> list[Any]:
+        data_field = self._lib.asic_rs.DataField
+        return [getattr(data_field, n) for n in dir(data_field)
+                if not n.startswith("_") and n not in keep and isinstance(getattr(data_field, n), data_field)]
+
+    # ---- calls into the library -------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        if self._password:
+            text = text.replace(self._password, "***")
+        return text
+
+    async def _call(self, what: str, awaitable: Awaitable[Any]) -> Any:
+        """Await one library call within the timeout; its failures as DeviceError."""
+        try:
+            return await asyncio.wait_for(awaitable, self.timeout)
+        except asyncio.TimeoutError:
+            raise device_error("timeout", f"{self.name}: {what}: no answer from {self.host} within "
+                                          f"{self.timeout:g} s") from None
+        except (RuntimeError, ValueError, OSError) as e:
+            msg = self._scrub(str(e)) or type(e).__name__
+            kind = "unsupported" if "not supported" in msg else "refused"
+            raise device_error(kind, f"{self.name}: {what}: {msg}") from None
+
+    async def miner(self) -> Any:
+        """The asic-rs miner object, identified on first use."""
+        async with self._identify_lock:
+            if self._miner is None:
+                self._miner = await self._identify()
+        return self._miner
+
+    async def _identify(self) -> Any:
+        secs = max(1, math.ceil(self.timeout))
+        factory = (self._lib.MinerFactory().with_identification_timeout_secs(secs)
+                   .with_connectivity_timeout_secs(secs))
+        found = await self._call("identify", factory.get_miner(self.host))
+        if found is None:
+            raise device_error("unreachable", f"{self.name}: no miner that asic-rs supports answered at "
+                                              f"{self.host}")
+        described = f"{found.make} {found.model} ({found.firmware})"
+        if self.family and self.family not in f"{found.firmware} {found.make}".lower():
+            raise device_error("unsupported", f"{self.name}: {self.host} is {described}, but the "
+                                              f"configuration says family {self.family!r}")
+        if self._password is not None:
+            found.set_auth(self._username or "", self._password)
+        log.info("asic %s: %s is %s", self.name, self.host, described)
+        return found
+
+    # ---- Device ---------------------------------------------------------------------------
+
+    async def read(self) -> DeviceReading:
+        miner = await self.miner()
+        data = await self._call("read", miner.get_data(exclude=self._read_fields))
+        if data.hashrate is None:
+            raise device_error("unreachable", f"{self.name}: {self.host} reported no hash rate (no answer, "
+                                              "or its credentials were refused)")
+        rate = max(0.0, float(data.hashrate.as_unit(self._lib.asic_rs.HashRateUnit.H).value))
+        hashing = rate > 0 and data.is_mining is not False
+        watts = data.wattage
+        if watts is None:
+            watts = modelled_power_w(self.power_w, hashing, rate, self.nameplate_hs)
+        return DeviceReading(hashing=hashing, hashrate_hs=rate, power_w=watts,
+                             level=self._level(hashing, data.tuning_target))
+
+    def _level(self, hashing: bool, target: Any) -> float | None:
+        if not hashing:
+            return 0.0
+        if not self.levels:
+            return 1.0
+        if target is None:
+            return None
+        return level_of(self.levels, target.watts, target.preset_name)
+
+    async def apply(self, level: float) -> None:
+        level = check_level(level)
+        miner = await self.miner()
+        if level <= 0:
+            await self._pause(miner)
+            return
+        target: Target | None = None
+        if self.levels:
+            _, target = choose_level(self.levels, level)
+        elif level < 1 and self.partial == "refuse":
+            raise device_error("unsupported", f"{self.name}: level {level:g} needs a levels table "
+                                              "(watts or presets), or partial = \"full\"")
+        now = await self.read()
+        if target is not None and now.level != choose_level(self.levels, level)[0]:
+            await self._set_target(miner, target)
+        if not now.hashing and miner.supports_resume:
+            if not await self._call("resume", miner.resume()):
+                raise device_error("not_applied", f"{self.name}: resume was not accepted")
+            log.info("asic %s: resumed", self.name)
+
+    async def _pause(self, miner: Any) -> None:
+        if not miner.supports_pause:
+            raise device_error("unsupported", f"{self.name}: asic-rs cannot pause {miner.firmware} on "
+                                              f"{miner.make} {miner.model}; level 0 refused")
+        if not await self._call("pause", miner.pause()):
+            raise device_error("not_applied", f"{self.name}: pause was not accepted")
+        log.info("asic %s: paused", self.name)
+
+    async def _set_target(self, miner: Any, target: Target) -> None:
+        if isinstance(target, str):
+            if not miner.supports_tuning_config:
+                raise device_error("unsupported", f"{self.name}: asic-rs cannot set presets on "
+                                                  f"{miner.firmware}")
+            config = self._lib.TuningConfig.preset(target)
+            ok = await self._call(f"preset {target!r}", miner.set_tuning_config(config))
+        else:
+            if not miner.supports_set_power_limit:
+                raise device_error("unsupported", f"{self.name}: asic-rs cannot set a power limit on "
+                                                  f"{miner.firmware}")
+            ok = await self._call(f"power limit {target:g} W", miner.set_power_limit(target))
+        if not ok:
+            raise device_error("not_applied", f"{self.name}: {target!r} was not accepted")
+        log.info("asic %s: set %s", self.name, f"preset {target}" if isinstance(target, str) else f"{target:g} W")

@@ -1,0 +1,293 @@
+"""AsicLibDevice (asic-rs through pyasic-rs) against emulated LuxOS, VNish and Bitaxe miners.
+
+The emulators (miner.testing.asic_emulators) listen on loopback addresses on the real
+ports asic-rs dials (80, 4028): port 80 needs root or CAP_NET_BIND_SERVICE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from miner.devices.asiclib import LibraryMissing, choose_level, level_of, library, parse_levels
+from miner.devices.drivers import make_device
+from miner.devices.model import DeviceError
+from miner.testing.asic_emulators import (BitaxeMiner, EmulatorHost, LuxOSMiner, VNishMiner,
+                                          can_bind_low_ports)
+
+pyasic_rs = pytest.importorskip("pyasic_rs", reason="pyasic-rs not installed: pip install 'gridminer[asic]'")
+needs_low_ports = pytest.mark.skipif(
+    not can_bind_low_ports(),
+    reason="asic-rs dials port 80: run as root or grant CAP_NET_BIND_SERVICE to bind it on loopback")
+
+PASSWORD = "s3cret-vnish-pw"
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def kind(err: BaseException) -> str:
+    return getattr(err, "kind", "?")
+
+
+def device(ip: str, name: str = "rig", environ: dict[str, str] | None = None, **table):
+    table = {"kind": "asic", "name": name, "host": ip, "timeout": 10.0, **table}
+    return make_device(table, site="test", environ=environ or {})
+
+
+# ---- pure: the levels table ----------------------------------------------------------
+
+
+def test_levels_table_parses_watts_and_presets_and_rejects_junk():
+    assert parse_levels({"1.0": 3000, "0.6": "1800", 0.3: 900.5}) == {1.0: 3000.0, 0.6: "1800", 0.3: 900.5}
+    for bad in ({"0": 100}, {"1.5": 100}, {"x": 100}, {"0.5": 0}, {"0.5": -3}, {"0.5": True},
+                {"0.5": ""}, {"0.5": [1, 2]}, {"0.5": float("nan")}):
+        with pytest.raises(ValueError, match="levels"):
+            parse_levels(bad)
+
+
+def test_level_choice_and_read_back_table():
+    levels = {1.0: 3000.0, 0.6: 1800.0, 0.3: "eco"}
+    assert choose_level(levels, 1.0) == (1.0, 3000.0)
+    assert choose_level(levels, 0.99) == (0.6, 1800.0)
+    assert choose_level(levels, 0.1) == (0.3, "eco")          # below them all: the lowest
+    assert level_of(levels, 1800.2, None) == 0.6               # a power target within 0.5 W
+    assert level_of(levels, None, "1800") == 0.6               # VNish names presets by watts
+    assert level_of(levels, None, "eco") == 0.3
+    assert level_of(levels, 2400.0, "2400") is None
+
+
+@given(st.dictionaries(st.floats(0.01, 1.0), st.floats(1.0, 10_000.0), min_size=1),
+       st.floats(0.0, 1.0))
+def test_chosen_level_never_exceeds_the_request_unless_all_do(levels, request):
+    k, target = choose_level(levels, request)
+    assert levels[k] == target
+    if k > request + 1e-9:
+        assert k == min(levels)
+    else:
+        assert not any(k < other <= request + 1e-9 for other in levels)
+    assert level_of(levels, target, None) is not None
+
+
+def test_missing_library_is_a_config_error_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyasic_rs", None)
+    with pytest.raises(LibraryMissing, match=r"gridminer\[asic\]"):
+        library()
+    with pytest.raises(ValueError, match=r"gridminer\[asic\]"):
+        device("127.0.0.2")
+
+
+def test_config_keys():
+    with pytest.raises(ValueError, match="no port"):
+        device("127.0.0.2", port=4028)
+    with pytest.raises(ValueError, match="'NOPE'.*not set"):
+        device("127.0.0.2", password_env="NOPE")
+    with pytest.raises(ValueError, match="levels"):
+        device("127.0.0.2", levels={"2": 100})
+    with pytest.raises(ValueError, match="partial"):
+        device("127.0.0.2", partial="half")
+    with pytest.raises(ValueError, match="unknown key.*password"):
+        device("127.0.0.2", password=PASSWORD)        # never in the file
+    d = device("127.0.0.2", family="VNish", levels={"0.5": 1800}, password_env="PW",
+               environ={"PW": PASSWORD})
+    assert d.family == "vnish" and d.levels == {0.5: 1800.0} and PASSWORD not in repr(d)
+
+
+# ---- LuxOS: cgminer API with sessions, curtail sleep/wakeup, no power limit in asic-rs -----
+
+
+@needs_low_ports
+def test_luxos_identify_read_curtail_resume():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = LuxOSMiner()
+            ip = await host.add(emu)
+            d = device(ip, family="luxos")
+            r = await d.read()
+            assert r.hashing and r.hashrate_hs == pytest.approx(59.8e12) and r.power_w == 1188
+            assert r.level == 1.0
+            assert "version" in emu.commands("rpc")          # identified over port 4028
+
+            await d.apply(0.0)
+            assert not emu.hashing
+            assert [c for c in emu.requests if c.command == "curtail"][-1].param == f"{emu.session},sleep"
+            r = await d.read()
+            assert not r.hashing and r.hashrate_hs == 0 and r.level == 0.0 and r.power_w == 14
+
+            await d.apply(1.0)
+            assert emu.hashing and emu.requests[-1].param == f"{emu.session},wakeup"
+            assert (await d.read()).hashing
+
+    run(scenario())
+
+
+@needs_low_ports
+def test_luxos_partial_levels_are_refused_or_full_power_as_configured():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = LuxOSMiner()
+            ip = await host.add(emu)
+            with pytest.raises(DeviceError, match="levels table") as e:
+                await device(ip).apply(0.5)
+            assert kind(e.value) == "unsupported"
+            with pytest.raises(DeviceError, match="power limit on LuxOS") as e:
+                await device(ip, levels={"1.0": 1414, "0.5": 784}).apply(0.5)
+            assert kind(e.value) == "unsupported" and emu.watts == 1188
+
+            full = device(ip, partial="full")
+            await full.apply(0.0)
+            await full.apply(0.5)                              # woken, at full power
+            assert emu.hashing and emu.watts == 1188
+
+    run(scenario())
+
+
+@needs_low_ports
+def test_a_miner_that_does_not_obey_is_read_as_it_is():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = LuxOSMiner()
+            emu.obey = False
+            ip = await host.add(emu)
+            d = device(ip)
+            await d.apply(0.0)                                 # acknowledged by the firmware ...
+            assert any(r.command == "curtail" for r in emu.requests)
+            r = await d.read()                                 # ... and still hashing
+            assert r.hashing and r.level == 1.0 and r.hashrate_hs > 0
+
+    run(scenario())
+
+
+# ---- VNish: REST with a password, presets as power limits, stop/start --------------------
+
+
+@needs_low_ports
+def test_vnish_power_limits_curtail_and_resume(caplog):
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = VNishMiner(password=PASSWORD)
+            ip = await host.add(emu)
+            d = device(ip, family="vnish", password_env="S19_PW", environ={"S19_PW": PASSWORD},
+                       levels={"1.0": 3000, "0.6": 2500, "0.3": "1800"})
+            r = await d.read()
+            assert r.hashing and r.hashrate_hs == pytest.approx(104e12) and r.power_w == 3000
+            assert r.level == 1.0
+            assert emu.requests[0].command == "GET /"        # identified by its web UI
+
+            await d.apply(0.7)                                 # 0.6 -> 2500 W -> the 2400 W preset
+            assert emu.preset == 2400 and emu.hashing
+            r = await d.read()
+            assert r.power_w == 2400 and r.hashrate_hs == pytest.approx(88e12)
+
+            await d.apply(0.3)                                 # a preset by name
+            assert emu.preset == 1800
+            assert (await d.read()).level == 0.3
+
+            await d.apply(0.0)
+            assert not emu.hashing and emu.commands()[-1] == "POST /api/v1/mining/stop"
+            r = await d.read()
+            assert not r.hashing and r.level == 0.0 and r.power_w == 15
+
+            await d.apply(1.0)                                 # the full preset first, then start
+            assert emu.hashing and emu.preset == 3000
+            assert emu.commands()[-1] == "POST /api/v1/mining/start"
+            r = await d.read()
+            assert r.hashing and r.level == 1.0 and r.power_w == 3000
+
+    with caplog.at_level(logging.DEBUG):
+        run(scenario())
+    assert PASSWORD not in caplog.text
+
+
+@needs_low_ports
+def test_vnish_wrong_password_is_an_error_without_the_password():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = VNishMiner(password="the-real-one")
+            ip = await host.add(emu)
+            d = device(ip, password_env="PW", environ={"PW": PASSWORD}, levels={"0.5": 1800})
+            with pytest.raises(DeviceError) as e:
+                await d.read()
+            assert kind(e.value) == "unreachable" and PASSWORD not in str(e.value)
+            with pytest.raises(DeviceError) as e:
+                await d.apply(0.0)
+            assert PASSWORD not in str(e.value)
+            assert emu.hashing
+            assert any(r.command == "POST /api/v1/unlock" for r in emu.requests)
+
+    run(scenario())
+
+
+# ---- Bitaxe: read-only in asic-rs ---------------------------------------------------------
+
+
+@needs_low_ports
+def test_bitaxe_reads_and_refuses_curtailment():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = BitaxeMiner(ghs=1000.0, watts=14.5)
+            ip = await host.add(emu)
+            d = device(ip, family="bitaxe")
+            r = await d.read()
+            assert r.hashing and r.hashrate_hs == pytest.approx(1e12) and r.power_w == 14.5
+            with pytest.raises(DeviceError, match="cannot pause") as e:
+                await d.apply(0.0)
+            assert kind(e.value) == "unsupported"
+            with pytest.raises(DeviceError, match="power limit") as e:
+                await device(ip, levels={"0.5": 10}).apply(0.5)
+            assert kind(e.value) == "unsupported"
+            assert all(r.command.startswith("GET ") for r in emu.requests) and emu.hashing
+
+    run(scenario())
+
+
+# ---- errors ----------------------------------------------------------------------------
+
+
+@needs_low_ports
+def test_unreachable_wrong_family_and_vanished_miners_are_device_errors():
+    async def scenario():
+        async with EmulatorHost() as host:
+            ip = await host.add(LuxOSMiner())
+            with pytest.raises(DeviceError, match="is Antminer .*LuxOS.*family 'vnish'") as e:
+                await device(ip, family="vnish").read()
+            assert kind(e.value) == "unsupported"
+
+            d = device(ip, timeout=3.0)
+            assert (await d.read()).hashing
+            await host.remove(ip)                              # the miner goes away
+            with pytest.raises(DeviceError) as e:
+                await d.read()
+            assert kind(e.value) in ("unreachable", "timeout")
+            with pytest.raises(DeviceError):
+                await d.apply(0.0)
+
+            other = host._allocate()                           # nothing listens there
+            with pytest.raises(DeviceError, match="no miner") as e:
+                await device(other, timeout=3.0).read()
+            assert kind(e.value) == "unreachable"
+
+    run(scenario())
+
+
+@needs_low_ports
+def test_one_host_serves_many_miners():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emus = [LuxOSMiner() for _ in range(5)] + [VNishMiner() for _ in range(5)]
+            ips = [await host.add(e) for e in emus]
+            assert len(set(ips)) == len(ips)
+            devices = [device(ip, name=f"rig-{i}", **({"password_env": "PW"} if i >= 5 else {}),
+                              environ={"PW": "admin"}) for i, ip in enumerate(ips)]
+            await asyncio.gather(*(d.apply(0.0) for d in devices))
+            assert not any(e.hashing for e in emus)
+            readings = await asyncio.gather(*(d.read() for d in devices))
+            assert all(r.level == 0.0 for r in readings)
+
+    run(scenario())
