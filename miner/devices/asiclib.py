@@ -12,8 +12,11 @@ What a level means here:
   refused with ``DeviceError`` kind "unsupported".
 * (0, 1] with a ``levels`` table -- the highest configured level not above the request
   (the lowest one when all are above it) and its target: a number is a power limit in
-  watts (``set_power_limit``), a string is a preset name (``set_tuning_config`` with
-  ``TuningConfig.preset``). A firmware without that control refuses ("unsupported").
+  watts (``set_power_limit``: Braiins OS, ePIC, Whatsminer; VNish picks its highest
+  preset not above it), ``"mode:low"`` / ``"mode:normal"`` / ``"mode:high"`` a work mode
+  (``TuningConfig.mode``: stock Antminer), any other string a preset name
+  (``TuningConfig.preset``: VNish). A firmware without that control refuses
+  ("unsupported").
 * (0, 1) without a table -- refused (``partial = "refuse"``, the default), or run at
   full power (``partial = "full"``). 1.0 resumes.
 
@@ -44,7 +47,15 @@ log = logging.getLogger(__name__)
 EXTRA = "asic"                 # pip install 'gridminer[asic]'
 PARTIAL_MODES = ("refuse", "full")
 WATTS_MATCH = 0.5              # a tuning target within this many watts is that level
-Target = float | str           # power limit in watts, or a preset name
+MODES = ("low", "normal", "high")   # asic-rs MiningMode names, written "mode:low" in levels
+Target = float | str           # power limit in watts, "mode:<mode>", or a preset name
+DEFAULT_USERNAME = "root"      # stock Antminer's and most firmware's; VNish and LuxOS ignore it
+# asic-rs's names for its firmware entries: credentials given for a device are handed to
+# whichever of these identifies it (stock Antminer needs them to be identified at all).
+FIRMWARE_NAMES = ("AntMiner Stock", "Auradine Stock", "AvalonMiner Stock", "Bitaxe Stock", "Braiins",
+                  "Elphapex Stock", "UMC OS", "FutureBit Stock", "Goldshell Stock", "LuxOS", "Marathon",
+                  "Nerdaxe Stock", "Proto Stock", "SealMiner Stock", "VNish", "VolcMiner Stock",
+                  "WhatsMiner Stock")
 
 
 class LibraryMissing(ValueError):
@@ -72,9 +83,15 @@ def parse_levels(raw: Mapping[Any, Any] | None) -> dict[float, Target]:
         if not 0.0 < level <= 1.0:
             raise ValueError(f"levels: level {key!r} must be in (0, 1]")
         if isinstance(value, str):
-            if not value.strip():
+            name = value.strip()
+            if not name:
                 raise ValueError(f"levels: {key!r}: empty preset name")
-            out[level] = value.strip()
+            if name.lower().startswith("mode:"):
+                if name[5:].strip().lower() not in MODES:
+                    raise ValueError(f"levels: {key!r}: work mode must be one of "
+                                     f"{', '.join('mode:' + m for m in MODES)}, got {value!r}")
+                name = "mode:" + name[5:].strip().lower()
+            out[level] = name
         elif isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and math.isfinite(value) and value > 0:
             out[level] = float(value)
@@ -92,11 +109,15 @@ def choose_level(levels: Mapping[float, Target], level: float) -> tuple[float, T
     return k, levels[k]
 
 
-def level_of(levels: Mapping[float, Target], watts: float | None, preset: str | None) -> float | None:
-    """Which configured level a tuning target (watts or preset name) is, None if none."""
+def level_of(levels: Mapping[float, Target], watts: float | None, preset: str | None,
+             mode: str | None = None) -> float | None:
+    """Which configured level a tuning target (watts, preset name or work mode) is, None if none."""
     for k, target in sorted(levels.items()):
         if isinstance(target, str):
-            if preset is not None and preset == target:
+            if target.startswith("mode:"):
+                if mode is not None and target == "mode:" + mode.lower():
+                    return k
+            elif preset is not None and preset == target:
                 return k
         else:
             if watts is not None and abs(watts - target) <= WATTS_MATCH:
@@ -131,7 +152,7 @@ class AsicLibDevice:
         self.family = family.lower() if family else None
         self.levels = parse_levels(levels)
         self.partial = partial
-        self._username = username
+        self._username = username or DEFAULT_USERNAME
         self._password = password
         self.timeout = float(timeout)
         self.power_w = power_w
@@ -178,16 +199,23 @@ class AsicLibDevice:
         secs = max(1, math.ceil(self.timeout))
         factory = (self._lib.MinerFactory().with_identification_timeout_secs(secs)
                    .with_connectivity_timeout_secs(secs))
+        if self._password is not None:
+            for firmware in FIRMWARE_NAMES:
+                try:
+                    factory = factory.with_firmware_discovery_auth(firmware, self._username, self._password)
+                except (ValueError, RuntimeError):
+                    pass  # a name this asic-rs version does not have
         found = await self._call("identify", factory.get_miner(self.host))
         if found is None:
+            hint = " (or it refused the configured credentials)" if self._password is not None else ""
             raise device_error("unreachable", f"{self.name}: no miner that asic-rs supports answered at "
-                                              f"{self.host}")
+                                              f"{self.host}{hint}")
         described = f"{found.make} {found.model} ({found.firmware})"
         if self.family and self.family not in f"{found.firmware} {found.make}".lower():
             raise device_error("unsupported", f"{self.name}: {self.host} is {described}, but the "
                                               f"configuration says family {self.family!r}")
         if self._password is not None:
-            found.set_auth(self._username or "", self._password)
+            found.set_auth(self._username, self._password)
         log.info("asic %s: %s is %s", self.name, self.host, described)
         return found
 
@@ -214,7 +242,8 @@ class AsicLibDevice:
             return 1.0
         if target is None:
             return None
-        return level_of(self.levels, target.watts, target.preset_name)
+        mode = target.target_mode
+        return level_of(self.levels, target.watts, target.preset_name, None if mode is None else str(mode))
 
     async def apply(self, level: float) -> None:
         level = check_level(level)
@@ -247,10 +276,14 @@ class AsicLibDevice:
     async def _set_target(self, miner: Any, target: Target) -> None:
         if isinstance(target, str):
             if not miner.supports_tuning_config:
-                raise device_error("unsupported", f"{self.name}: asic-rs cannot set presets on "
-                                                  f"{miner.firmware}")
-            config = self._lib.TuningConfig.preset(target)
-            ok = await self._call(f"preset {target!r}", miner.set_tuning_config(config))
+                raise device_error("unsupported", f"{self.name}: asic-rs cannot set presets or work modes "
+                                                  f"on {miner.firmware}")
+            if target.startswith("mode:"):
+                mode = getattr(self._lib.asic_rs.MiningMode, target[5:].capitalize())
+                config = self._lib.TuningConfig.mode(mode)
+            else:
+                config = self._lib.TuningConfig.preset(target)
+            ok = await self._call(f"tuning {target!r}", miner.set_tuning_config(config))
         else:
             if not miner.supports_set_power_limit:
                 raise device_error("unsupported", f"{self.name}: asic-rs cannot set a power limit on "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 
 import pytest
@@ -17,8 +18,9 @@ from hypothesis import strategies as st
 from miner.devices.asiclib import LibraryMissing, choose_level, level_of, library, parse_levels
 from miner.devices.drivers import make_device
 from miner.devices.model import DeviceError
-from miner.testing.asic_emulators import (BitaxeMiner, EmulatorHost, LuxOSMiner, VNishMiner,
-                                          can_bind_low_ports)
+from miner.testing.asic_emulators import (AntminerStockMiner, BitaxeMiner, EmulatorHost, LuxOSMiner,
+                                          VNishMiner, can_bind_low_ports, digest_response,
+                                          parse_digest_header)
 
 pyasic_rs = pytest.importorskip("pyasic_rs", reason="pyasic-rs not installed: pip install 'gridminer[asic]'")
 needs_low_ports = pytest.mark.skipif(
@@ -44,10 +46,11 @@ def device(ip: str, name: str = "rig", environ: dict[str, str] | None = None, **
 # ---- pure: the levels table ----------------------------------------------------------
 
 
-def test_levels_table_parses_watts_and_presets_and_rejects_junk():
+def test_levels_table_parses_watts_presets_and_modes_and_rejects_junk():
     assert parse_levels({"1.0": 3000, "0.6": "1800", 0.3: 900.5}) == {1.0: 3000.0, 0.6: "1800", 0.3: 900.5}
+    assert parse_levels({"1.0": "mode:normal", "0.7": " Mode: LOW "}) == {1.0: "mode:normal", 0.7: "mode:low"}
     for bad in ({"0": 100}, {"1.5": 100}, {"x": 100}, {"0.5": 0}, {"0.5": -3}, {"0.5": True},
-                {"0.5": ""}, {"0.5": [1, 2]}, {"0.5": float("nan")}):
+                {"0.5": ""}, {"0.5": [1, 2]}, {"0.5": float("nan")}, {"0.5": "mode:turbo"}):
         with pytest.raises(ValueError, match="levels"):
             parse_levels(bad)
 
@@ -61,6 +64,35 @@ def test_level_choice_and_read_back_table():
     assert level_of(levels, None, "1800") == 0.6               # VNish names presets by watts
     assert level_of(levels, None, "eco") == 0.3
     assert level_of(levels, 2400.0, "2400") is None
+    modes = {1.0: "mode:normal", 0.7: "mode:low"}
+    assert level_of(modes, None, None, "Low") == 0.7 and level_of(modes, None, None, "High") is None
+    assert level_of(modes, None, "low") is None               # a preset named "low" is not the mode
+
+
+_value = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'), max_size=20)
+
+
+@given(st.dictionaries(st.sampled_from(["username", "realm", "nonce", "uri", "qop", "nc", "cnonce",
+                                        "response", "algorithm", "opaque"]), _value, min_size=1),
+       st.sets(st.sampled_from(["qop", "nc", "algorithm"])))
+def test_digest_header_round_trip(fields, bare):
+    # clients quote most values; qop, nc and algorithm may come bare (RFC 7616)
+    parts = [f"{k}={v}" if k in bare and re.fullmatch(r"[A-Za-z0-9-]+", v) else f'{k}="{v}"'
+             for k, v in fields.items()]
+    assert parse_digest_header("Digest " + ", ".join(parts)) == fields
+    assert parse_digest_header("Basic dXNlcjpwYXNz") == {}
+
+
+def test_digest_header_quoted_escapes_and_separators():
+    assert parse_digest_header('Digest realm="a\\"b, c=d", qop=auth,nc=00000001') == \
+        {"realm": 'a"b, c=d', "qop": "auth", "nc": "00000001"}
+
+
+def test_digest_response_matches_rfc_2617_example():
+    # RFC 2617 section 3.5: Mufasa / "Circle Of Life"
+    fields = {"username": "Mufasa", "realm": "testrealm@host.com", "nonce": "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+              "uri": "/dir/index.html", "qop": "auth", "nc": "00000001", "cnonce": "0a4f113b"}
+    assert digest_response(fields, "GET", "Circle Of Life") == "6629fae49393a05397450978507c4ef1"
 
 
 @given(st.dictionaries(st.floats(0.01, 1.0), st.floats(1.0, 10_000.0), min_size=1),
@@ -220,6 +252,59 @@ def test_vnish_wrong_password_is_an_error_without_the_password():
             assert PASSWORD not in str(e.value)
             assert emu.hashing
             assert any(r.command == "POST /api/v1/unlock" for r in emu.requests)
+
+    run(scenario())
+
+
+# ---- stock Antminer: digest-auth CGI, sleep mode and work modes ------------------------
+
+
+@needs_low_ports
+def test_antminer_stock_sleep_low_power_mode_and_resume():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = AntminerStockMiner(password=PASSWORD)
+            ip = await host.add(emu)
+            d = device(ip, family="antminer", password_env="AM_PW", environ={"AM_PW": PASSWORD},
+                       levels={"1.0": "mode:normal", "0.7": "mode:low"})
+            r = await d.read()
+            assert r.hashing and r.hashrate_hs == pytest.approx(104e12) and r.power_w == 3068
+            assert r.level == 1.0
+            assert any(q.command == "GET /cgi-bin/miner_type.cgi" for q in emu.requests)
+
+            await d.apply(0.8)                                 # -> 0.7, the low power work mode
+            assert emu.mode == 3
+            r = await d.read()
+            assert r.level == 0.7 and r.power_w == 2300 and r.hashrate_hs == pytest.approx(84e12)
+
+            await d.apply(0.0)                                 # sleep mode
+            assert emu.mode == 1
+            r = await d.read()
+            assert not r.hashing and r.level == 0.0 and r.power_w == 18
+
+            await d.apply(1.0)                                 # normal mode, awake
+            assert emu.mode == 0
+            r = await d.read()
+            assert r.hashing and r.level == 1.0
+
+            with pytest.raises(DeviceError, match="power limit") as e:
+                await device(ip, password_env="AM_PW", environ={"AM_PW": PASSWORD},
+                             levels={"0.5": 2000}).apply(0.5)
+            assert kind(e.value) == "unsupported"
+
+    run(scenario())
+
+
+@needs_low_ports
+def test_antminer_stock_with_wrong_credentials_is_not_identified():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = AntminerStockMiner(password="the-real-one")
+            ip = await host.add(emu)
+            with pytest.raises(DeviceError) as e:
+                await device(ip, password_env="PW", environ={"PW": PASSWORD}).apply(0.0)
+            assert kind(e.value) == "unreachable" and PASSWORD not in str(e.value)
+            assert emu.mode == 0
 
     run(scenario())
 
