@@ -33,7 +33,8 @@ Families, each answering what asic-rs sends to identify it, read it and control 
 Shapes follow the firmware documentation and asic-rs's own test vectors (LuxOS API
 reference, VNish 1.3 OpenAPI document, ESP-Miner ``openapi.yaml``). Every request is
 recorded in ``miner.requests``. ``obey = False`` makes a miner acknowledge control
-commands and change nothing (a device that does not obey).
+commands and change nothing (a device that does not obey); ``hang = True`` makes it read
+requests and never answer (connections stay open until the client gives up).
 """
 
 from __future__ import annotations
@@ -74,6 +75,19 @@ def can_bind_low_ports() -> bool:
         s.close()
 
 
+def raise_open_file_limit() -> int:
+    """Lift the soft open-file limit to the hard one (two sockets per miner add up); returns it."""
+    try:
+        import resource
+    except ImportError:   # not on this platform
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 @dataclass
 class Request:
     """One request a miner received: protocol, command or "METHOD /path", parameter/body."""
@@ -95,6 +109,7 @@ class EmulatedMiner:
         self.idle_watts = float(idle_watts)
         self.hashing = True
         self.obey = True
+        self.hang = False
         self.requests: list[Request] = []
         self.started = time.time()
         self.mac = "02:00:%02x:%02x:%02x:%02x" % tuple(secrets.token_bytes(4))
@@ -673,6 +688,12 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"
             500: "Internal Server Error"}
 
 
+async def _until_closed(reader: asyncio.StreamReader) -> None:
+    """A hung miner: hold the connection until the client closes it (or the host stops)."""
+    while await reader.read(4096):
+        pass
+
+
 async def _serve_http(miner: EmulatedMiner, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
@@ -692,6 +713,9 @@ async def _serve_http(miner: EmulatedMiner, reader: asyncio.StreamReader, writer
             path = target.split("?", 1)[0]
             param: Any = data.decode("utf-8", "replace") if data else None
             miner.requests.append(Request("http", f"{method} {path}", param))
+            if miner.hang:
+                await _until_closed(reader)
+                return
             status, ctype, body, *more = miner.http(method, path, headers, data)
             extra = "".join(f"{k}: {v}\r\n" for k, v in (more[0] if more else {}).items())
         writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\nContent-Type: {ctype}\r\n"
@@ -722,6 +746,9 @@ async def _serve_rpc(miner: EmulatedMiner, reader: asyncio.StreamReader, writer:
         if isinstance(req, dict) and isinstance(req.get("command"), str):
             command, param = req["command"], req.get("parameter")
             miner.requests.append(Request("rpc", command, param))
+            if miner.hang:
+                await _until_closed(reader)
+                return
             reply = miner.rpc(command, param)
         else:
             miner.requests.append(Request("rpc", "<malformed>", buf[:80]))
@@ -747,8 +774,10 @@ class EmulatorHost:
         self._next = random.randrange(1, 200) * 256 + 1
         self.miners: dict[str, EmulatedMiner] = {}
         self._servers: dict[str, list[asyncio.AbstractServer]] = {}
+        self._conns: dict[str, set[asyncio.StreamWriter]] = {}
 
     async def __aenter__(self) -> EmulatorHost:
+        raise_open_file_limit()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -781,21 +810,35 @@ class EmulatorHost:
 
     async def _listen(self, miner: EmulatedMiner, addr: str) -> list[asyncio.AbstractServer]:
         servers: list[asyncio.AbstractServer] = []
+        conns = self._conns.setdefault(addr, set())
+
+        def tracked(serve: Any) -> Any:
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                conns.add(writer)
+                try:
+                    await serve(miner, reader, writer)
+                finally:
+                    conns.discard(writer)
+            return handle
+
         try:
             if miner.serves_http:
-                servers.append(await asyncio.start_server(
-                    lambda r, w: _serve_http(miner, r, w), addr, HTTP_PORT, reuse_address=True))
+                servers.append(await asyncio.start_server(tracked(_serve_http), addr, HTTP_PORT,
+                                                          reuse_address=True))
             if miner.serves_rpc:
-                servers.append(await asyncio.start_server(
-                    lambda r, w: _serve_rpc(miner, r, w), addr, RPC_PORT, reuse_address=True))
+                servers.append(await asyncio.start_server(tracked(_serve_rpc), addr, RPC_PORT,
+                                                          reuse_address=True))
         except OSError:
             for s in servers:
                 s.close()
+            self._conns.pop(addr, None)
             raise
         return servers
 
     async def remove(self, ip: str) -> None:
         """Stop serving the miner at `ip` (it becomes unreachable)."""
+        for w in self._conns.pop(ip, set()):
+            w.close()
         for s in self._servers.pop(ip, []):
             s.close()
             with contextlib.suppress(asyncio.TimeoutError):

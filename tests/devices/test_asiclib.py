@@ -362,6 +362,37 @@ def test_unreachable_wrong_family_and_vanished_miners_are_device_errors():
 
 
 @needs_low_ports
+def test_a_hung_miner_is_a_timeout_within_the_configured_bound():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        async with EmulatorHost() as host:
+            emu = VNishMiner()
+            ip = await host.add(emu)
+            d = device(ip, password_env="PW", environ={"PW": "admin"}, timeout=1.5)
+            assert (await d.read()).hashing
+            emu.hang = True
+            for call in (d.read(), d.apply(0.0)):
+                t0 = loop.time()
+                with pytest.raises(DeviceError, match="within 1.5 s") as e:
+                    await call
+                assert kind(e.value) == "timeout" and loop.time() - t0 < 1.5 + 2.0
+            assert emu.hashing
+            emu.hang = False                                   # answers again: the same driver recovers
+            await d.apply(0.0)
+            assert not emu.hashing
+
+            hung = LuxOSMiner()
+            hung.hang = True
+            ip2 = await host.add(hung)
+            t0 = loop.time()
+            with pytest.raises(DeviceError) as e:              # hung while being identified
+                await device(ip2, timeout=1.5).read()
+            assert kind(e.value) in ("timeout", "unreachable") and loop.time() - t0 < 1.5 + 3.0
+
+    run(scenario())
+
+
+@needs_low_ports
 def test_one_host_serves_many_miners():
     async def scenario():
         async with EmulatorHost() as host:
@@ -374,5 +405,35 @@ def test_one_host_serves_many_miners():
             assert not any(e.hashing for e in emus)
             readings = await asyncio.gather(*(d.read() for d in devices))
             assert all(r.level == 0.0 for r in readings)
+
+    run(scenario())
+
+
+@needs_low_ports
+def test_emulator_answers_bad_requests_and_keeps_serving():
+    async def exchange(ip: str, port: int, data: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(ip, port)
+        writer.write(data)
+        await writer.drain()
+        if port == 4028:
+            writer.write_eof()
+        out = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        return out
+
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = LuxOSMiner()
+            ip = await host.add(emu)
+            reply = await exchange(ip, 4028, b"not json at all")
+            assert reply.endswith(b"\x00") and b'"STATUS": "E"' in reply
+            reply = await exchange(ip, 4028, b'{"command": "nosuch"}')
+            assert b"Invalid command" in reply
+            reply = await exchange(ip, 80, b"POST / HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 413")
+            assert (await exchange(ip, 80, b"\r\n\r\n")).startswith(b"HTTP/1.1 404")
+            reply = await exchange(ip, 4028, b'{"command": "summary"}')
+            assert b'"GHS 5s": 59800.0' in reply and reply.endswith(b"\x00")
+            assert emu.commands("rpc") == ["<malformed>", "nosuch", "summary"]
 
     run(scenario())
