@@ -21,6 +21,12 @@ Families, each answering what asic-rs sends to identify it, read it and control 
   ``info``, ``status``, ``summary``, ``chains``, ``chains/factory-info``, ``settings``
   (GET/POST, ``miner.overclock.preset`` is the power preset), ``autotune/presets``
   (``name`` is the preset's watts), ``mining/stop``, ``mining/start``.
+* :class:`BraiinsOSMiner` -- Braiins OS 25.07+ on an Antminer: bosminer's cgminer API on
+  4028 (``version`` names ``BOSminer``), GraphQL ``POST /graphql`` for the model and
+  version asic-rs picks its backend by, and the REST API under ``/api/v1`` behind
+  ``POST /auth/login`` (the token goes bare in ``Authorization``): ``miner/details``
+  (``status`` 2 mining, 3 paused), ``miner/stats``, ``configuration/miner`` (the power
+  target), ``PUT performance/power-target {"watt"}``, ``PUT actions/pause|resume``.
 * :class:`AntminerStockMiner` -- stock Bitmain firmware (2023+): the web CGI behind HTTP
   digest auth (realm ``antMiner Configuration``; the 401 on ``GET /`` identifies it),
   ``miner_type.cgi``, ``summary.cgi`` (``INFO.CompileTime`` picks asic-rs's backend),
@@ -454,6 +460,126 @@ class VNishMiner(EmulatedMiner):
         if self.obey:
             self.hashing = True
         return _json(200, {})
+
+
+# ---------------------------------------------------------------------------------
+# Braiins OS
+
+
+class BraiinsOSMiner(EmulatedMiner):
+    """An Antminer S19 XP on Braiins OS 25.07: REST with a login token, power targets, pause."""
+
+    model = "Antminer S19 XP"
+    version = "2025-08-06-0-3881c51d-25.07-plus"
+    nominal_ths, nominal_watts = 141.0, 3137.0
+    min_watts, max_watts = 1000, 4000     # the tuner's accepted power-target range
+
+    def __init__(self, *, username: str = "root", password: str = "root", idle_watts: float = 20.0) -> None:
+        super().__init__(ths=self.nominal_ths, watts=self.nominal_watts, idle_watts=idle_watts)
+        self.username = username
+        self.password = password
+        self.power_target = int(self.nominal_watts)
+        self.tokens: set[str] = set()
+
+    def _set_target(self, watt: int) -> None:
+        self.power_target = watt
+        self.watts = float(watt)
+        self.ths = round(self.nominal_ths * watt / self.nominal_watts, 3)   # near enough, near nominal
+
+    def rpc(self, command: str, param: Any) -> dict[str, Any]:
+        desc = "BOSminer bosminer-plus-tuner 1.0.0"
+        if command == "version":
+            out = cgminer_status("S", 22, "BOSminer versions", desc)
+            out["VERSION"] = [{"BOSminer": "bosminer-plus-tuner 1.0.0", "API": "3.7"}]
+            return out
+        if command == "summary":
+            out = cgminer_status("S", 11, "Summary", desc)
+            out["SUMMARY"] = [{"Elapsed": self.uptime_s(), "MHS 5s": self.rate_ghs() * 1000,
+                               "MHS av": self.rate_ghs() * 1000}]
+            return out
+        return cgminer_status("E", 14, "Invalid command", desc)
+
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes):
+        if method == "GET" and path == "/":
+            return 200, "text/html", b"<!doctype html><html><head><title>Braiins OS</title></head></html>"
+        if method == "POST" and path == "/graphql":
+            try:
+                query = str(json.loads(body or b"{}").get("query", ""))
+            except (ValueError, AttributeError):
+                return _json(400, {"errors": [{"message": "invalid JSON"}]})
+            if "modelName" in query:
+                return _json(200, {"data": {"bosminer": {"info": {"modelName": self.model}}}})
+            if "version" in query:
+                return _json(200, {"data": {"bos": {"info": {"version": {"full": self.version}}}}})
+            return _json(200, {"errors": [{"message": "unsupported query"}]})
+        if not path.startswith("/api/v1/"):
+            return 404, "text/plain", b"not found"
+        route = path[len("/api/v1/"):]
+        if method == "POST" and route == "auth/login":
+            try:
+                creds = json.loads(body or b"{}")
+                ok = creds.get("username") == self.username and creds.get("password") == self.password
+            except (ValueError, AttributeError):
+                ok = False
+            if not ok:
+                return _json(401, {"message": "Invalid username or password"})
+            token = secrets.token_hex(12)
+            self.tokens.add(token)
+            return _json(200, {"token": token, "timeout_s": 3600})
+        if headers.get("authorization", "") not in self.tokens:
+            return _json(401, {"message": "Unauthorized"})
+        handler = getattr(self, f"_{method.lower()}_{route.replace('/', '_').replace('-', '_')}", None)
+        if handler is None:
+            return _json(404, {"message": "Not found"})
+        return handler(body)
+
+    def _get_miner_details(self, body: bytes):
+        return _json(200, {"uid": "emu" + self.mac.replace(":", ""), "miner_identity": {
+            "brand": 1, "model": 18, "name": self.model, "miner_model": self.model},
+            "platform": 4, "bos_mode": 4, "bos_version": {"current": self.version, "bos_plus": True},
+            "hostname": "braiins-emu", "mac_address": self.mac.lower(), "system_uptime_s": self.uptime_s(),
+            "bosminer_uptime_s": self.uptime_s(), "status": 2 if self.hashing else 3,
+            "sticker_hashrate": {"gigahash_per_second": self.nominal_ths * 1000}, "kernel_version": "4.9.113",
+            "control_board_soc_family": 3, "serial_number": None})
+
+    def _get_miner_stats(self, body: bytes):
+        ghs = {"gigahash_per_second": self.rate_ghs()}
+        return _json(200, {"miner_stats": {
+            "real_hashrate": {k: ghs for k in ("last_5s", "last_15s", "last_30s", "last_1m", "last_5m",
+                                               "last_15m", "last_30m", "last_1h", "last_24h", "since_restart")},
+            "nominal_hashrate": {"gigahash_per_second": self.ths * 1000}, "best_share": 0, "found_blocks": 0,
+            "error_hashrate": {"megahash_per_second": 0.0}},
+            "pool_stats": {"accepted_shares": 0, "rejected_shares": 0, "stale_shares": 0, "best_share": 0},
+            "power_stats": {"approximated_consumption": {"watt": round(self.power_w())},
+                            "efficiency": {"joule_per_terahash": 22.0}}})
+
+    def _get_configuration_miner(self, body: bytes):
+        return _json(200, {"pool_groups": [], "tuner": {"enabled": True, "tuner_mode": 1, "hashrate_target": None,
+                                                        "power_target": {"watt": self.power_target}}})
+
+    def _put_performance_power_target(self, body: bytes):
+        try:
+            watt = int(json.loads(body or b"{}")["watt"])
+        except (ValueError, KeyError, TypeError):
+            return _json(400, {"message": "invalid power target"})
+        if not self.min_watts <= watt <= self.max_watts:
+            return _json(400, {"message": f"power target {watt} W out of range "
+                                          f"{self.min_watts}..{self.max_watts} W"})
+        if self.obey:
+            self._set_target(watt)
+        return _json(200, {"watt": watt})
+
+    def _put_actions_pause(self, body: bytes):
+        was = not self.hashing
+        if self.obey:
+            self.hashing = False
+        return _json(200, was)
+
+    def _put_actions_resume(self, body: bytes):
+        was = self.hashing
+        if self.obey:
+            self.hashing = True
+        return _json(200, was)
 
 
 # ---------------------------------------------------------------------------------

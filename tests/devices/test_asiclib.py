@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from miner.devices.asiclib import LibraryMissing, choose_level, level_of, library, parse_levels
 from miner.devices.drivers import make_device
 from miner.devices.model import DeviceError
-from miner.testing.asic_emulators import (AntminerStockMiner, BitaxeMiner, EmulatorHost, LuxOSMiner,
-                                          VNishMiner, can_bind_low_ports, digest_response,
+from miner.testing.asic_emulators import (AntminerStockMiner, BitaxeMiner, BraiinsOSMiner, EmulatorHost,
+                                          LuxOSMiner, VNishMiner, can_bind_low_ports, digest_response,
                                           parse_digest_header)
 
 pyasic_rs = pytest.importorskip("pyasic_rs", reason="pyasic-rs not installed: pip install 'gridminer[asic]'")
@@ -210,7 +210,7 @@ def test_vnish_power_limits_curtail_and_resume(caplog):
             r = await d.read()
             assert r.hashing and r.hashrate_hs == pytest.approx(104e12) and r.power_w == 3000
             assert r.level == 1.0
-            assert emu.requests[0].command == "GET /"        # identified by its web UI
+            assert "GET /" in emu.commands()                   # identified by its web UI
 
             await d.apply(0.7)                                 # 0.6 -> 2500 W -> the 2400 W preset
             assert emu.preset == 2400 and emu.hashing
@@ -252,6 +252,66 @@ def test_vnish_wrong_password_is_an_error_without_the_password():
             assert PASSWORD not in str(e.value)
             assert emu.hashing
             assert any(r.command == "POST /api/v1/unlock" for r in emu.requests)
+
+    run(scenario())
+
+
+# ---- Braiins OS: REST with a login token, power targets in watts --------------------------
+
+
+@needs_low_ports
+def test_braiins_power_targets_pause_and_resume():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = BraiinsOSMiner(password=PASSWORD)
+            ip = await host.add(emu)
+            d = device(ip, family="braiins", password_env="BOS_PW", environ={"BOS_PW": PASSWORD},
+                       levels={"1.0": 3137, "0.75": 2400, "0.5": 1600})
+            r = await d.read()
+            assert r.hashing and r.hashrate_hs == pytest.approx(141e12) and r.power_w == 3137
+            assert r.level == 1.0
+            assert "version" in emu.commands("rpc") and "POST /graphql" in emu.commands()  # bosminer, GraphQL
+
+            await d.apply(0.6)                                 # -> 0.5 -> 1600 W
+            assert emu.power_target == 1600 and emu.requests[-1].param == '{"watt":1600}'
+            r = await d.read()
+            assert r.level == 0.5 and r.power_w == 1600 and 0 < r.hashrate_hs < 141e12
+            await d.apply(0.6)                                 # already there: nothing sent
+            assert not any(q.command.startswith("PUT") for q in emu.requests[-3:])
+
+            await d.apply(0.0)
+            assert not emu.hashing and emu.commands()[-1] == "PUT /api/v1/actions/pause"
+            r = await d.read()
+            assert not r.hashing and r.level == 0.0 and r.power_w == 20
+
+            await d.apply(0.8)                                 # the target first, then resume
+            assert emu.commands()[-2:] == ["PUT /api/v1/performance/power-target", "PUT /api/v1/actions/resume"]
+            r = await d.read()
+            assert r.hashing and r.level == 0.75 and r.power_w == 2400
+
+            low = device(ip, password_env="BOS_PW", environ={"BOS_PW": PASSWORD}, levels={"0.2": 500})
+            with pytest.raises(DeviceError, match="out of range") as e:
+                await low.apply(0.2)
+            assert kind(e.value) == "refused" and PASSWORD not in str(e.value)
+            assert emu.power_target == 2400
+
+    run(scenario())
+
+
+@needs_low_ports
+def test_braiins_wrong_password_is_an_error_without_the_password():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = BraiinsOSMiner(password="the-real-one")
+            ip = await host.add(emu)
+            d = device(ip, password_env="PW", environ={"PW": PASSWORD}, levels={"0.5": 1600})
+            with pytest.raises(DeviceError) as e:
+                await d.read()
+            assert PASSWORD not in str(e.value)
+            with pytest.raises(DeviceError, match="uthenticat") as e:
+                await d.apply(0.0)
+            assert kind(e.value) == "refused" and PASSWORD not in str(e.value)
+            assert emu.hashing
 
     run(scenario())
 
@@ -396,10 +456,11 @@ def test_a_hung_miner_is_a_timeout_within_the_configured_bound():
 def test_one_host_serves_many_miners():
     async def scenario():
         async with EmulatorHost() as host:
-            emus = [LuxOSMiner() for _ in range(5)] + [VNishMiner() for _ in range(5)]
+            emus = [LuxOSMiner() for _ in range(4)] + [BraiinsOSMiner() for _ in range(3)] + \
+                [VNishMiner() for _ in range(3)]
             ips = [await host.add(e) for e in emus]
             assert len(set(ips)) == len(ips)
-            devices = [device(ip, name=f"rig-{i}", **({"password_env": "PW"} if i >= 5 else {}),
+            devices = [device(ip, name=f"rig-{i}", **({"password_env": "PW"} if i >= 7 else {}),
                               environ={"PW": "admin"}) for i, ip in enumerate(ips)]
             await asyncio.gather(*(d.apply(0.0) for d in devices))
             assert not any(e.hashing for e in emus)
