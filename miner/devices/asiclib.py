@@ -58,6 +58,19 @@ FIRMWARE_NAMES = ("AntMiner Stock", "Auradine Stock", "AvalonMiner Stock", "Bita
                   "WhatsMiner Stock")
 
 
+# Names operators use for a firmware -> a part of asic-rs's name for it (ePIC's is "UMC OS").
+FAMILY_ALIASES = {"epic": "umc os", "stock antminer": "antminer stock", "braiins os": "braiins",
+                  "bos": "braiins", "bos+": "braiins", "luxminer": "luxos"}
+
+
+def family_matches(family: str, firmware: str) -> bool:
+    """Whether asic-rs's firmware name (``miner.firmware``) is the configured family."""
+    def norm(text: str) -> str:
+        return "".join(ch for ch in text.lower() if ch.isalnum())
+    wanted = norm(FAMILY_ALIASES.get(family.strip().lower(), family))
+    return bool(wanted) and wanted in norm(firmware)
+
+
 class LibraryMissing(ValueError):
     """pyasic-rs is not installed: a configuration error naming the extra to install."""
 
@@ -211,7 +224,7 @@ class AsicLibDevice:
             raise device_error("unreachable", f"{self.name}: no miner that asic-rs supports answered at "
                                               f"{self.host}{hint}")
         described = f"{found.make} {found.model} ({found.firmware})"
-        if self.family and self.family not in f"{found.firmware} {found.make}".lower():
+        if self.family and not family_matches(self.family, found.firmware):
             raise device_error("unsupported", f"{self.name}: {self.host} is {described}, but the "
                                               f"configuration says family {self.family!r}")
         if self._password is not None:
@@ -251,15 +264,16 @@ class AsicLibDevice:
         if level <= 0:
             await self._pause(miner)
             return
-        target: Target | None = None
+        chosen: tuple[float, Target] | None = None
         if self.levels:
-            _, target = choose_level(self.levels, level)
+            chosen = choose_level(self.levels, level)
         elif level < 1 and self.partial == "refuse":
             raise device_error("unsupported", f"{self.name}: level {level:g} needs a levels table "
-                                              "(watts or presets), or partial = \"full\"")
+                                              "(watts, presets or work modes), or partial = \"full\"")
         now = await self.read()
-        if target is not None and now.level != choose_level(self.levels, level)[0]:
-            await self._set_target(miner, target)
+        if chosen is not None and now.level != chosen[0]:
+            # before resuming, so a woken miner starts within its budget
+            await self._set_target(miner, chosen[1])
         if not now.hashing and miner.supports_resume:
             if not await self._call("resume", miner.resume()):
                 raise device_error("not_applied", f"{self.name}: resume was not accepted")

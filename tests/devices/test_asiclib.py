@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from miner.devices.asiclib import LibraryMissing, choose_level, level_of, library, parse_levels
+from miner.devices.asiclib import (LibraryMissing, choose_level, family_matches, level_of, library,
+                                   parse_levels)
 from miner.devices.drivers import make_device
 from miner.devices.model import DeviceError
 from miner.testing.asic_emulators import (AntminerStockMiner, BitaxeMiner, BraiinsOSMiner, EmulatorHost,
@@ -105,6 +106,18 @@ def test_chosen_level_never_exceeds_the_request_unless_all_do(levels, request):
     else:
         assert not any(k < other <= request + 1e-9 for other in levels)
     assert level_of(levels, target, None) is not None
+
+
+@pytest.mark.parametrize("family, firmware, expected", [
+    ("vnish", "VNish", True), ("VNish", "VNish", True), ("luxos", "LuxOS", True),
+    ("luxminer", "LuxOS", True), ("braiins", "Braiins", True), ("Braiins OS", "Braiins", True),
+    ("bos", "Braiins", True), ("antminer", "AntMiner Stock", True), ("stock antminer", "AntMiner Stock", True),
+    ("antminer", "LuxOS", False), ("antminer", "VNish", False), ("whatsminer", "WhatsMiner Stock", True),
+    ("epic", "UMC OS", True), ("bitaxe", "Bitaxe Stock", True), ("bitaxe", "Nerdaxe Stock", False),
+    ("vnish", "LuxOS", False), ("", "LuxOS", False), ("-", "LuxOS", False),
+])
+def test_family_hint_matches_asic_rs_firmware_names(family, firmware, expected):
+    assert family_matches(family, firmware) is expected
 
 
 def test_missing_library_is_a_config_error_naming_the_extra(monkeypatch):
@@ -232,7 +245,7 @@ def test_vnish_power_limits_curtail_and_resume(caplog):
             r = await d.read()
             assert r.hashing and r.level == 1.0 and r.power_w == 3000
 
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(1):                                   # everything, asic-rs's own logs too
         run(scenario())
     assert PASSWORD not in caplog.text
 
@@ -400,9 +413,10 @@ def test_unreachable_wrong_family_and_vanished_miners_are_device_errors():
     async def scenario():
         async with EmulatorHost() as host:
             ip = await host.add(LuxOSMiner())
-            with pytest.raises(DeviceError, match="is Antminer .*LuxOS.*family 'vnish'") as e:
-                await device(ip, family="vnish").read()
-            assert kind(e.value) == "unsupported"
+            for family in ("vnish", "antminer"):               # "antminer" is the stock firmware
+                with pytest.raises(DeviceError, match=f"is Antminer .*LuxOS.*family '{family}'") as e:
+                    await device(ip, family=family).read()
+                assert kind(e.value) == "unsupported"
 
             d = device(ip, timeout=3.0)
             assert (await d.read()).hashing
