@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from miner.devices.cgminer import check_level, device_error, modelled_power_w
-from miner.devices.model import DeviceError, DeviceReading
+from miner.devices.model import DeviceReading
 
 log = logging.getLogger(__name__)
 

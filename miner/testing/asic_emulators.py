@@ -37,8 +37,9 @@ Families, each answering what asic-rs sends to identify it, read it and control 
   ``GET /api/system/info``, ``GET /api/system/asic``); no 4028 listener.
 
 Shapes follow the firmware documentation and asic-rs's own test vectors (LuxOS API
-reference, VNish 1.3 OpenAPI document, ESP-Miner ``openapi.yaml``). Every request is
-recorded in ``miner.requests``. ``obey = False`` makes a miner acknowledge control
+reference, VNish 1.3 and Braiins OS 25.07 OpenAPI documents, ESP-Miner ``openapi.yaml``,
+Bitmain's CGI as asic-rs and pyasic read it). Every request is recorded in
+``miner.requests`` (the oldest half dropped past ``MAX_RECORDED``). ``obey = False`` makes a miner acknowledge control
 commands and change nothing (a device that does not obey); ``hang = True`` makes it read
 requests and never answer (connections stay open until the client gives up).
 """
@@ -58,6 +59,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_REQUEST_BYTES = 64 * 1024     # every request asic-rs sends is well under 2 kB
+MAX_RECORDED = 10_000             # requests kept per miner, so long benchmark runs stay small
 REQUEST_TIMEOUT_S = 10.0          # a client that sends nothing for this long is dropped
 HTTP_PORT = 80
 RPC_PORT = 4028
@@ -92,6 +94,9 @@ def raise_open_file_limit() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+HttpReply = tuple[Any, ...]   # (status, content type, body[, extra headers])
 
 
 @dataclass
@@ -129,6 +134,11 @@ class EmulatedMiner:
     def uptime_s(self) -> int:
         return int(time.time() - self.started)
 
+    def record(self, request: Request) -> None:
+        if len(self.requests) >= MAX_RECORDED:
+            del self.requests[:MAX_RECORDED // 2]
+        self.requests.append(request)
+
     def commands(self, protocol: str | None = None) -> list[str]:
         return [r.command for r in self.requests if protocol in (None, r.protocol)]
 
@@ -136,7 +146,7 @@ class EmulatedMiner:
     def rpc(self, command: str, param: Any) -> dict[str, Any]:
         return cgminer_status("E", 14, "Invalid command")
 
-    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HttpReply:
         return 404, "text/plain", b"not found"
 
 
@@ -145,7 +155,7 @@ def cgminer_status(severity: str, code: int, msg: str, description: str = "cgmin
                         "Description": description}], "id": 1}
 
 
-def _json(status: int, obj: Any) -> tuple[int, str, bytes]:
+def _json(status: int, obj: Any) -> HttpReply:
     return status, "application/json", json.dumps(obj).encode()
 
 
@@ -193,7 +203,7 @@ class LuxOSMiner(EmulatedMiner):
     def _err(self, code: int, msg: str) -> dict[str, Any]:
         return cgminer_status("E", code, msg, self.description)
 
-    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HttpReply:
         if method == "GET" and path == "/":
             return 200, "text/html", b"<!doctype html><html><head><title>Luxor Firmware</title></head></html>"
         return 404, "text/plain", b"not found"
@@ -353,7 +363,7 @@ class VNishMiner(EmulatedMiner):
         self.preset = preset
         self.tokens: set[str] = set()
 
-    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HttpReply:
         if method == "GET" and path == "/":
             return 200, "text/html", b"<!doctype html><html><head><title>AnthillOS</title></head></html>"
         if not path.startswith("/api/v1/"):
@@ -391,12 +401,12 @@ class VNishMiner(EmulatedMiner):
                                               "gateway": "127.0.0.1", "dns": [], "hostname": "vnish-emu",
                                               "dhcp": False}}}
 
-    def _get_status(self, body: bytes) -> tuple[int, str, bytes]:
+    def _get_status(self, body: bytes) -> HttpReply:
         return _json(200, {"miner_state": self._state(), "miner_state_time": self.uptime_s(),
                            "find_miner": False, "restart_required": False, "reboot_required": False,
                            "unlocked": True})
 
-    def _get_summary(self, body: bytes) -> tuple[int, str, bytes]:
+    def _get_summary(self, body: bytes) -> HttpReply:
         ghs = self.rate_ghs()
         chains = [{"id": i + 1, "status": {"state": "mining" if self.hashing else "stopped"},
                    "hashrate_rt": ghs / 3, "hashrate_ideal": ghs / 3, "frequency": 525,
@@ -417,10 +427,10 @@ class VNishMiner(EmulatedMiner):
                                                for i in range(4)], "settings": {"mode": {"name": "auto"}}},
             "chains": chains, "found_blocks": 0, "best_share": 0, "restart_count": 0}})
 
-    def _get_chains(self, body: bytes) -> tuple[int, str, bytes]:
+    def _get_chains(self, body: bytes) -> HttpReply:
         return _json(200, [])
 
-    def _get_chains_factory_info(self, body: bytes) -> tuple[int, str, bytes]:
+    def _get_chains_factory_info(self, body: bytes) -> HttpReply:
         return _json(200, {"hr_stock": 104000.0, "psu_serial": None, "boards": []})
 
     def _settings(self) -> dict[str, Any]:
@@ -428,10 +438,10 @@ class VNishMiner(EmulatedMiner):
                           "pools": [{"url": "stratum+tcp://127.0.0.1:3333", "user": "emu", "pass": "x"}]},
                 "ui": {}, "regional": {}, "network": {}}
 
-    def _get_settings(self, body: bytes) -> tuple[int, str, bytes]:
+    def _get_settings(self, body: bytes) -> HttpReply:
         return _json(200, self._settings())
 
-    def _post_settings(self, body: bytes) -> tuple[int, str, bytes]:
+    def _post_settings(self, body: bytes) -> HttpReply:
         try:
             new = json.loads(body or b"{}")
             preset = new.get("miner", {}).get("overclock", {}).get("preset")
@@ -446,17 +456,17 @@ class VNishMiner(EmulatedMiner):
                 self.preset, self.ths, self.watts = p.watts, p.ths, p.watts
         return _json(200, {"restart_required": False, "reboot_required": False})
 
-    def _get_autotune_presets(self, body: bytes) -> tuple[int, str, bytes]:
+    def _get_autotune_presets(self, body: bytes) -> HttpReply:
         return _json(200, [{"name": str(p.watts), "pretty": f"{p.watts} watt ~ {p.ths:g} TH",
                             "status": "tuned" if p.tuned else "untuned",
                             "modded_psu_required": False} for p in self.presets.values()])
 
-    def _post_mining_stop(self, body: bytes) -> tuple[int, str, bytes]:
+    def _post_mining_stop(self, body: bytes) -> HttpReply:
         if self.obey:
             self.hashing = False
         return _json(200, {})
 
-    def _post_mining_start(self, body: bytes) -> tuple[int, str, bytes]:
+    def _post_mining_start(self, body: bytes) -> HttpReply:
         if self.obey:
             self.hashing = True
         return _json(200, {})
@@ -499,7 +509,7 @@ class BraiinsOSMiner(EmulatedMiner):
             return out
         return cgminer_status("E", 14, "Invalid command", desc)
 
-    def http(self, method: str, path: str, headers: dict[str, str], body: bytes):
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HttpReply:
         if method == "GET" and path == "/":
             return 200, "text/html", b"<!doctype html><html><head><title>Braiins OS</title></head></html>"
         if method == "POST" and path == "/graphql":
@@ -533,7 +543,7 @@ class BraiinsOSMiner(EmulatedMiner):
             return _json(404, {"message": "Not found"})
         return handler(body)
 
-    def _get_miner_details(self, body: bytes):
+    def _get_miner_details(self, body: bytes) -> HttpReply:
         return _json(200, {"uid": "emu" + self.mac.replace(":", ""), "miner_identity": {
             "brand": 1, "model": 18, "name": self.model, "miner_model": self.model},
             "platform": 4, "bos_mode": 4, "bos_version": {"current": self.version, "bos_plus": True},
@@ -542,7 +552,7 @@ class BraiinsOSMiner(EmulatedMiner):
             "sticker_hashrate": {"gigahash_per_second": self.nominal_ths * 1000}, "kernel_version": "4.9.113",
             "control_board_soc_family": 3, "serial_number": None})
 
-    def _get_miner_stats(self, body: bytes):
+    def _get_miner_stats(self, body: bytes) -> HttpReply:
         ghs = {"gigahash_per_second": self.rate_ghs()}
         return _json(200, {"miner_stats": {
             "real_hashrate": {k: ghs for k in ("last_5s", "last_15s", "last_30s", "last_1m", "last_5m",
@@ -553,11 +563,11 @@ class BraiinsOSMiner(EmulatedMiner):
             "power_stats": {"approximated_consumption": {"watt": round(self.power_w())},
                             "efficiency": {"joule_per_terahash": 22.0}}})
 
-    def _get_configuration_miner(self, body: bytes):
+    def _get_configuration_miner(self, body: bytes) -> HttpReply:
         return _json(200, {"pool_groups": [], "tuner": {"enabled": True, "tuner_mode": 1, "hashrate_target": None,
                                                         "power_target": {"watt": self.power_target}}})
 
-    def _put_performance_power_target(self, body: bytes):
+    def _put_performance_power_target(self, body: bytes) -> HttpReply:
         try:
             watt = int(json.loads(body or b"{}")["watt"])
         except (ValueError, KeyError, TypeError):
@@ -569,13 +579,13 @@ class BraiinsOSMiner(EmulatedMiner):
             self._set_target(watt)
         return _json(200, {"watt": watt})
 
-    def _put_actions_pause(self, body: bytes):
+    def _put_actions_pause(self, body: bytes) -> HttpReply:
         was = not self.hashing
         if self.obey:
             self.hashing = False
         return _json(200, was)
 
-    def _put_actions_resume(self, body: bytes):
+    def _put_actions_resume(self, body: bytes) -> HttpReply:
         was = self.hashing
         if self.obey:
             self.hashing = True
@@ -652,14 +662,6 @@ class AntminerStockMiner(EmulatedMiner):
         self.mode = 0
         self.nonces: set[str] = set()
 
-    @property
-    def hashing(self) -> bool:
-        return self.mode != 1
-
-    @hashing.setter
-    def hashing(self, value: bool) -> None:  # the base class sets it once
-        pass
-
     def _challenge(self) -> tuple[int, str, bytes, dict[str, str]]:
         nonce = secrets.token_hex(16)
         self.nonces.add(nonce)
@@ -675,7 +677,7 @@ class AntminerStockMiner(EmulatedMiner):
         expected = digest_response(fields, method, self.password)
         return secrets.compare_digest(expected, fields.get("response", ""))
 
-    def http(self, method: str, path: str, headers: dict[str, str], body: bytes):
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HttpReply:
         if not self._authorized(method, headers):
             return self._challenge()
         if path == "/":
@@ -686,10 +688,10 @@ class AntminerStockMiner(EmulatedMiner):
             return 404, "text/html", b"<html><body>404 Not Found</body></html>"
         return handler(body)
 
-    def _get_miner_type(self, body: bytes):
+    def _get_miner_type(self, body: bytes) -> HttpReply:
         return _json(200, {"miner_type": self.model, "subtype": "BHB42601", "fw_version": "Thu Jul 13 2023"})
 
-    def _get_summary(self, body: bytes):
+    def _get_summary(self, body: bytes) -> HttpReply:
         ghs = self.rate_ghs()
         return _json(200, {"STATUS": {"STATUS": "S", "when": int(time.time()), "Msg": "summary",
                                       "api_version": "1.0.0"},
@@ -700,7 +702,7 @@ class AntminerStockMiner(EmulatedMiner):
                                         "rate_unit": "GH/s", "hw_all": 0, "bestshare": 0,
                                         "status": [{"type": "rate", "status": "s", "code": 0, "msg": ""}]}]})
 
-    def _get_get_system_info(self, body: bytes):
+    def _get_get_system_info(self, body: bytes) -> HttpReply:
         return _json(200, {"minertype": self.model, "nettype": "Static", "netdevice": "eth0",
                            "macaddr": self.mac, "hostname": "antminer-emu", "ipaddress": "127.0.0.1",
                            "netmask": "255.0.0.0", "gateway": "", "dnsservers": "",
@@ -708,7 +710,7 @@ class AntminerStockMiner(EmulatedMiner):
                            "system_filesystem_version": "Thu Jul 13 17:31:08 CST 2023",
                            "firmware_type": "Release", "serinum": "EMU" + self.mac.replace(":", "")})
 
-    def _get_get_blink_status(self, body: bytes):
+    def _get_get_blink_status(self, body: bytes) -> HttpReply:
         return _json(200, {"blink": False})
 
     def _conf(self) -> dict[str, Any]:
@@ -716,10 +718,10 @@ class AntminerStockMiner(EmulatedMiner):
                 "miner-mode": self.mode, "bitmain-work-mode": str(self.mode),
                 "pools": [{"url": "stratum+tcp://127.0.0.1:3333", "user": "emu", "pass": "x"}]}
 
-    def _get_get_miner_conf(self, body: bytes):
+    def _get_get_miner_conf(self, body: bytes) -> HttpReply:
         return _json(200, self._conf())
 
-    def _post_set_miner_conf(self, body: bytes):
+    def _post_set_miner_conf(self, body: bytes) -> HttpReply:
         try:
             conf = json.loads(body or b"{}")
             mode = int(conf.get("miner-mode", conf.get("bitmain-work-mode", self.mode)))
@@ -729,6 +731,7 @@ class AntminerStockMiner(EmulatedMiner):
             return _json(200, {"stats": "error", "code": "M002", "msg": f"Invalid mode {mode}"})
         if self.obey:
             self.mode = mode
+            self.hashing = mode != 1
             if mode in self.mode_rates:
                 self.ths, self.watts = self.mode_rates[mode]
         return _json(200, {"stats": "success", "code": "M000", "msg": "OK!"})
@@ -794,7 +797,7 @@ class BitaxeMiner(EmulatedMiner):
                 "stratumUser": "emu", "fallbackStratumURL": "127.0.0.1", "fallbackStratumPort": 3334,
                 "fallbackStratumUser": "emu", "isUsingFallbackStratum": 0, "overheat_mode": 0}
 
-    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, str, bytes]:
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HttpReply:
         if method == "GET" and path == "/":
             return 200, "text/html", b"<!doctype html><html><head><title>AxeOS</title></head></html>"
         if method == "GET" and path == "/api/system/info":
@@ -838,7 +841,7 @@ async def _serve_http(miner: EmulatedMiner, reader: asyncio.StreamReader, writer
             data = await asyncio.wait_for(reader.readexactly(length), REQUEST_TIMEOUT_S) if length else b""
             path = target.split("?", 1)[0]
             param: Any = data.decode("utf-8", "replace") if data else None
-            miner.requests.append(Request("http", f"{method} {path}", param))
+            miner.record(Request("http", f"{method} {path}", param))
             if miner.hang:
                 await _until_closed(reader)
                 return
@@ -871,13 +874,13 @@ async def _serve_rpc(miner: EmulatedMiner, reader: asyncio.StreamReader, writer:
                     break
         if isinstance(req, dict) and isinstance(req.get("command"), str):
             command, param = req["command"], req.get("parameter")
-            miner.requests.append(Request("rpc", command, param))
+            miner.record(Request("rpc", command, param))
             if miner.hang:
                 await _until_closed(reader)
                 return
             reply = miner.rpc(command, param)
         else:
-            miner.requests.append(Request("rpc", "<malformed>", buf[:80]))
+            miner.record(Request("rpc", "<malformed>", buf[:80]))
             reply = cgminer_status("E", 23, "Invalid JSON")
         writer.write(json.dumps(reply).encode() + b"\x00")
         await writer.drain()

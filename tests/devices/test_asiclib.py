@@ -7,7 +7,6 @@ ports asic-rs dials (80, 4028): port 80 needs root or CAP_NET_BIND_SERVICE.
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import sys
 
