@@ -13,7 +13,7 @@ What a level means here:
 * (0, 1] with a ``levels`` table -- the highest configured level not above the request
   (the lowest one when all are above it) and its target: a number is a power limit in
   watts (``set_power_limit``: Braiins OS, ePIC, Whatsminer; VNish picks its highest
-  preset not above it), ``"mode:low"`` / ``"mode:normal"`` / ``"mode:high"`` a work mode
+  preset not above it, so give VNish a preset's own watts to read the level back), ``"mode:low"`` / ``"mode:normal"`` / ``"mode:high"`` a work mode
   (``TuningConfig.mode``: stock Antminer), any other string a preset name
   (``TuningConfig.preset``: VNish). A firmware without that control refuses
   ("unsupported").
@@ -172,7 +172,7 @@ class AsicLibDevice:
         self.nameplate_hs = hashrate_ths * 1e12 if hashrate_ths else None
         self._miner: Any = None
         self._identify_lock = asyncio.Lock()
-        self._read_fields = self._fields_except({"Hashrate", "Wattage", "IsMining", "TuningTarget"})
+        self._excluded_fields = self._fields_except({"Hashrate", "Wattage", "IsMining", "TuningTarget"})
 
     def __repr__(self) -> str:
         return f"AsicLibDevice({self.name!r}, {self.host!r})"
@@ -196,7 +196,7 @@ class AsicLibDevice:
         except asyncio.TimeoutError:
             raise device_error("timeout", f"{self.name}: {what}: no answer from {self.host} within "
                                           f"{self.timeout:g} s") from None
-        except (RuntimeError, ValueError, OSError) as e:
+        except Exception as e:  # pyasic-rs raises RuntimeError mostly, ValueError for bad input
             msg = self._scrub(str(e)) or type(e).__name__
             kind = "unsupported" if "not supported" in msg else "refused"
             raise device_error(kind, f"{self.name}: {what}: {msg}") from None
@@ -236,7 +236,7 @@ class AsicLibDevice:
 
     async def read(self) -> DeviceReading:
         miner = await self.miner()
-        data = await self._call("read", miner.get_data(exclude=self._read_fields))
+        data = await self._call("read", miner.get_data(exclude=self._excluded_fields))
         if data.hashrate is None:
             raise device_error("unreachable", f"{self.name}: {self.host} reported no hash rate (no answer, "
                                               "or its credentials were refused)")
