@@ -3,7 +3,8 @@
 asic-rs (the maintained successor of pyasic) identifies a miner by probing its standard
 ports (HTTP 80, the cgminer API on 4028, ...), then reads and controls it with that
 firmware's own API: LuxOS, VNish, Braiins OS, ePIC, Whatsminer, stock Antminer, Bitaxe
-and more. It takes an address only; ports cannot be set.
+and more. It takes an IP address only (ports cannot be set); a host name is resolved here
+first, within the timeout.
 
 What a level means here:
 
@@ -34,13 +35,15 @@ scrubbed from the text.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
+import socket
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from miner.devices.cgminer import check_level, device_error, modelled_power_w
-from miner.devices.model import DeviceReading
+from miner.devices.model import DeviceError, DeviceReading
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +150,24 @@ def _preset_watts(preset: str) -> float | None:
         return None
 
 
+async def resolve_host(host: str, timeout: float) -> str:
+    """`host` as the IP literal asic-rs insists on; DeviceError if it does not resolve in time."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), timeout)
+    except asyncio.TimeoutError:
+        raise device_error("timeout", f"{host}: name not resolved within {timeout:g} s") from None
+    except OSError as e:
+        raise device_error("unreachable", f"{host}: cannot resolve: {e}") from None
+    addrs = [info[4][0] for info in infos]
+    ipv4 = [a for a in addrs if ":" not in a]
+    return (ipv4 or addrs)[0]
+
+
 class AsicLibDevice:
     """One miner at `host`, driven through asic-rs; see the module docstring."""
 
@@ -218,7 +239,11 @@ class AsicLibDevice:
                     factory = factory.with_firmware_discovery_auth(firmware, self._username, self._password)
                 except (ValueError, RuntimeError):
                     pass  # a name this asic-rs version does not have
-        found = await self._call("identify", factory.get_miner(self.host))
+        try:
+            ip = await resolve_host(self.host, self.timeout)
+        except DeviceError as e:
+            raise device_error(e.kind, f"{self.name}: {e}") from None  # type: ignore[attr-defined]
+        found = await self._call("identify", factory.get_miner(ip))
         if found is None:
             hint = " (or it refused the configured credentials)" if self._password is not None else ""
             raise device_error("unreachable", f"{self.name}: no miner that asic-rs supports answered at "

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from miner.devices.asiclib import (LibraryMissing, choose_level, family_matches, level_of, library,
-                                   parse_levels)
+                                   parse_levels, resolve_host)
 from miner.devices.drivers import make_device
 from miner.devices.model import DeviceError
 from miner.testing.asic_emulators import (AntminerStockMiner, BitaxeMiner, BraiinsOSMiner, EmulatorHost,
@@ -117,6 +117,18 @@ def test_chosen_level_never_exceeds_the_request_unless_all_do(levels, request):
 ])
 def test_family_hint_matches_asic_rs_firmware_names(family, firmware, expected):
     assert family_matches(family, firmware) is expected
+
+
+def test_host_names_are_resolved_to_the_ip_literal_asic_rs_needs():
+    async def scenario():
+        assert await resolve_host("127.3.2.1", 1.0) == "127.3.2.1"
+        assert await resolve_host("::1", 1.0) == "::1"
+        assert await resolve_host("localhost", 5.0) == "127.0.0.1"
+        with pytest.raises(DeviceError) as e:
+            await resolve_host("no-such-miner.invalid", 5.0)
+        assert kind(e.value) in ("unreachable", "timeout")
+
+    run(scenario())
 
 
 def test_missing_library_is_a_config_error_naming_the_extra(monkeypatch):
