@@ -20,7 +20,7 @@
     [[site.device]]
     kind = "asic"               # any firmware asic-rs knows (pip install 'gridminer[asic]')
     name = "s19-7"
-    host = "10.0.0.57"          # an address only: asic-rs dials the firmware's own ports
+    host = "10.0.0.57"          # address or name, no port: asic-rs dials the standard ports
     family = "vnish"            # optional: refuse to drive it if asic-rs identifies another firmware
     password_env = "S19_7_PW"   # optional; username_env too (VNish: password only)
     levels = { "1.0" = 3000, "0.6" = 1800 }   # level -> power limit W, or a preset name
