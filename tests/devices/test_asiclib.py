@@ -523,3 +523,55 @@ def test_emulator_answers_bad_requests_and_keeps_serving():
             assert emu.commands("rpc") == ["<malformed>", "nosuch", "summary"]
 
     run(scenario())
+
+
+# ---- through the live scheduler -------------------------------------------------------------
+
+
+@needs_low_ports
+def test_scheduler_curtails_and_resumes_emulated_asics_by_price(tmp_path):
+    """A sites document with kind = "asic" devices, the real parser, drivers, policy and
+    scheduler step: price above breakeven sleeps both miners, below it wakes them."""
+    from datetime import datetime, timedelta, timezone
+    from pathlib import Path
+
+    from miner.metrics import Metrics
+    from miner.sched.economics import breakeven_usd_per_mwh
+    from miner.sched.feeds import StaticFeed
+    from miner.sched.policy import make_policy
+    from miner.sched.scheduler import RetryPolicy, Scheduler, StaticHashprice
+    from miner.sched.sites import parse_sites
+
+    breakeven = breakeven_usd_per_mwh(0.05, 0.02, 20.0)
+    t0 = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+    async def no_sleep(seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    async def scenario():
+        async with EmulatorHost() as host:
+            bos, lux = BraiinsOSMiner(password=PASSWORD), LuxOSMiner()
+            bos_ip, lux_ip = await host.add(bos), await host.add(lux)
+            doc = {"economics": {"hashprice_usd_per_th_day": 0.05, "pool_fee": 0.02},
+                   "site": [{"name": "texas", "capacity_mw": 1.0, "efficiency_j_per_th": 20.0,
+                             "feed": {"kind": "static", "price": 0.0},
+                             "device": [{"kind": "asic", "name": "bos-1", "host": bos_ip, "family": "braiins",
+                                         "password_env": "BOS_PW", "levels": {"1.0": 3137, "0.5": 1600}},
+                                        {"kind": "asic", "name": "lux-1", "host": lux_ip, "family": "luxos"}]}]}
+            fleet = parse_sites(doc, base_dir=Path(tmp_path))
+            devices = [make_device(t, site="texas", environ={"BOS_PW": PASSWORD}) for t in fleet.sites[0].devices]
+            feed = StaticFeed(breakeven * 0.3)
+            sched = Scheduler(fleet, make_policy(fleet, "threshold"), {"texas": feed}, {"texas": devices},
+                              metrics=Metrics(), hashprice_source=StaticHashprice(0.05),
+                              retry=RetryPolicy(tries=2, first_delay_seconds=0.01), sleep=no_sleep)
+            await sched.step(t0)
+            assert bos.hashing and lux.hashing
+            feed.price = breakeven * 1.3
+            await sched.step(t0 + timedelta(hours=1))
+            assert not bos.hashing and not lux.hashing
+            assert "PUT /api/v1/actions/pause" in bos.commands() and "curtail" in lux.commands("rpc")
+            feed.price = breakeven * 0.3
+            await sched.step(t0 + timedelta(hours=2))
+            assert bos.hashing and lux.hashing and bos.power_target == 3137
+
+    run(scenario())
