@@ -50,6 +50,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import inspect
 import json
 import random
 import secrets
@@ -977,3 +978,69 @@ class EmulatorHost:
     async def close(self) -> None:
         for ip in list(self._servers):
             await self.remove(ip)
+
+
+# ---------------------------------------------------------------------------------
+# a fleet in its own process: python -m miner.testing.asic_emulators --luxos 100 ...
+
+FAMILIES: dict[str, type[EmulatedMiner]] = {
+    "luxos": LuxOSMiner, "vnish": VNishMiner, "braiins": BraiinsOSMiner,
+    "antminer": AntminerStockMiner, "bitaxe": BitaxeMiner,
+}
+
+
+async def serve_fleet(counts: dict[str, int], *, password: str | None = None,
+                      announce: Any = print, stop: asyncio.Event | None = None) -> None:
+    """Serve counts[family] miners of each family until `stop` is set; `announce` gets one
+    JSON line per miner ({"family", "ip"}) and then {"ready": n}."""
+    stop = stop or asyncio.Event()
+    async with EmulatorHost() as host:
+        n = 0
+        for family, count in counts.items():
+            cls = FAMILIES[family]
+            for _ in range(count):
+                takes_password = "password" in inspect.signature(cls).parameters
+                miner = cls(password=password) if password and takes_password else cls()
+                announce(json.dumps({"family": family, "ip": await host.add(miner)}))
+                n += 1
+        announce(json.dumps({"ready": n}))
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import os
+    import signal
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m miner.testing.asic_emulators",
+                                     description="Serve emulated ASICs on loopback addresses (ports 80/4028) "
+                                                 "until SIGINT/SIGTERM; prints one JSON line per miner.")
+    for family in FAMILIES:
+        parser.add_argument(f"--{family}", type=int, default=0, metavar="N", help=f"{family} miners")
+    parser.add_argument("--password-env", metavar="VAR",
+                        help="environment variable holding the miners' password (default: firmware default)")
+    args = parser.parse_args(argv)
+    counts = {f: getattr(args, f) for f in FAMILIES if getattr(args, f) > 0}
+    if not counts or any(n < 0 for n in counts.values()):
+        parser.error("give at least one --<family> N")
+    if not can_bind_low_ports():
+        print("cannot listen on port 80: run as root or grant CAP_NET_BIND_SERVICE", file=sys.stderr)
+        return 2
+    password = os.environ.get(args.password_env, "") if args.password_env else None
+    if args.password_env and not password:
+        parser.error(f"--password-env {args.password_env}: that environment variable is not set")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve_fleet(counts, password=password, announce=lambda line: print(line, flush=True), stop=stop)
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

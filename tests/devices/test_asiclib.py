@@ -575,3 +575,39 @@ def test_scheduler_curtails_and_resumes_emulated_asics_by_price(tmp_path):
             assert bos.hashing and lux.hashing and bos.power_target == 3137
 
     run(scenario())
+
+
+@needs_low_ports
+def test_emulator_fleet_process_serves_until_sigterm():
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "EMU_PW": PASSWORD}
+    proc = subprocess.Popen([sys.executable, "-m", "miner.testing.asic_emulators", "--braiins", "2", "--luxos", "1",
+                             "--password-env", "EMU_PW"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        while not lines or "ready" not in lines[-1]:
+            line = proc.stdout.readline()
+            assert line, f"emulator exited early: {proc.poll()}"
+            lines.append(json.loads(line))
+        assert lines[-1] == {"ready": 3}
+        assert sorted(x["family"] for x in lines[:-1]) == ["braiins", "braiins", "luxos"]
+        ip = next(x["ip"] for x in lines if x.get("family") == "braiins")
+
+        async def drive():
+            d = device(ip, password_env="PW", environ={"PW": PASSWORD}, levels={"1.0": 3137, "0.5": 1600})
+            await d.apply(0.5)
+            assert (await d.read()).level == 0.5
+
+        run(drive())
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0 and time.monotonic() - t0 < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
