@@ -262,6 +262,21 @@ def test_vnish_power_limits_curtail_and_resume(caplog):
 
 
 @needs_low_ports
+def test_vnish_limit_below_every_preset_is_not_applied():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = VNishMiner()
+            ip = await host.add(emu)
+            d = device(ip, password_env="PW", environ={"PW": "admin"}, levels={"1.0": 3000, "0.2": 1000})
+            with pytest.raises(DeviceError, match="1000.0 was not accepted") as e:
+                await d.apply(0.2)                             # asic-rs finds no preset <= 1000 W
+            assert kind(e.value) == "not_applied" and emu.preset == 3000
+            assert not any(r.command == "POST /api/v1/settings" for r in emu.requests)
+
+    run(scenario())
+
+
+@needs_low_ports
 def test_vnish_wrong_password_is_an_error_without_the_password():
     async def scenario():
         async with EmulatorHost() as host:
