@@ -13,8 +13,9 @@ What a level means here:
   refused with ``DeviceError`` kind "unsupported".
 * (0, 1] with a ``levels`` table -- the highest configured level not above the request
   (the lowest one when all are above it) and its target: a number is a power limit in
-  watts (``set_power_limit``: Braiins OS, ePIC, Whatsminer; VNish picks its highest
-  preset not above it, so give VNish a preset's own watts to read the level back), ``"mode:low"`` / ``"mode:normal"`` / ``"mode:high"`` a work mode
+  watts (``set_power_limit``: Braiins OS, Whatsminer; VNish picks its highest preset not
+  above it, so give VNish a preset's own watts to read the level back; else a power
+  target through ``set_tuning_config``: ePIC), ``"mode:low"`` / ``"mode:normal"`` / ``"mode:high"`` a work mode
   (``TuningConfig.mode``: stock Antminer), any other string a preset name
   (``TuningConfig.preset``: VNish). A firmware without that control refuses
   ("unsupported").
@@ -323,11 +324,14 @@ class AsicLibDevice:
             else:
                 config = self._lib.TuningConfig.preset(target)
             ok = await self._call(f"tuning {target!r}", miner.set_tuning_config(config))
-        else:
-            if not miner.supports_set_power_limit:
-                raise device_error("unsupported", f"{self.name}: asic-rs cannot set a power limit on "
-                                                  f"{miner.firmware}")
+        elif miner.supports_set_power_limit:
             ok = await self._call(f"power limit {target:g} W", miner.set_power_limit(target))
+        elif miner.supports_tuning_config:   # a power target through the tuner (ePIC's PerpetualTune)
+            config = self._lib.TuningConfig.power(target)
+            ok = await self._call(f"power limit {target:g} W", miner.set_tuning_config(config))
+        else:
+            raise device_error("unsupported", f"{self.name}: asic-rs cannot set a power limit on "
+                                              f"{miner.firmware}")
         if not ok:
             raise device_error("not_applied", f"{self.name}: {target!r} was not accepted")
         log.info("asic %s: set %s", self.name, f"preset {target}" if isinstance(target, str) else f"{target:g} W")
