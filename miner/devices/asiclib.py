@@ -313,6 +313,14 @@ class AsicLibDevice:
             raise device_error("not_applied", f"{self.name}: pause was not accepted")
         log.info("asic %s: paused", self.name)
 
+    async def _tune(self, miner: Any, what: str, config: Any) -> bool:
+        """set_tuning_config, with the miner's own scaling (throttle) settings where it has
+        them: ePIC requires them and would otherwise lose them."""
+        scaling = None
+        if miner.supports_scaling_config:
+            scaling = await self._call(f"{what}: scaling", miner.get_scaling_config())
+        return await self._call(what, miner.set_tuning_config(config, scaling))
+
     async def _set_target(self, miner: Any, target: Target) -> None:
         if isinstance(target, str):
             if not miner.supports_tuning_config:
@@ -323,12 +331,11 @@ class AsicLibDevice:
                 config = self._lib.TuningConfig.mode(mode)
             else:
                 config = self._lib.TuningConfig.preset(target)
-            ok = await self._call(f"tuning {target!r}", miner.set_tuning_config(config))
+            ok = await self._tune(miner, f"tuning {target!r}", config)
         elif miner.supports_set_power_limit:
             ok = await self._call(f"power limit {target:g} W", miner.set_power_limit(target))
         elif miner.supports_tuning_config:   # a power target through the tuner (ePIC's PerpetualTune)
-            config = self._lib.TuningConfig.power(target)
-            ok = await self._call(f"power limit {target:g} W", miner.set_tuning_config(config))
+            ok = await self._tune(miner, f"power limit {target:g} W", self._lib.TuningConfig.power(target))
         else:
             raise device_error("unsupported", f"{self.name}: asic-rs cannot set a power limit on "
                                               f"{miner.firmware}")

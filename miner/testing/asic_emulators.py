@@ -27,6 +27,9 @@ Families, each answering what asic-rs sends to identify it, read it and control 
   ``POST /auth/login`` (the token goes bare in ``Authorization``): ``miner/details``
   (``status`` 2 mining, 3 paused), ``miner/stats``, ``configuration/miner`` (the power
   target), ``PUT performance/power-target {"watt"}``, ``PUT actions/pause|resume``.
+* :class:`EPicMiner` -- ePIC PowerPlay: HTTP JSON on port 4028 (``/capabilities``,
+  ``/summary``; ``POST /miner`` Stop/Autostart and ``POST /perpetualtune/algo`` with the
+  password in the body), its dashboard on 80 (``Miner Web Dashboard`` identifies it).
 * :class:`AntminerStockMiner` -- stock Bitmain firmware (2023+): the web CGI behind HTTP
   digest auth (realm ``antMiner Configuration``; the 401 on ``GET /`` identifies it),
   ``miner_type.cgi``, ``summary.cgi`` (``INFO.CompileTime`` picks asic-rs's backend),
@@ -112,8 +115,8 @@ class Request:
 class EmulatedMiner:
     """State shared by the families: hashing or not, the power it runs at, what it was sent."""
 
-    serves_http = True
-    serves_rpc = True
+    # port -> what listens there: "http" (miner.http) or "rpc" (the cgminer API, miner.rpc)
+    ports: dict[int, str] = {HTTP_PORT: "http", RPC_PORT: "rpc"}
 
     def __init__(self, *, ths: float, watts: float, idle_watts: float = 12.0) -> None:
         self.ths = float(ths)               # hash rate at the current setting, hashing
@@ -351,7 +354,7 @@ VNISH_S19JPRO_PRESETS = (VNishPreset(1800, 70.0), VNishPreset(2400, 88.0), VNish
 class VNishMiner(EmulatedMiner):
     """An Antminer S19j Pro on VNish 1.3: the AnthillOS REST API with a bearer token."""
 
-    serves_rpc = False
+    ports = {HTTP_PORT: "http"}
     fw_version = "1.3.4"
     model = "Antminer S19j Pro"
 
@@ -594,6 +597,89 @@ class BraiinsOSMiner(EmulatedMiner):
 
 
 # ---------------------------------------------------------------------------------
+# ePIC PowerPlay
+
+
+class EPicMiner(EmulatedMiner):
+    """An Antminer S19j Pro on ePIC PowerPlay 1.30: an HTTP JSON API on port 4028 (not the
+    cgminer protocol), the web dashboard on 80; POSTs carry the password in their body.
+
+    A power target is PerpetualTune: ``POST /perpetualtune/algo {"param": {"algo", "target",
+    "min_throttle", "throttle_step"}}``. ePIC's OpenAPI document names the algorithm
+    ``Power``; asic-rs sends ``PowerTune`` (as its maintainers' live test against a miner
+    does), so both are taken."""
+
+    ports = {HTTP_PORT: "http", RPC_PORT: "http"}
+    model = "Antminer S19j Pro"
+    software = "PowerPlay-BM v1.30.0"
+    nominal_ths, nominal_watts = 100.0, 3050.0
+    power_algorithms = ("Power", "PowerTune")
+
+    def __init__(self, *, password: str = "letmein", idle_watts: float = 25.0) -> None:
+        super().__init__(ths=self.nominal_ths, watts=self.nominal_watts, idle_watts=idle_watts)
+        self.password = password
+        self.algorithm = "PowerTune"
+        self.power_target = int(self.nominal_watts)
+        self.min_throttle, self.throttle_step = 1500, 100   # watts, as the power algorithm counts
+
+    def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HttpReply:
+        if method == "GET" and path == "/":
+            return 200, "text/html", b"<!doctype html><html><head><title>Miner Web Dashboard</title></head></html>"
+        if method == "GET" and path == "/capabilities":
+            return _json(200, {"Model": self.model, "Model Subtype": "", "Max HBs": 3, "Min Fans": 4,
+                               "PerpetualTune": [{"algorithm": "Power", "name": "Power", "min": 1500,
+                                                  "max": 3600, "description": "Hold a power target"}]})
+        if method == "GET" and path == "/summary":
+            return _json(200, self._summary())
+        if method != "POST":
+            return _json(404, {"result": False, "error": "not found"})
+        try:
+            req = json.loads(body or b"{}")
+        except ValueError:
+            return _json(400, {"result": False, "error": "invalid JSON"})
+        if not isinstance(req, dict) or req.get("password") != self.password:
+            return _json(401, {"result": False, "error": "Incorrect password"})
+        if path == "/miner":
+            if req.get("param") not in ("Stop", "Autostart"):
+                return _json(400, {"result": False, "error": f"invalid param {req.get('param')!r}"})
+            if self.obey:
+                self.hashing = req["param"] != "Stop"
+            return _json(200, {"result": True, "error": None})
+        if path == "/perpetualtune/algo":
+            param = req.get("param")
+            if not isinstance(param, dict) or param.get("algo") not in self.power_algorithms:
+                return _json(400, {"result": False, "error": "this emulator tunes power only"})
+            try:
+                watt = int(param["target"])
+            except (KeyError, TypeError, ValueError):
+                return _json(400, {"result": False, "error": "invalid target"})
+            if not 1500 <= watt <= 3600:
+                return _json(400, {"result": False, "error": f"target {watt} outside 1500..3600"})
+            if self.obey:
+                self.algorithm, self.power_target, self.watts = param["algo"], watt, float(watt)
+                self.ths = round(self.nominal_ths * watt / self.nominal_watts, 3)
+                self.min_throttle = param.get("min_throttle", self.min_throttle)
+                self.throttle_step = param.get("throttle_step", self.throttle_step)
+            return _json(200, {"result": True, "error": None})
+        return _json(404, {"result": False, "error": "not found"})
+
+    def _summary(self) -> dict[str, Any]:
+        mhs = self.rate_ghs() * 1000 / 3
+        return {"Software": self.software, "Mining": {"Algorithm": "SHA256", "Coin": "Bitcoin"},
+                "Status": {"Operating State": "Mining" if self.hashing else "Idling",
+                           "Last Command": None, "Last Error": None},
+                "Session": {"Uptime": self.uptime_s(), "Active HBs": 3 if self.hashing else 0},
+                "HBs": [{"Index": i, "Hashrate": [mhs, 100.0], "Input Power": self.power_w() / 3,
+                         "Temperature": 60, "Core Clock Avg": 500.0} for i in range(3)],
+                "Power Supply Stats": {"Input Power": round(self.power_w()), "Output Power": round(self.power_w())},
+                "PerpetualTune": {"Running": True, "Algorithm": {self.algorithm: {
+                    "Target": self.power_target, "Unit": "W", "Optimized": True, "Throttle Target": None,
+                    "Min Throttle Target": self.min_throttle, "Throttle Step": self.throttle_step}}},
+                "Fans Rpm": {"Fans Speed": 50, "Fan 0": 4000}, "Misc": {"Locate Miner State": False},
+                "Hostname": "epic-emu"}
+
+
+# ---------------------------------------------------------------------------------
 # stock Antminer
 
 
@@ -778,7 +864,7 @@ class AntminerStockMiner(EmulatedMiner):
 class BitaxeMiner(EmulatedMiner):
     """A Bitaxe Supra on ESP-Miner (AxeOS) 2.10: read-only as far as asic-rs goes."""
 
-    serves_rpc = False
+    ports = {HTTP_PORT: "http"}
 
     def __init__(self, *, ghs: float = 1000.0, watts: float = 14.5, frequency: int = 490,
                  core_mv: int = 1166) -> None:
@@ -952,12 +1038,9 @@ class EmulatorHost:
             return handle
 
         try:
-            if miner.serves_http:
-                servers.append(await asyncio.start_server(tracked(_serve_http), addr, HTTP_PORT,
-                                                          reuse_address=True))
-            if miner.serves_rpc:
-                servers.append(await asyncio.start_server(tracked(_serve_rpc), addr, RPC_PORT,
-                                                          reuse_address=True))
+            for port, protocol in miner.ports.items():
+                serve = _serve_http if protocol == "http" else _serve_rpc
+                servers.append(await asyncio.start_server(tracked(serve), addr, port, reuse_address=True))
         except OSError:
             for s in servers:
                 s.close()
@@ -984,7 +1067,7 @@ class EmulatorHost:
 # a fleet in its own process: python -m miner.testing.asic_emulators --luxos 100 ...
 
 FAMILIES: dict[str, type[EmulatedMiner]] = {
-    "luxos": LuxOSMiner, "vnish": VNishMiner, "braiins": BraiinsOSMiner,
+    "luxos": LuxOSMiner, "vnish": VNishMiner, "braiins": BraiinsOSMiner, "epic": EPicMiner,
     "antminer": AntminerStockMiner, "bitaxe": BitaxeMiner,
 }
 

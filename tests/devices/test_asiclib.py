@@ -19,7 +19,7 @@ from miner.devices.asiclib import (LibraryMissing, choose_level, family_matches,
 from miner.devices.drivers import make_device
 from miner.devices.model import DeviceError
 from miner.testing.asic_emulators import (AntminerStockMiner, BitaxeMiner, BraiinsOSMiner, EmulatorHost,
-                                          LuxOSMiner, VNishMiner, can_bind_low_ports, digest_response,
+                                          EPicMiner, LuxOSMiner, VNishMiner, can_bind_low_ports, digest_response,
                                           parse_digest_header)
 
 pyasic_rs = pytest.importorskip("pyasic_rs", reason="pyasic-rs not installed: pip install 'gridminer[asic]'")
@@ -351,6 +351,44 @@ def test_braiins_wrong_password_is_an_error_without_the_password():
                 await d.apply(0.0)
             assert kind(e.value) == "refused" and PASSWORD not in str(e.value)
             assert emu.hashing
+
+    run(scenario())
+
+
+# ---- ePIC PowerPlay: HTTP on port 4028, power targets through PerpetualTune ---------------
+
+
+@needs_low_ports
+def test_epic_power_target_through_the_tuner_keeps_its_throttle_settings():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = EPicMiner(password=PASSWORD)
+            ip = await host.add(emu)
+            d = device(ip, family="epic", password_env="EPIC_PW", environ={"EPIC_PW": PASSWORD},
+                       levels={"1.0": 3050, "0.8": 2500})
+            r = await d.read()
+            assert r.hashing and r.hashrate_hs == pytest.approx(100e12) and r.power_w == 3050
+            assert r.level == 1.0
+            assert "GET /capabilities" in emu.commands()        # its HTTP API on port 4028
+
+            await d.apply(0.9)
+            tune = [q for q in emu.requests if q.command == "POST /perpetualtune/algo"]
+            assert len(tune) == 1 and '"target":2500' in tune[0].param
+            assert '"min_throttle":1500' in tune[0].param and '"throttle_step":100' in tune[0].param
+            r = await d.read()
+            assert r.level == 0.8 and r.power_w == 2500
+
+            await d.apply(0.0)
+            assert not emu.hashing
+            assert (await d.read()).level == 0.0
+            await d.apply(1.0)
+            assert emu.hashing and emu.power_target == 3050
+            assert PASSWORD not in repr(d)
+
+            low = device(ip, password_env="EPIC_PW", environ={"EPIC_PW": PASSWORD}, levels={"0.3": 900})
+            with pytest.raises(DeviceError, match="power limit 900 W") as e:
+                await low.apply(0.3)
+            assert kind(e.value) == "refused" and PASSWORD not in str(e.value)
 
     run(scenario())
 
