@@ -12,13 +12,19 @@ What a level means here:
   sleep mode, ...). Where asic-rs has no pause for the firmware (Bitaxe) level 0 is
   refused with ``DeviceError`` kind "unsupported".
 * (0, 1] with a ``levels`` table -- the highest configured level not above the request
-  (the lowest one when all are above it) and its target: a number is a power limit in
-  watts (``set_power_limit``: Braiins OS, Whatsminer; VNish picks its highest preset not
-  above it, so give VNish a preset's own watts to read the level back; else a power
-  target through ``set_tuning_config``: ePIC), ``"mode:low"`` / ``"mode:normal"`` / ``"mode:high"`` a work mode
-  (``TuningConfig.mode``: stock Antminer), any other string a preset name
-  (``TuningConfig.preset``: VNish). A firmware without that control refuses
-  ("unsupported").
+  (the lowest one when all are above it) and its target, set before a paused miner is
+  resumed:
+
+  - a number: a power limit in watts, ``set_power_limit`` (Braiins OS, Whatsminer; VNish
+    picks its highest preset not above it, so give VNish a preset's own watts to read
+    the level back), else a tuner power target, ``set_tuning_config`` with the miner's
+    own scaling settings (ePIC PerpetualTune);
+  - ``"mode:low"`` / ``"mode:normal"`` / ``"mode:high"``: a work mode,
+    ``TuningConfig.mode`` (stock Antminer);
+  - any other string: a preset name, ``TuningConfig.preset`` (VNish).
+
+  A firmware without that control refuses ("unsupported"): LuxOS has sleep only in
+  asic-rs, Bitaxe nothing.
 * (0, 1) without a table -- refused (``partial = "refuse"``, the default), or run at
   full power (``partial = "full"``). 1.0 resumes.
 
