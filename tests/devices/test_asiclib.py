@@ -7,6 +7,7 @@ ports asic-rs dials (80, 4028): port 80 needs root or CAP_NET_BIND_SERVICE.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import re
 import sys
 
@@ -22,10 +23,15 @@ from miner.testing.asic_emulators import (AntminerStockMiner, BitaxeMiner, Braii
                                           EPicMiner, LuxOSMiner, VNishMiner, can_bind_low_ports, digest_response,
                                           parse_digest_header)
 
-pyasic_rs = pytest.importorskip("pyasic_rs", reason="pyasic-rs not installed: pip install 'gridminer[asic]'")
+HAVE_LIBRARY = importlib.util.find_spec("pyasic_rs") is not None
+needs_library = pytest.mark.skipif(not HAVE_LIBRARY, reason="pyasic-rs not installed: pip install 'gridminer[asic]'")
 needs_low_ports = pytest.mark.skipif(
     not can_bind_low_ports(),
     reason="asic-rs dials port 80: run as root or grant CAP_NET_BIND_SERVICE to bind it on loopback")
+# a real miner driven through asic-rs: the library and the real ports
+needs_miners = pytest.mark.skipif(
+    not (HAVE_LIBRARY and can_bind_low_ports()),
+    reason="needs pyasic-rs (pip install 'gridminer[asic]') and port 80 on loopback (root or CAP_NET_BIND_SERVICE)")
 
 PASSWORD = "s3cret-vnish-pw"
 
@@ -139,6 +145,7 @@ def test_missing_library_is_a_config_error_naming_the_extra(monkeypatch):
         device("127.0.0.2")
 
 
+@needs_library
 def test_config_keys():
     with pytest.raises(ValueError, match="no port"):
         device("127.0.0.2", port=4028)
@@ -158,7 +165,7 @@ def test_config_keys():
 # ---- LuxOS: cgminer API with sessions, curtail sleep/wakeup, no power limit in asic-rs -----
 
 
-@needs_low_ports
+@needs_miners
 def test_luxos_identify_read_curtail_resume():
     async def scenario():
         async with EmulatorHost() as host:
@@ -183,7 +190,7 @@ def test_luxos_identify_read_curtail_resume():
     run(scenario())
 
 
-@needs_low_ports
+@needs_miners
 def test_luxos_partial_levels_are_refused_or_full_power_as_configured():
     async def scenario():
         async with EmulatorHost() as host:
@@ -204,7 +211,7 @@ def test_luxos_partial_levels_are_refused_or_full_power_as_configured():
     run(scenario())
 
 
-@needs_low_ports
+@needs_miners
 def test_a_miner_that_does_not_obey_is_read_as_it_is():
     async def scenario():
         async with EmulatorHost() as host:
@@ -223,7 +230,7 @@ def test_a_miner_that_does_not_obey_is_read_as_it_is():
 # ---- VNish: REST with a password, presets as power limits, stop/start --------------------
 
 
-@needs_low_ports
+@needs_miners
 def test_vnish_power_limits_curtail_and_resume(caplog):
     async def scenario():
         async with EmulatorHost() as host:
@@ -261,7 +268,7 @@ def test_vnish_power_limits_curtail_and_resume(caplog):
     assert PASSWORD not in caplog.text
 
 
-@needs_low_ports
+@needs_miners
 def test_vnish_limit_below_every_preset_is_not_applied():
     async def scenario():
         async with EmulatorHost() as host:
@@ -276,7 +283,7 @@ def test_vnish_limit_below_every_preset_is_not_applied():
     run(scenario())
 
 
-@needs_low_ports
+@needs_miners
 def test_vnish_wrong_password_is_an_error_without_the_password():
     async def scenario():
         async with EmulatorHost() as host:
@@ -298,7 +305,7 @@ def test_vnish_wrong_password_is_an_error_without_the_password():
 # ---- Braiins OS: REST with a login token, power targets in watts --------------------------
 
 
-@needs_low_ports
+@needs_miners
 def test_braiins_power_targets_pause_and_resume():
     async def scenario():
         async with EmulatorHost() as host:
@@ -337,7 +344,7 @@ def test_braiins_power_targets_pause_and_resume():
     run(scenario())
 
 
-@needs_low_ports
+@needs_miners
 def test_braiins_wrong_password_is_an_error_without_the_password():
     async def scenario():
         async with EmulatorHost() as host:
@@ -358,7 +365,7 @@ def test_braiins_wrong_password_is_an_error_without_the_password():
 # ---- ePIC PowerPlay: HTTP on port 4028, power targets through PerpetualTune ---------------
 
 
-@needs_low_ports
+@needs_miners
 def test_epic_power_target_through_the_tuner_keeps_its_throttle_settings():
     async def scenario():
         async with EmulatorHost() as host:
@@ -396,7 +403,7 @@ def test_epic_power_target_through_the_tuner_keeps_its_throttle_settings():
 # ---- stock Antminer: digest-auth CGI, sleep mode and work modes ------------------------
 
 
-@needs_low_ports
+@needs_miners
 def test_antminer_stock_sleep_low_power_mode_and_resume():
     async def scenario():
         async with EmulatorHost() as host:
@@ -432,7 +439,7 @@ def test_antminer_stock_sleep_low_power_mode_and_resume():
     run(scenario())
 
 
-@needs_low_ports
+@needs_miners
 def test_antminer_stock_with_wrong_credentials_is_not_identified():
     async def scenario():
         async with EmulatorHost() as host:
@@ -449,7 +456,7 @@ def test_antminer_stock_with_wrong_credentials_is_not_identified():
 # ---- Bitaxe: read-only in asic-rs ---------------------------------------------------------
 
 
-@needs_low_ports
+@needs_miners
 def test_bitaxe_reads_and_refuses_curtailment():
     async def scenario():
         async with EmulatorHost() as host:
@@ -472,7 +479,7 @@ def test_bitaxe_reads_and_refuses_curtailment():
 # ---- errors ----------------------------------------------------------------------------
 
 
-@needs_low_ports
+@needs_miners
 def test_unreachable_wrong_family_and_vanished_miners_are_device_errors():
     async def scenario():
         async with EmulatorHost() as host:
@@ -499,7 +506,7 @@ def test_unreachable_wrong_family_and_vanished_miners_are_device_errors():
     run(scenario())
 
 
-@needs_low_ports
+@needs_miners
 def test_a_hung_miner_is_a_timeout_within_the_configured_bound():
     async def scenario():
         loop = asyncio.get_running_loop()
@@ -530,7 +537,7 @@ def test_a_hung_miner_is_a_timeout_within_the_configured_bound():
     run(scenario())
 
 
-@needs_low_ports
+@needs_miners
 def test_one_host_serves_many_miners():
     async def scenario():
         async with EmulatorHost() as host:
@@ -581,7 +588,7 @@ def test_emulator_answers_bad_requests_and_keeps_serving():
 # ---- through the live scheduler -------------------------------------------------------------
 
 
-@needs_low_ports
+@needs_miners
 def test_scheduler_curtails_and_resumes_emulated_asics_by_price(tmp_path):
     """A sites document with kind = "asic" devices, the real parser, drivers, policy and
     scheduler step: price above breakeven sleeps both miners, below it wakes them."""
@@ -630,7 +637,7 @@ def test_scheduler_curtails_and_resumes_emulated_asics_by_price(tmp_path):
     run(scenario())
 
 
-@needs_low_ports
+@needs_miners
 def test_emulator_fleet_process_serves_until_sigterm():
     import json
     import os
