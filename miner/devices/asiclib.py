@@ -59,7 +59,8 @@ PARTIAL_MODES = ("refuse", "full")
 WATTS_MATCH = 0.5              # a tuning target within this many watts is that level
 MODES = ("low", "normal", "high")   # asic-rs MiningMode names, written "mode:low" in levels
 Target = float | str           # power limit in watts, "mode:<mode>", or a preset name
-DEFAULT_USERNAME = "root"      # stock Antminer's and most firmware's; VNish and LuxOS ignore it
+DEFAULT_USERNAME = "root"      # stock Antminer's, Braiins OS's; VNish, LuxOS and ePIC ignore it
+DEFAULT_USERNAMES = {"WhatsMiner Stock": "super"}   # where the firmware's default account differs
 # asic-rs's names for its firmware entries: credentials given for a device are handed to
 # whichever of these identifies it (stock Antminer needs them to be identified at all).
 FIRMWARE_NAMES = ("AntMiner Stock", "Auradine Stock", "AvalonMiner Stock", "Bitaxe Stock", "Braiins",
@@ -193,7 +194,7 @@ class AsicLibDevice:
         self.family = family.lower() if family else None
         self.levels = parse_levels(levels)
         self.partial = partial
-        self._username = username or DEFAULT_USERNAME
+        self._username = username        # None: each firmware's default account
         self._password = password
         self.timeout = float(timeout)
         self.power_w = power_w
@@ -209,6 +210,13 @@ class AsicLibDevice:
         data_field = self._lib.asic_rs.DataField
         return [getattr(data_field, n) for n in dir(data_field)
                 if not n.startswith("_") and n not in keep and isinstance(getattr(data_field, n), data_field)]
+
+    def _refusal_hint(self) -> str:
+        # asic-rs answers only "no" for some firmware (Whatsminer, VNish): say what it may mean
+        return " (the firmware said no, or refused the credentials)" if self._password is not None else ""
+
+    def _username_for(self, firmware: str) -> str:
+        return self._username or DEFAULT_USERNAMES.get(firmware, DEFAULT_USERNAME)
 
     # ---- calls into the library -------------------------------------------------------
 
@@ -243,7 +251,8 @@ class AsicLibDevice:
         if self._password is not None:
             for firmware in FIRMWARE_NAMES:
                 try:
-                    factory = factory.with_firmware_discovery_auth(firmware, self._username, self._password)
+                    factory = factory.with_firmware_discovery_auth(firmware, self._username_for(firmware),
+                                                                   self._password)
                 except (ValueError, RuntimeError):
                     pass  # a name this asic-rs version does not have
         try:
@@ -260,7 +269,7 @@ class AsicLibDevice:
             raise device_error("unsupported", f"{self.name}: {self.host} is {described}, but the "
                                               f"configuration says family {self.family!r}")
         if self._password is not None:
-            found.set_auth(self._username, self._password)
+            found.set_auth(self._username_for(found.firmware), self._password)
         log.info("asic %s: %s is %s", self.name, self.host, described)
         return found
 
@@ -308,7 +317,7 @@ class AsicLibDevice:
             await self._set_target(miner, chosen[1])
         if not now.hashing and miner.supports_resume:
             if not await self._call("resume", miner.resume()):
-                raise device_error("not_applied", f"{self.name}: resume was not accepted")
+                raise device_error("not_applied", f"{self.name}: resume was not accepted{self._refusal_hint()}")
             log.info("asic %s: resumed", self.name)
 
     async def _pause(self, miner: Any) -> None:
@@ -316,7 +325,7 @@ class AsicLibDevice:
             raise device_error("unsupported", f"{self.name}: asic-rs cannot pause {miner.firmware} on "
                                               f"{miner.make} {miner.model}; level 0 refused")
         if not await self._call("pause", miner.pause()):
-            raise device_error("not_applied", f"{self.name}: pause was not accepted")
+            raise device_error("not_applied", f"{self.name}: pause was not accepted{self._refusal_hint()}")
         log.info("asic %s: paused", self.name)
 
     async def _tune(self, miner: Any, what: str, config: Any) -> bool:
@@ -346,5 +355,5 @@ class AsicLibDevice:
             raise device_error("unsupported", f"{self.name}: asic-rs cannot set a power limit on "
                                               f"{miner.firmware}")
         if not ok:
-            raise device_error("not_applied", f"{self.name}: {target!r} was not accepted")
+            raise device_error("not_applied", f"{self.name}: {target!r} was not accepted{self._refusal_hint()}")
         log.info("asic %s: set %s", self.name, f"preset {target}" if isinstance(target, str) else f"{target:g} W")

@@ -22,7 +22,7 @@
     name = "s19-7"
     host = "10.0.0.57"          # address or name, no port: asic-rs dials the standard ports
     family = "vnish"            # optional: refuse to drive it if asic-rs identifies another firmware
-    password_env = "S19_7_PW"   # optional; username_env too (VNish: password only)
+    password_env = "S19_7_PW"   # optional; username_env too (default: the firmware's, root or super)
     levels = { "1.0" = 3000, "0.6" = 1800 }   # level -> power limit W, preset name or "mode:low"
     partial = "refuse"          # no levels table: 0 < level < 1 "refuse" (default) or "full"
     timeout = 10.0

@@ -20,8 +20,8 @@ from miner.devices.asiclib import (LibraryMissing, choose_level, family_matches,
 from miner.devices.drivers import make_device
 from miner.devices.model import DeviceError
 from miner.testing.asic_emulators import (AntminerStockMiner, BitaxeMiner, BraiinsOSMiner, EmulatorHost,
-                                          EPicMiner, LuxOSMiner, VNishMiner, can_bind_low_ports, digest_response,
-                                          parse_digest_header)
+                                          EPicMiner, LuxOSMiner, VNishMiner, WhatsMinerMiner, can_bind_low_ports,
+                                          digest_response, parse_digest_header, v3_token)
 
 HAVE_LIBRARY = importlib.util.find_spec("pyasic_rs") is not None
 needs_library = pytest.mark.skipif(not HAVE_LIBRARY, reason="pyasic-rs not installed: pip install 'gridminer[asic]'")
@@ -396,6 +396,52 @@ def test_epic_power_target_through_the_tuner_keeps_its_throttle_settings():
             with pytest.raises(DeviceError, match="power limit 900 W") as e:
                 await low.apply(0.3)
             assert kind(e.value) == "refused" and PASSWORD not in str(e.value)
+
+    run(scenario())
+
+
+# ---- Whatsminer: API v3 on 4433, write tokens, power limits in watts -----------------------
+
+
+def test_whatsminer_v3_token_matches_a_hand_computed_one():
+    import base64
+    import hashlib
+
+    want = base64.b64encode(hashlib.sha256(b"set.miner.service" + b"super" + b"ab12cd34" + b"1700000000")
+                            .digest()).decode()[:8]
+    assert v3_token("set.miner.service", "super", "ab12cd34", 1700000000) == want
+    assert len(want) == 8
+
+
+@needs_miners
+def test_whatsminer_power_limits_stop_and_start_with_its_default_account():
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = WhatsMinerMiner(password=PASSWORD)            # account "super"
+            ip = await host.add(emu)
+            d = device(ip, family="whatsminer", password_env="WM_PW", environ={"WM_PW": PASSWORD},
+                       levels={"1.0": 3276, "0.6": 2000})
+            r = await d.read()
+            assert r.hashing and r.hashrate_hs == pytest.approx(126e12) and r.power_w == 3276
+            assert r.level == 1.0
+            assert "devdetails" in emu.commands("rpc") and "get.device.info" in emu.commands("wm3")
+
+            await d.apply(0.7)
+            writes = [q for q in emu.requests if q.command.startswith("set.")]
+            assert [(q.command, q.param) for q in writes] == [("set.miner.power_limit", 2000.0)]
+            r = await d.read()
+            assert r.level == 0.6 and r.power_w == 2000
+
+            await d.apply(0.0)
+            assert not emu.hashing and emu.requests[-1].command == "set.miner.service"
+            assert (await d.read()).level == 0.0
+            await d.apply(1.0)
+            assert emu.hashing and emu.power_limit == 3276
+
+            wrong = device(ip, password_env="PW", environ={"PW": "not-it"}, levels={"0.5": 2000})
+            with pytest.raises(DeviceError) as e:
+                await wrong.apply(0.0)
+            assert "not-it" not in str(e.value) and emu.hashing
 
     run(scenario())
 

@@ -30,6 +30,9 @@ Families, each answering what asic-rs sends to identify it, read it and control 
 * :class:`EPicMiner` -- ePIC PowerPlay: HTTP JSON on port 4028 (``/capabilities``,
   ``/summary``; ``POST /miner`` Stop/Autostart and ``POST /perpetualtune/algo`` with the
   password in the body), its dashboard on 80 (``Miner Web Dashboard`` identifies it).
+* :class:`WhatsMinerMiner` -- Whatsminer on 2024-11+ firmware: btminer's API on 4028
+  (``devdetails`` names ``bitmicro``; ``get_version``'s ``fw_ver`` date selects API v3)
+  and API v3 on 4433 (4-byte length + JSON; writes carry a sha256 token over the salt).
 * :class:`AntminerStockMiner` -- stock Bitmain firmware (2023+): the web CGI behind HTTP
   digest auth (realm ``antMiner Configuration``; the 401 on ``GET /`` identifies it),
   ``miner_type.cgi``, ``summary.cgi`` (``INFO.CompileTime`` picks asic-rs's backend),
@@ -54,8 +57,10 @@ from miner.testing.asic_emulators.host import EmulatorHost, can_bind_low_ports, 
 from miner.testing.asic_emulators.luxos import LUXOS_S19K_PROFILES, LuxOSMiner, LuxProfile
 from miner.testing.asic_emulators.web_json import (VNISH_S19JPRO_PRESETS, BitaxeMiner, BraiinsOSMiner, EPicMiner,
                                                    VNishMiner, VNishPreset)
+from miner.testing.asic_emulators.whatsminer import WhatsMinerMiner, v3_token
 
 __all__ = ["AntminerStockMiner", "BitaxeMiner", "BraiinsOSMiner", "EPicMiner", "EmulatedMiner", "EmulatorHost",
            "FAMILIES", "HTTP_PORT", "LUXOS_S19K_PROFILES", "LuxOSMiner", "LuxProfile", "RPC_PORT", "Request",
            "VNISH_S19JPRO_PRESETS", "VNishMiner", "VNishPreset", "can_bind_low_ports", "cgminer_status",
-           "digest_response", "parse_digest_header", "raise_open_file_limit", "serve_fleet"]
+           "digest_response", "parse_digest_header", "raise_open_file_limit", "serve_fleet", "v3_token",
+           "WhatsMinerMiner"]

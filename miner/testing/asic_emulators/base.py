@@ -19,7 +19,7 @@ HttpReply = tuple[Any, ...]   # (status, content type, body[, extra headers])
 class Request:
     """One request a miner received: protocol, command or "METHOD /path", parameter/body."""
 
-    protocol: str       # "rpc" or "http"
+    protocol: str       # "rpc", "http" or "wm3"
     command: str
     param: Any = None
 
@@ -27,7 +27,8 @@ class Request:
 class EmulatedMiner:
     """State shared by the families: hashing or not, the power it runs at, what it was sent."""
 
-    # port -> what listens there: "http" (miner.http) or "rpc" (the cgminer API, miner.rpc)
+    # port -> what listens there: "http" (miner.http), "rpc" (the cgminer API, miner.rpc) or
+    # "length-prefixed" (Whatsminer's API v3, miner.length_prefixed)
     ports: dict[int, str] = {HTTP_PORT: "http", RPC_PORT: "rpc"}
 
     def __init__(self, *, ths: float, watts: float, idle_watts: float = 12.0) -> None:
@@ -64,6 +65,9 @@ class EmulatedMiner:
 
     def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HttpReply:
         return 404, "text/plain", b"not found"
+
+    def length_prefixed(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"code": -1, "msg": "unsupported"}
 
 
 def cgminer_status(severity: str, code: int, msg: str, description: str = "cgminer 4.11.1") -> dict[str, Any]:

@@ -12,10 +12,11 @@ from miner.testing.asic_emulators.base import EmulatedMiner
 from miner.testing.asic_emulators.host import EmulatorHost
 from miner.testing.asic_emulators.luxos import LuxOSMiner
 from miner.testing.asic_emulators.web_json import BitaxeMiner, BraiinsOSMiner, EPicMiner, VNishMiner
+from miner.testing.asic_emulators.whatsminer import WhatsMinerMiner
 
 FAMILIES: dict[str, type[EmulatedMiner]] = {
     "luxos": LuxOSMiner, "vnish": VNishMiner, "braiins": BraiinsOSMiner, "epic": EPicMiner,
-    "antminer": AntminerStockMiner, "bitaxe": BitaxeMiner,
+    "whatsminer": WhatsMinerMiner, "antminer": AntminerStockMiner, "bitaxe": BitaxeMiner,
 }
 
 

@@ -124,6 +124,41 @@ async def _serve_rpc(miner: EmulatedMiner, reader: asyncio.StreamReader, writer:
         writer.close()
 
 
+async def _serve_length_prefixed(miner: EmulatedMiner, reader: asyncio.StreamReader,
+                                 writer: asyncio.StreamWriter) -> None:
+    """Whatsminer's API v3 (port 4433): 4-byte little-endian length, then JSON, both ways."""
+    try:
+        size = int.from_bytes(await asyncio.wait_for(reader.readexactly(4), REQUEST_TIMEOUT_S), "little")
+        if size > MAX_REQUEST_BYTES:
+            miner.record(Request("wm3", "<oversized>", size))
+            reply: dict[str, Any] = {"code": -1, "msg": "request too large"}
+        else:
+            body = await asyncio.wait_for(reader.readexactly(size), REQUEST_TIMEOUT_S)
+            try:
+                req = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                req = None
+            if isinstance(req, dict) and isinstance(req.get("cmd"), str):
+                miner.record(Request("wm3", req["cmd"], req.get("param")))
+                if miner.hang:
+                    await _until_closed(reader)
+                    return
+                reply = miner.length_prefixed(req)
+            else:
+                miner.record(Request("wm3", "<malformed>", body[:80]))
+                reply = {"code": -1, "msg": "invalid JSON"}
+        out = json.dumps(reply).encode()
+        writer.write(len(out).to_bytes(4, "little") + out)
+        await writer.drain()
+    except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+_SERVERS = {"http": _serve_http, "rpc": _serve_rpc, "length-prefixed": _serve_length_prefixed}
+
+
 class EmulatorHost:
     """Many emulated miners in one asyncio loop, each on its own loopback address.
 
@@ -186,7 +221,7 @@ class EmulatorHost:
 
         try:
             for port, protocol in miner.ports.items():
-                serve = _serve_http if protocol == "http" else _serve_rpc
+                serve = _SERVERS[protocol]
                 servers.append(await asyncio.start_server(tracked(serve), addr, port, reuse_address=True))
         except OSError:
             for s in servers:
