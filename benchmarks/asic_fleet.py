@@ -4,12 +4,12 @@
 
 The miners run in a second process (python -m miner.testing.asic_emulators: one asyncio
 loop, each miner on its own 127.x.y.z address on ports 80/4028, needs root or
-CAP_NET_BIND_SERVICE), a third each of LuxOS, Braiins OS and VNish. This process builds one
-AsicLibDevice per miner and runs every device's call at once (or --concurrency at a
-time), round by round:
+CAP_NET_BIND_SERVICE), equal shares of LuxOS, Braiins OS, VNish, Whatsminer, ePIC and stock
+Antminer. This process builds one AsicLibDevice per miner and runs every device's call at
+once (or --concurrency at a time), round by round:
 
     identify+read   the first read (asic-rs identification, then get_data)
-    apply 0         curtail every miner (LuxOS curtail sleep, Braiins pause, VNish stop)
+    apply 0         curtail every miner (each firmware's pause: LuxOS curtail sleep, ...)
     read            read every miner (all should show not hashing)
     apply 1         resume every miner
 
@@ -34,11 +34,14 @@ from typing import Any
 
 from miner.devices.asiclib import AsicLibDevice
 
-FAMILY_PASSWORD = {"luxos": None, "braiins": "root", "vnish": "admin"}   # the emulators' defaults
+# the families that can be curtailed, with their emulators' default passwords
+FAMILY_PASSWORD = {"luxos": None, "braiins": "root", "vnish": "admin", "whatsminer": "super",
+                   "epic": "letmein", "antminer": "root"}
 
 
 def start_fleet(miners: int) -> tuple[subprocess.Popen[str], list[tuple[str, str]]]:
-    per = {f: miners // 3 + (1 if i < miners % 3 else 0) for i, f in enumerate(FAMILY_PASSWORD)}
+    n = len(FAMILY_PASSWORD)
+    per = {f: miners // n + (1 if i < miners % n else 0) for i, f in enumerate(FAMILY_PASSWORD)}
     args = [sys.executable, "-m", "miner.testing.asic_emulators"] + \
         [a for f, n in per.items() if n for a in (f"--{f}", str(n))]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
@@ -119,7 +122,7 @@ def main() -> int:
         print(json.dumps({"miners": len(fleet), "concurrency": args.concurrency, "emulators_start_s": started,
                           "rounds": rounds, "cpus": os.cpu_count()}, indent=2))
         return 0
-    print(f"{len(fleet)} emulated miners (LuxOS, Braiins OS, VNish) up in {started:.2f} s; "
+    print(f"{len(fleet)} emulated miners ({', '.join(FAMILY_PASSWORD)}) up in {started:.2f} s; "
           f"{os.cpu_count()} CPUs, emulators in a second process; concurrency {args.concurrency or 'all'}")
     print(f"{'round':<14} {'wall s':>8} {'CPU s':>7} {'p50 s':>7} {'p99 s':>7} {'errors':>6} {'hashing':>7}")
     for r in rounds:
