@@ -276,6 +276,26 @@ class AsicLibDevice:
     # ---- Device ---------------------------------------------------------------------------
 
     async def read(self) -> DeviceReading:
+        try:
+            return await self._read()
+        except DeviceError:
+            self._forget()
+            raise
+
+    async def apply(self, level: float) -> None:
+        try:
+            await self._apply(level)
+        except DeviceError:
+            self._forget()
+            raise
+
+    def _forget(self) -> None:
+        """Identify again on the next call: asic-rs picks a firmware's backend by the version
+        it read while identifying, and when that read failed (a busy miner) it builds the
+        oldest backend, which then fails every call; a miner may also have been re-flashed."""
+        self._miner = None
+
+    async def _read(self) -> DeviceReading:
         miner = await self.miner()
         data = await self._call("read", miner.get_data(exclude=self._excluded_fields))
         if data.hashrate is None:
@@ -299,7 +319,7 @@ class AsicLibDevice:
         mode = target.target_mode
         return level_of(self.levels, target.watts, target.preset_name, None if mode is None else str(mode))
 
-    async def apply(self, level: float) -> None:
+    async def _apply(self, level: float) -> None:
         level = check_level(level)
         miner = await self.miner()
         if level <= 0:
@@ -311,7 +331,7 @@ class AsicLibDevice:
         elif level < 1 and self.partial == "refuse":
             raise device_error("unsupported", f"{self.name}: level {level:g} needs a levels table "
                                               "(watts, presets or work modes), or partial = \"full\"")
-        now = await self.read()
+        now = await self._read()
         if chosen is not None and now.level != chosen[0]:
             # before resuming, so a woken miner starts within its budget
             await self._set_target(miner, chosen[1])

@@ -553,6 +553,34 @@ def test_unreachable_wrong_family_and_vanished_miners_are_device_errors():
 
 
 @needs_miners
+def test_a_miner_misidentified_while_busy_is_identified_again_after_a_failed_read():
+    class BusyAtFirst(BraiinsOSMiner):
+        """Its GraphQL version query fails while it is busy (asic-rs then builds its oldest
+        Braiins backend, which cannot read a 25.07 miner)."""
+
+        busy = True
+
+        def http(self, method, path, headers, body):
+            if self.busy and path == "/graphql" and b"version" in (body or b""):
+                return 503, "application/json", b'{"errors": [{"message": "busy"}]}'
+            return super().http(method, path, headers, body)
+
+    async def scenario():
+        async with EmulatorHost() as host:
+            emu = BusyAtFirst()
+            ip = await host.add(emu)
+            d = device(ip, password_env="PW", environ={"PW": "root"})
+            with pytest.raises(DeviceError, match="no hash rate"):
+                await d.read()
+            emu.busy = False
+            r = await d.read()                                 # identified afresh: the 25.07 backend
+            assert r.hashing and r.hashrate_hs == pytest.approx(141e12)
+            assert emu.commands().count("POST /graphql") >= 4   # model + version, twice
+
+    run(scenario())
+
+
+@needs_miners
 def test_a_hung_miner_is_a_timeout_within_the_configured_bound():
     async def scenario():
         loop = asyncio.get_running_loop()
