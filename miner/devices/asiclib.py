@@ -278,22 +278,24 @@ class AsicLibDevice:
     async def read(self) -> DeviceReading:
         try:
             return await self._read()
-        except DeviceError:
-            self._forget()
+        except DeviceError as e:
+            self._forget(e)
             raise
 
     async def apply(self, level: float) -> None:
         try:
             await self._apply(level)
-        except DeviceError:
-            self._forget()
+        except DeviceError as e:
+            self._forget(e)
             raise
 
-    def _forget(self) -> None:
-        """Identify again on the next call: asic-rs picks a firmware's backend by the version
-        it read while identifying, and when that read failed (a busy miner) it builds the
-        oldest backend, which then fails every call; a miner may also have been re-flashed."""
-        self._miner = None
+    def _forget(self, error: DeviceError) -> None:
+        """Identify again on the next call after a failure: asic-rs picks a firmware's
+        backend by the version it read while identifying, and when that read failed (a busy
+        miner) it builds the oldest backend, which then fails every call; a miner may also
+        have been re-flashed. A refusal for want of a control ("unsupported") keeps it."""
+        if getattr(error, "kind", None) != "unsupported":
+            self._miner = None
 
     async def _read(self) -> DeviceReading:
         miner = await self.miner()

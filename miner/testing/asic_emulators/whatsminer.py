@@ -21,6 +21,7 @@ from typing import Any
 from miner.testing.asic_emulators.base import HTTP_PORT, RPC_PORT, EmulatedMiner, HttpReply
 
 V3_PORT = 4433
+LUCI_REDIRECT = b'<html><head><meta http-equiv="refresh" content="0; URL=/cgi-bin/luci"></head></html>'
 
 
 def v3_token(cmd: str, password: str, salt: str, ts: int | str) -> str:
@@ -47,7 +48,7 @@ class WhatsMinerMiner(EmulatedMiner):
 
     def http(self, method: str, path: str, headers: dict[str, str], body: bytes) -> HttpReply:
         if method == "GET" and path == "/":
-            return 200, "text/html", b'<html><head><meta http-equiv="refresh" content="0; URL=/cgi-bin/luci"></head></html>'
+            return 200, "text/html", LUCI_REDIRECT
         return 404, "text/plain", b"not found"
 
     def rpc(self, command: str, param: Any) -> dict[str, Any]:
