@@ -1,0 +1,429 @@
+"""The site agent: one site's devices driven by its desired state on the fleet bus.
+
+    NATS ──$KV.gridminer_desired.<site> (live puts)──┐
+         ──direct get of that key (start, reconnect)─┤ verify (records) ──► Follower.offer
+                                                     ▼
+    control loop: Follower.target(now, own price) ──► actuator (retry, read back)
+                      │ after each apply (ack) and every report_interval
+                      └─► SiteReport ──$KV.gridminer_reported.<site> (JetStream publish, PubAck)
+
+The decisions are miner.fleet.following's (pure); this module does the waiting, the
+bus and the devices. Every wait ends on stop(); a bus that is down never blocks a stop,
+an apply or the fail-safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Mapping, Sequence
+
+from miner.fleet.following import MODES, Follower, OwnPrice, Target, expires_at
+from miner.metrics import Metrics
+from miner.sched.model import UTC
+
+log = logging.getLogger(__name__)
+
+DESIRED_BUCKET = "gridminer_desired"
+REPORTED_BUCKET = "gridminer_reported"
+# A refused record is logged at most this often per reason (seconds); every one is counted.
+REJECT_LOG_INTERVAL = 60.0
+# How long one bus request (direct get, report publish) may take (seconds).
+REQUEST_TIMEOUT = 5.0
+# Between attempts at the first connection (seconds, doubling to the cap).
+CONNECT_RETRY_FIRST, CONNECT_RETRY_CAP = 0.5, 5.0
+# How often the site's own price feed is read while it may matter (seconds).
+OWN_PRICE_INTERVAL = 60.0
+
+
+def desired_subject(site: str) -> str:
+    return f"$KV.{DESIRED_BUCKET}.{site}"
+
+
+def desired_direct_get_subject(site: str) -> str:
+    """Direct get, last-by-subject form: the key's newest value, with an empty request body."""
+    return f"$JS.API.DIRECT.GET.KV_{DESIRED_BUCKET}.{desired_subject(site)}"
+
+
+def reported_subject(site: str) -> str:
+    return f"$KV.{REPORTED_BUCKET}.{site}"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso_z(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class RecordRejected(ValueError):
+    """A desired record that must not be applied; `reason` labels the metric."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one apply did: the site-level measurement and each device's outcome."""
+
+    outcome: str                       # applied | partial | failed
+    level: float                       # level really in force
+    hashing: bool
+    hashrate_hs: float
+    power_w: float | None
+    devices: tuple[dict, ...]
+
+
+class StateFile:
+    """The highest applied revision and its record, kept across restarts (atomic writes)."""
+
+    def __init__(self, directory: Path, site: str) -> None:
+        self.path = Path(directory) / f"site-{site}.json"
+
+    def load(self) -> tuple[int | None, bytes | None]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError) as e:
+            log.warning("site state %s unreadable (%s): starting without it", self.path, e)
+            return None, None
+        revision = doc.get("highest_applied_revision") if isinstance(doc, dict) else None
+        record = doc.get("record") if isinstance(doc, dict) else None
+        if isinstance(revision, bool) or not isinstance(revision, int):
+            return None, None
+        return revision, record.encode() if isinstance(record, str) else None
+
+    def save(self, revision: int, record: bytes | None) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        body = json.dumps({"highest_applied_revision": revision,
+                           "record": record.decode() if record is not None else None})
+        with open(tmp, "w") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+
+class SiteAgent:
+    """One site on the bus. `connect(callbacks)` returns a connected nats client;
+    `decode(bytes)` returns a verified desired record or raises RecordRejected;
+    `apply(level)` drives the devices and returns an Applied; `own_price(now)` (optional)
+    returns the site's OwnPrice for its fail-safe threshold."""
+
+    def __init__(self, site: str, *, connect: Callable[..., Awaitable[Any]],
+                 decode: Callable[[bytes], Any], apply: Callable[[float], Awaitable[Applied]],
+                 read: Callable[[], Awaitable[Applied]], fail_safe: str, desired_ttl_seconds: float,
+                 report_interval_seconds: float, state_dir: Path, metrics: Metrics | None = None,
+                 own_price: Callable[[datetime], Awaitable[OwnPrice | None]] | None = None,
+                 clock: Callable[[], datetime] = utc_now) -> None:
+        self.site = site
+        self._connect, self._decode, self._apply, self._read = connect, decode, apply, read
+        self._own_price = own_price
+        self.report_interval = report_interval_seconds
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.clock = clock
+        self.state = StateFile(state_dir, site)
+        highest, raw = self.state.load()
+        last = None
+        if raw is not None:
+            try:
+                last = decode(raw)
+            except RecordRejected as e:
+                log.warning("site %s: the persisted desired record is no longer valid (%s)", site, e)
+            if last is not None and last.revision != highest:
+                last = None
+        self.follower = Follower(desired_ttl_seconds=desired_ttl_seconds, fail_safe=fail_safe,
+                                 started_at=clock(), highest_applied=highest, last=last)
+        self._raw: dict[int, bytes] = {last.revision: raw} if last is not None and raw else {}
+        self.nc: Any = None
+        self.connected = False
+        self.mode = "starting"
+        self.in_force: Applied | None = None
+        self._applied_level: float | None = None     # the level last sent to the devices
+        self._ack: dict | None = None
+        self._own: OwnPrice | None = None
+        self._wake = asyncio.Event()
+        self._resync = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._reject_logged: dict[str, float] = {}
+        self.reports = 0
+        self._report_due = 0.0              # loop time of the next periodic report
+        m = self.metrics
+        for reason in ("malformed", "bad_signature", "wrong_site", "stale_revision", "expired"):
+            m.bus_rejected.labels(site, reason)
+        m.bus_connected.labels(site).set(0)
+        self._set_mode("starting")
+        if highest is not None:
+            m.bus_applied_revision.labels(site).set(highest)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._resync.set()
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._bus(), name=f"bus:{self.site}"),
+                 asyncio.create_task(self._control(), name=f"control:{self.site}")]
+        if self._own_price is not None:
+            tasks.append(asyncio.create_task(self._watch_own_price(), name=f"own-price:{self.site}"))
+        try:
+            await self._stopping.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._close()
+
+    async def _close(self) -> None:
+        nc, self.nc = self.nc, None
+        if nc is not None:
+            try:  # a client still reconnecting may not answer a close: never wait long
+                await asyncio.wait_for(nc.close(), 2.0)
+            except (asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - closing is best effort
+                log.debug("site %s: bus close: %s", self.site, e)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep that a stop ends at once."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    # -- the bus ---------------------------------------------------------------------------
+
+    async def _bus(self) -> None:
+        delay = CONNECT_RETRY_FIRST
+        while self.nc is None and not self._stopping.is_set():
+            try:
+                self.nc = await self._connect(disconnected_cb=self._on_disconnected,
+                                              reconnected_cb=self._on_reconnected,
+                                              error_cb=self._on_error)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - unreachable, refused, auth: keep trying
+                log.warning("site %s: bus unreachable (%s); retrying in %.1f s", self.site,
+                            str(e) or type(e).__name__, delay)
+                await self._pause(delay)
+                delay = min(delay * 2, CONNECT_RETRY_CAP)
+        if self.nc is None:
+            return
+        self._set_connected(True)
+        log.info("site %s: connected to the bus", self.site)
+        await self.nc.subscribe(desired_subject(self.site), cb=self._on_desired_message)
+        self._resync.set()
+        while not self._stopping.is_set():
+            await self._resync.wait()
+            self._resync.clear()
+            if self._stopping.is_set():
+                return
+            await self._resync_once()
+
+    async def _resync_once(self) -> None:
+        """Read our key's newest value (direct get); retried until the bus answers."""
+        delay = CONNECT_RETRY_FIRST
+        while not self._stopping.is_set():
+            try:
+                msg = await self.nc.request(desired_direct_get_subject(self.site), b"", timeout=REQUEST_TIMEOUT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - timeout, no responders, disconnected
+                log.info("site %s: resync failed (%s); retrying in %.1f s", self.site,
+                         str(e) or type(e).__name__, delay)
+                await self._pause(delay)
+                delay = min(delay * 2, CONNECT_RETRY_CAP)
+                continue
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status == "404":
+                log.info("site %s: no desired state on the bus yet", self.site)
+            elif status:
+                log.warning("site %s: resync answered %s %s", self.site, status, headers.get("Description", ""))
+                await self._pause(delay)
+                delay = min(delay * 2, CONNECT_RETRY_CAP)
+                continue
+            elif headers.get("KV-Operation") in ("DEL", "PURGE"):
+                log.info("site %s: our desired key was deleted on the bus", self.site)
+            else:
+                self._offer(msg.data, "resync")
+            self.follower.mark_resynced()
+            self._report_soon()
+            return
+
+    async def _on_desired_message(self, msg: Any) -> None:
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            log.info("site %s: our desired key was deleted on the bus", self.site)
+            return
+        self._offer(msg.data, "update")
+
+    def _offer(self, data: bytes, via: str) -> None:
+        now = self.clock()
+        try:
+            record = self._decode(data)
+        except RecordRejected as e:
+            self._reject(e.reason, str(e))
+            return
+        verdict = self.follower.offer(record, now)
+        if verdict == "accepted":
+            self._raw[record.revision] = bytes(data)
+            log.info("site %s: desired revision %d (%s): level %.2f, %s, valid until %s", self.site,
+                     record.revision, via, record.level, record.reason, iso_z(expires_at(record, self.follower.desired_ttl)))
+            self._wake.set()
+        elif verdict == "current":
+            self._raw.setdefault(record.revision, bytes(data))
+            self._wake.set()
+        else:
+            self._reject(verdict, f"revision {record.revision} ({via}): {verdict.replace('_', ' ')}")
+
+    def _reject(self, reason: str, message: str) -> None:
+        self.metrics.bus_rejected.labels(self.site, reason).inc()
+        now = time.monotonic()
+        if now - self._reject_logged.get(reason, -math.inf) >= REJECT_LOG_INTERVAL:
+            self._reject_logged[reason] = now
+            log.warning("site %s: desired record refused, never applied (%s): %s", self.site, reason, message)
+
+    async def _on_disconnected(self) -> None:
+        if self.connected:
+            log.warning("site %s: bus connection lost; following the last desired state until it expires",
+                        self.site)
+        self._set_connected(False)
+
+    async def _on_reconnected(self) -> None:
+        log.info("site %s: bus connection restored; resyncing", self.site)
+        self._set_connected(True)
+        self._resync.set()
+
+    async def _on_error(self, e: Exception) -> None:
+        log.debug("site %s: bus error: %s", self.site, e)
+
+    def _set_connected(self, up: bool) -> None:
+        self.connected = up
+        self.metrics.bus_connected.labels(self.site).set(1 if up else 0)
+
+    # -- control ---------------------------------------------------------------------------
+
+    def _report_soon(self) -> None:
+        self._report_due = 0.0
+        self._wake.set()
+
+    async def _control(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            self._wake.clear()
+            now = self.clock()
+            target = self.follower.target(now, self._own)
+            self._set_mode(target.mode, target)
+            m = self.metrics
+            d = self.follower.desired
+            m.bus_desired_level.labels(self.site).set(target.level if target.mode == "following" else math.nan)
+            if d is not None:
+                m.bus_desired_age.labels(self.site).set(max(0.0, (now - d.issued_at).total_seconds()))
+            new_revision = target.mode == "following" and self.follower.needs_apply()
+            if target.level is not None and (new_revision or target.level != self._applied_level):
+                await self._apply_target(target, new_revision)
+                self._report_due = 0.0
+            if loop.time() >= self._report_due:
+                self.in_force = await self._read()   # report what the devices do, not what was asked
+                await self._report(now)
+                self._report_due = loop.time() + self.report_interval
+            wait = self._report_due - loop.time()
+            change = self.follower.next_change(self.clock())
+            if change is not None:
+                wait = min(wait, (change - self.clock()).total_seconds() + 0.01)
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
+            except asyncio.TimeoutError:
+                pass
+
+    async def _apply_target(self, target: Target, new_revision: bool) -> None:
+        level = float(target.level)
+        log.log(logging.WARNING if target.mode == "fail_safe" else logging.INFO,
+                "site %s: %s -> level %.2f (%s%s)", self.site, target.mode, level, target.reason,
+                f"; {target.detail}" if target.detail else "")
+        applied = await self._apply(level)
+        self.in_force = applied
+        # A device that did not obey is retried on the next pass through the loop.
+        self._applied_level = level if applied.outcome == "applied" else None
+        revision = target.revision if new_revision else None
+        self.follower.mark_applied(revision, applied.level)
+        if revision is not None:
+            self.state.save(revision, self._raw.get(revision))
+            self._raw = {r: b for r, b in self._raw.items() if r >= revision}
+            self.metrics.bus_applied_revision.labels(self.site).set(revision)
+            self._ack = {"revision": revision, "outcome": applied.outcome, "at": iso_z(self.clock()),
+                         "detail": f"level {level:.2f} requested, {applied.level:.2f} in force; " +
+                                   ", ".join(f"{d['name']}: {'applied' if d['applied'] else 'not applied'}"
+                                             for d in applied.devices)}
+        if applied.outcome != "applied":
+            self._applied_level = None
+
+    def _set_mode(self, mode: str, target: Target | None = None) -> None:
+        if mode != self.mode and target is not None:
+            level = logging.WARNING if mode == "fail_safe" else logging.INFO
+            log.log(level, "site %s: mode %s -> %s (%s)", self.site, self.mode, mode, target.detail or target.reason)
+        self.mode = mode
+        for m in MODES:
+            self.metrics.bus_mode.labels(self.site, m).set(1 if m == mode else 0)
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def report(self, now: datetime) -> dict:
+        """The SiteReport this agent would write now (contract: SiteReport)."""
+        d, a = self.follower.desired, self.in_force
+        following = self.mode == "following" and d is not None
+        return {
+            "v": 1, "site": self.site, "at": iso_z(now), "bus_connected": self.connected, "mode": self.mode,
+            "applied_revision": self.follower.highest_applied,
+            "desired_level": d.level if following else None,
+            "level": a.level if a is not None else 0.0,
+            "hashing": a.hashing if a is not None else False,
+            "hashrate_hs": a.hashrate_hs if a is not None else 0.0,
+            "power_w": a.power_w if a is not None else None,
+            "devices": list(a.devices) if a is not None else [],
+            "ack": self._ack,
+        }
+
+    async def _report(self, now: datetime) -> None:
+        if self.nc is None or not self.connected:
+            return  # nothing is buffered while the bus is away: on reconnect a fresh one goes
+        body = json.dumps(self.report(now), sort_keys=True, separators=(",", ":")).encode()
+        try:
+            msg = await self.nc.request(reported_subject(self.site), body, timeout=REQUEST_TIMEOUT)
+            ack = json.loads(msg.data)
+            if "error" in ack:
+                raise ValueError(ack["error"].get("description", ack["error"]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - timeouts, no responders, a refused publish
+            log.info("site %s: report not stored (%s)", self.site, str(e) or type(e).__name__)
+            return
+        self.reports += 1
+
+    # -- own price -------------------------------------------------------------------------
+
+    async def _watch_own_price(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                own = await self._own_price(self.clock())
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the feed's failures are its own to log
+                log.info("site %s: own price unavailable (%s)", self.site, e)
+                own = OwnPrice(None, self._own.breakeven_usd_per_mwh) if self._own is not None else None
+            if own != self._own:
+                self._own = own
+                self._wake.set()
+            await self._pause(OWN_PRICE_INTERVAL)
