@@ -26,9 +26,10 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Awaitable, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Protocol, Sequence
 
-from miner.devices.model import Device, DeviceError, DeviceReading
+from miner.devices.actuator import LocalActuator, RetryPolicy, SiteMeasurement, error_text
+from miner.devices.model import Device
 from miner.metrics import Metrics
 from miner.sched.economics import HashpriceSeries, hashprice_usd_per_th_day
 from miner.sched.feeds import merge_intervals, price_at
@@ -47,28 +48,6 @@ SATS_PER_BTC = 100_000_000
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded retries of one device command: `tries` attempts, delays doubling to a cap."""
-
-    tries: int = 3
-    first_delay_seconds: float = 0.5
-    factor: float = 2.0
-    max_delay_seconds: float = 5.0
-    timeout_seconds: float = 10.0      # per command (apply or read)
-
-    def __post_init__(self) -> None:
-        if self.tries < 1:
-            raise ValueError(f"tries must be >= 1, got {self.tries}")
-
-    def delays(self) -> Iterator[float]:
-        """The waits between attempts (tries - 1 of them)."""
-        delay = self.first_delay_seconds
-        for _ in range(self.tries - 1):
-            yield min(delay, self.max_delay_seconds)
-            delay *= self.factor
 
 
 # -- hashprice sources -----------------------------------------------------------------------
@@ -189,14 +168,6 @@ class _Measured:
     hashprice: float | None
 
 
-@dataclass(frozen=True)
-class DeviceOutcome:
-    device: str
-    applied: bool                      # the level was set this step (or already in force)
-    reading: DeviceReading | None      # None: the device did not answer read()
-    hashing: bool                      # counted as hashing (a device that did not wake is not)
-
-
 def price_age_seconds(intervals: Sequence[PriceInterval], now: datetime) -> float | None:
     """How old the price in force is: 0 while a known interval covers `now`, else seconds
     since the latest known interval ended (a price holds up to the site's TTL past its
@@ -205,11 +176,6 @@ def price_age_seconds(intervals: Sequence[PriceInterval], now: datetime) -> floa
         return 0.0
     ended = [iv.end for iv in intervals if iv.known_at(now) and iv.end <= now]
     return (now - max(ended)).total_seconds() if ended else None
-
-
-def error_text(error: BaseException) -> str:
-    """An exception for the log: its message, or its class name when it has none (timeouts)."""
-    return str(error) or type(error).__name__
 
 
 PRICE_REASONS = ("price_below_breakeven", "price_above_breakeven")
@@ -227,22 +193,41 @@ def describe(decision: SiteDecision) -> str:
     return f"{action} ({decision.reason}: {why}{extra})"
 
 
+class Actuator(Protocol):
+    """Where a plan's decisions go: devices in this process (LocalActuator) or, for a
+    fleet, each site's desired state on the bus (miner.fleet.scheduler.BusActuator)."""
+
+    async def actuate(self, site: str, decision: SiteDecision, before_level: float = 0.0) -> SiteMeasurement:
+        """Apply one site's decision; what the site really does afterwards."""
+
+    async def take_over(self) -> Mapping[str, SiteMeasurement]:
+        """Before the first decision: what the sites it knows already do."""
+
+
 class Scheduler:
     def __init__(self, fleet: Any, policy: Policy, feeds: Mapping[str, PriceFeed],
-                 devices: Mapping[str, Sequence[Device]], *, metrics: Metrics | None = None,
+                 devices: Mapping[str, Sequence[Device]] | None = None, *, actuator: Actuator | None = None,
+                 metrics: Metrics | None = None,
                  hashprice_source: HashpriceSource, clock: Callable[[], datetime] = utc_now,
                  interval_seconds: float = 60.0, retry: RetryPolicy = RetryPolicy(),
                  feed_timeout_seconds: float = 10.0,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         if not interval_seconds > 0:
             raise ValueError(f"interval_seconds must be > 0, got {interval_seconds}")
+        if devices is not None and actuator is not None:
+            raise ValueError("give devices (driven from this process) or an actuator, not both")
         self.fleet, self.policy = fleet, policy
         self.sites: dict[str, SiteSpec] = {s.name: s for s in fleet.sites}
+        devices = devices if devices is not None else {}
         unknown = (set(feeds) | set(devices)) - set(self.sites)
         if unknown:
             raise ValueError(f"feeds or devices for unknown site(s): {', '.join(sorted(unknown))}")
-        self.feeds, self.devices = dict(feeds), {k: list(v) for k, v in devices.items()}
+        self.feeds = dict(feeds)
         self.metrics = metrics if metrics is not None else Metrics()
+        self.actuator: Actuator = actuator if actuator is not None else \
+            LocalActuator(devices, metrics=self.metrics, retry=retry, sleep=sleep)
+        # The devices driven from this process, per site (none when a bus carries the plan).
+        self.devices: dict[str, list[Device]] = getattr(self.actuator, "devices", {})
         self.hashprice_source = hashprice_source
         self.clock, self.interval, self.retry, self._sleep = clock, interval_seconds, retry, sleep
         self.feed_timeout = feed_timeout_seconds
@@ -253,7 +238,6 @@ class Scheduler:
         self.stale: dict[str, bool] = {}
         self.hashprice: float | None = None           # last good value
         self.plan: Plan | None = None                 # the last plan
-        self._applied: dict[tuple[str, str], float] = {}   # (site, device) -> level in force
         self._measured: dict[str, _Measured] = {}
         self._error_logged: dict[str, float] = {}
         self._stopping = asyncio.Event()
@@ -305,11 +289,12 @@ class Scheduler:
         plan = await asyncio.to_thread(self.policy.decide, dict(self.states), prices, now, hashprice)
         self._record_plan(plan)
         sites = [name for name in self.sites if name in plan.decisions]
-        outcomes = await asyncio.gather(*(self._actuate(name, plan.decisions[name].level) for name in sites))
-        for name, devices in zip(sites, outcomes):
+        measured = await asyncio.gather(*(self.actuator.actuate(name, plan.decisions[name],
+                                                                 self.states[name].level) for name in sites))
+        for name, site_measured in zip(sites, measured):
             try:  # one site's bad figures must not stall the others' bookkeeping
                 self._integrate(name, now)
-                self._update_state(name, plan.decisions[name], devices, now)
+                self._update_state(name, plan.decisions[name], site_measured, now)
             except Exception:
                 log.exception("scheduler: site %s: bookkeeping failed; the other sites go on", name)
                 self.metrics.sched_errors.labels("site").inc()
@@ -319,21 +304,16 @@ class Scheduler:
     async def _take_over(self) -> None:
         """Before the first decision: a site whose devices already hash is on, since an
         unknown time (None: long ago); starting the scheduler is not a start of the site."""
-        async def site_level(name: str) -> float:
-            readings = await asyncio.gather(*(self._read(name, dev) for dev in self.devices.get(name, [])))
-            hashing = [r for r in readings if r is not None and r.hashing]
+        for name, found in (await self.actuator.take_over()).items():
+            if name not in self.sites:
+                continue
             # What the devices do before the first decision (prices may take a while):
             # the dashboards show the real hash rate from the start, not 0.
-            self.metrics.site_hashing.labels(name).set(1 if hashing else 0)
-            self.metrics.site_hashrate.labels(name).set(sum(r.hashrate_hs for r in hashing))
-            levels = [r.level if r.level is not None else 1.0 for r in hashing]
-            return max(levels, default=0.0)
-
-        names = [name for name in self.sites if self.devices.get(name)]
-        for name, level in zip(names, await asyncio.gather(*(site_level(n) for n in names))):
-            if level > 0:
-                self.states[name] = SiteState(level, None)
-                log.info("site %s: found hashing at %.0f%% when the scheduler started", name, level * 100)
+            self.metrics.site_hashing.labels(name).set(1 if found.hashing else 0)
+            self.metrics.site_hashrate.labels(name).set(found.hashrate_hs)
+            if found.level > 0:
+                self.states[name] = SiteState(found.level, None)
+                log.info("site %s: found hashing at %.0f%% when the scheduler started", name, found.level * 100)
 
     # -- 1. prices -------------------------------------------------------------------------
 
@@ -437,85 +417,11 @@ class Scheduler:
 
     # -- 4. actuation ----------------------------------------------------------------------
 
-    async def _actuate(self, site: str, level: float) -> list[DeviceOutcome]:
-        return list(await asyncio.gather(*(self._actuate_device(site, dev, level)
-                                           for dev in self.devices.get(site, []))))
-
-    async def _actuate_device(self, site: str, device: Device, level: float) -> DeviceOutcome:
-        key = (site, device.name)
-        applied = True
-        if self._applied.get(key) != level:
-            applied = await self._apply_with_retry(site, device, level)
-            if applied:
-                self._applied[key] = level
-            else:
-                self._applied.pop(key, None)
-        reading = await self._read(site, device)
-        self.metrics.device_up.labels(site, device.name).set(1 if reading is not None else 0)
-        # A device that did not take a level > 0 did not wake: never count it as hashing.
-        hashing = reading is not None and reading.hashing and (applied or level <= 0)
-        if reading is not None and reading.hashing != (level > 0):
-            self._applied.pop(key, None)  # it does not do what it was told: tell it again next step
-        return DeviceOutcome(device.name, applied, reading, hashing)
-
-    async def _apply_with_retry(self, site: str, device: Device, level: float) -> bool:
-        delays = self.retry.delays()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await asyncio.wait_for(device.apply(level), self.retry.timeout_seconds)
-                self.metrics.actuations.labels(site, device.name, "ok").inc()
-                if self._error_logged.pop(f"device:{site}:{device.name}", None) is not None:
-                    log.info("site %s: device %s answers again", site, device.name)
-                return True
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                error = e
-                if not isinstance(e, (DeviceError, asyncio.TimeoutError, OSError)):
-                    log.exception("site %s: device %s failed unexpectedly", site, device.name)
-            delay = next(delays, None)
-            if delay is None:
-                break
-            self.metrics.actuations.labels(site, device.name, "retried").inc()
-            log.debug("site %s: device %s: level %.2f failed (%s); try %d in %.2g s",
-                      site, device.name, level, error, attempt + 1, delay)
-            await self._sleep(delay)
-        self.metrics.actuations.labels(site, device.name, "failed").inc()
-        what = "did not curtail" if level <= 0 else f"did not take level {level:.2f}"
-        self._log_limited(f"device:{site}:{device.name}", "site %s: device %s %s after %d tries: %s",
-                          site, device.name, what, attempt, error_text(error))
-        return False
-
-    async def _read(self, site: str, device: Device) -> DeviceReading | None:
-        try:
-            return await asyncio.wait_for(device.read(), self.retry.timeout_seconds)
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            if not isinstance(e, (DeviceError, asyncio.TimeoutError, OSError)):
-                log.exception("site %s: device %s read failed unexpectedly", site, device.name)
-            self.metrics.actuations.labels(site, device.name, "read_failed").inc()
-            self._log_limited(f"read:{site}:{device.name}", "site %s: device %s does not answer: %s",
-                              site, device.name, error_text(e))
-            return None
-
-    def _update_state(self, name: str, decision: SiteDecision, devices: list[DeviceOutcome],
+    def _update_state(self, name: str, decision: SiteDecision, measured: SiteMeasurement,
                       now: datetime) -> None:
         """The state the policy sees next step: what the devices really do."""
         site, before = self.sites[name], self.states[name]
-        if devices:
-            hashing = any(d.hashing for d in devices)
-            if decision.level > 0:
-                level = decision.level if hashing else 0.0
-            else:
-                level = (before.level or 1.0) if hashing else 0.0   # a curtail that did not take
-            hashrate_hs = sum(d.reading.hashrate_hs for d in devices if d.hashing)
-            powers = [_usable_watts(d.reading.power_w) for d in devices if d.reading is not None]
-            reported_power = sum(powers) if len(powers) == len(devices) and None not in powers else None
-        else:  # a site with no devices is modelled: it does what the plan says
-            level, hashing, hashrate_hs, reported_power = decision.level, decision.level > 0, 0.0, None
+        level, hashing = measured.level, measured.hashing
         on_now = level > 0
         if on_now != before.on:
             self.states[name] = SiteState(level, now)
@@ -523,20 +429,21 @@ class Scheduler:
                 self.metrics.site_starts.labels(name).inc()
         elif level != before.level:
             self.states[name] = SiteState(level, before.since)
-        if decision.level > 0 and devices and not hashing:
+        if decision.level > 0 and not measured.modelled and not hashing:
             self._log_limited(f"wake:{name}", "site %s: no device hashing although planned at %.0f%%; "
                               "the site stays off", name, decision.level * 100)
-        if reported_power is not None:
-            power_w = reported_power
+        if measured.power_w is not None:
+            power_w = measured.power_w
+            hashrate_hs = measured.hashrate_hs
             hashrate_ths = hashrate_hs / 1e12 if hashrate_hs > 0 else site.hashrate_ths * level
         else:
             # Cost and revenue from the same source: the site's model at this level (a
             # measured CPU hash rate against a 10 MW modelled draw would book a fantasy loss).
             power_w, hashrate_ths = site.capacity_mw * 1e6 * level, site.hashrate_ths * level
         m = self.metrics
-        if devices:
+        if not measured.modelled:
             m.site_hashing.labels(name).set(1 if hashing else 0)
-            m.site_hashrate.labels(name).set(hashrate_hs)
+            m.site_hashrate.labels(name).set(measured.hashrate_hs)
         m.site_power.labels(name).set(power_w)
         self._measured[name] = _Measured(now, power_w, hashrate_ths, decision.price_usd_per_mwh, self.hashprice)
 
@@ -673,10 +580,3 @@ def build_scheduler(fleet: Any, *, metrics: Metrics, interval_seconds: float = 6
     return Scheduler(fleet, make_policy(fleet, policy_name), feeds, devices, metrics=metrics,
                      hashprice_source=hashprice_source_for(fleet.economics, rpc=rpc, coinbase_sats=coinbase_sats),
                      interval_seconds=interval_seconds)
-
-
-def _usable_watts(value: float | None) -> float | None:
-    """A device's reported watts, or None (unreported) when firmware sends nonsense."""
-    if value is None or not math.isfinite(value) or value < 0:
-        return None
-    return value
