@@ -25,7 +25,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
-from miner.fleet.following import MODES, Follower, OwnPrice, Target, expires_at
+from miner.devices.actuator import DeviceActuator, DeviceOutcome, RetryPolicy, SiteMeasurement, \
+    site_measurement, usable_watts
+from miner.devices.model import Device
+from miner.fleet.following import Follower, OwnPrice, Target, expires_at
+from miner.fleet.records import (MODES, REJECT_REASONS, Ack, DeviceReport, RecordError, SiteReport, encode_report,
+                                 format_time)
 from miner.metrics import Metrics
 from miner.sched.model import UTC
 
@@ -60,28 +65,62 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def iso_z(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-class RecordRejected(ValueError):
-    """A desired record that must not be applied; `reason` labels the metric."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 @dataclass(frozen=True)
 class Applied:
-    """What one apply did: the site-level measurement and each device's outcome."""
+    """What the site's devices do after being told a level (or only read)."""
 
-    outcome: str                       # applied | partial | failed
-    level: float                       # level really in force
-    hashing: bool
-    hashrate_hs: float
-    power_w: float | None
-    devices: tuple[dict, ...]
+    outcome: str                       # applied | partial | failed (every device obeyed, some, none)
+    measurement: SiteMeasurement
+    devices: tuple[DeviceReport, ...]
+
+
+def obeyed(outcome: DeviceOutcome, level: float) -> bool:
+    """The device took the command and its read-back shows it: hashing exactly when level > 0."""
+    return outcome.applied and outcome.reading is not None and outcome.hashing == (level > 0)
+
+
+def applied_of(level: float | None, measurement: SiteMeasurement) -> Applied:
+    """The ack outcome and per-device report of a measurement; `level` None: only read."""
+    devices = tuple(DeviceReport(
+        name=o.device, up=o.reading is not None, hashing=o.hashing,
+        applied=level is not None and obeyed(o, level),
+        hashrate_hs=max(0.0, o.reading.hashrate_hs) if o.reading is not None else 0.0,
+        power_w=usable_watts(o.reading.power_w) if o.reading is not None else None,
+        level=o.reading.level if o.reading is not None and o.reading.level is not None
+        and 0.0 <= o.reading.level <= 1.0 else None) for o in measurement.devices)
+    ok = sum(d.applied for d in devices)
+    outcome = "applied" if ok == len(devices) else "partial" if ok else "failed"
+    return Applied(outcome, measurement, devices)
+
+
+class SiteDevices:
+    """One site's devices behind the shared actuator (retry, read-back, measured state)."""
+
+    def __init__(self, site: str, devices: Sequence[Device], *, metrics: Metrics,
+                 retry: RetryPolicy = RetryPolicy()) -> None:
+        self.site = site
+        self.actuator = DeviceActuator({site: list(devices)}, metrics=metrics, retry=retry)
+        self.level_before = 0.0
+
+    async def apply(self, level: float) -> Applied:
+        """Tell every device `level` (a device already at it is only read back)."""
+        outcomes = await self.actuator.apply(self.site, level)
+        m = site_measurement(level, self.level_before, outcomes)
+        self.level_before = m.level
+        return applied_of(level, m)
+
+    async def read(self) -> Applied:
+        """What the devices do, telling them nothing (before any level is in force)."""
+        devices = self.actuator.devices.get(self.site, [])
+        readings = await self.actuator.readings(self.site)
+        outcomes = [DeviceOutcome(d.name, False, r, r is not None and r.hashing) for d, r in zip(devices, readings)]
+        hashing = [r for r in readings if r is not None and r.hashing]
+        level = max((r.level if r.level is not None else 1.0 for r in hashing), default=0.0)
+        powers = [usable_watts(r.power_w) if r is not None else None for r in readings]
+        power = sum(powers) if powers and None not in powers else None
+        m = SiteMeasurement(level, bool(hashing), sum(r.hashrate_hs for r in hashing), power, tuple(outcomes))
+        self.level_before = level
+        return applied_of(None, m)
 
 
 class StateFile:
@@ -117,20 +156,21 @@ class StateFile:
 
 
 class SiteAgent:
-    """One site on the bus. `connect(callbacks)` returns a connected nats client;
-    `decode(bytes)` returns a verified desired record or raises RecordRejected;
-    `apply(level)` drives the devices and returns an Applied; `own_price(now)` (optional)
-    returns the site's OwnPrice for its fail-safe threshold."""
+    """One site on the bus. `connect(**callbacks)` returns a connected nats client;
+    `decode(bytes, now)` returns a verified desired record or raises RecordError;
+    `devices` applies levels and reads back; `own_price(now)` (optional) returns the
+    site's OwnPrice for its fail-safe threshold, read every `own_price_interval` seconds."""
 
     def __init__(self, site: str, *, connect: Callable[..., Awaitable[Any]],
-                 decode: Callable[[bytes], Any], apply: Callable[[float], Awaitable[Applied]],
-                 read: Callable[[], Awaitable[Applied]], fail_safe: str, desired_ttl_seconds: float,
-                 report_interval_seconds: float, state_dir: Path, metrics: Metrics | None = None,
+                 decode: Callable[[bytes, datetime], Any], devices: SiteDevices, fail_safe: str,
+                 desired_ttl_seconds: float, report_interval_seconds: float, state_dir: Path,
+                 metrics: Metrics | None = None,
                  own_price: Callable[[datetime], Awaitable[OwnPrice | None]] | None = None,
+                 own_price_interval: float = OWN_PRICE_INTERVAL,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self.site = site
-        self._connect, self._decode, self._apply, self._read = connect, decode, apply, read
-        self._own_price = own_price
+        self._connect, self._decode, self.devices = connect, decode, devices
+        self._own_price, self.own_price_interval = own_price, own_price_interval
         self.report_interval = report_interval_seconds
         self.metrics = metrics if metrics is not None else Metrics()
         self.clock = clock
@@ -139,8 +179,8 @@ class SiteAgent:
         last = None
         if raw is not None:
             try:
-                last = decode(raw)
-            except RecordRejected as e:
+                last = decode(raw, clock())
+            except RecordError as e:
                 log.warning("site %s: the persisted desired record is no longer valid (%s)", site, e)
             if last is not None and last.revision != highest:
                 last = None
@@ -151,8 +191,8 @@ class SiteAgent:
         self.connected = False
         self.mode = "starting"
         self.in_force: Applied | None = None
-        self._applied_level: float | None = None     # the level last sent to the devices
-        self._ack: dict | None = None
+        self._level: float | None = None   # the level last told to the devices
+        self._ack: Ack | None = None
         self._own: OwnPrice | None = None
         self._wake = asyncio.Event()
         self._resync = asyncio.Event()
@@ -161,7 +201,7 @@ class SiteAgent:
         self.reports = 0
         self._report_due = 0.0              # loop time of the next periodic report
         m = self.metrics
-        for reason in ("malformed", "bad_signature", "wrong_site", "stale_revision", "expired"):
+        for reason in REJECT_REASONS:
             m.bus_rejected.labels(site, reason)
         m.bus_connected.labels(site).set(0)
         self._set_mode("starting")
@@ -272,15 +312,15 @@ class SiteAgent:
     def _offer(self, data: bytes, via: str) -> None:
         now = self.clock()
         try:
-            record = self._decode(data)
-        except RecordRejected as e:
+            record = self._decode(data, now)
+        except RecordError as e:
             self._reject(e.reason, str(e))
             return
         verdict = self.follower.offer(record, now)
         if verdict == "accepted":
             self._raw[record.revision] = bytes(data)
             log.info("site %s: desired revision %d (%s): level %.2f, %s, valid until %s", self.site,
-                     record.revision, via, record.level, record.reason, iso_z(expires_at(record, self.follower.desired_ttl)))
+                     record.revision, via, record.level, record.reason, format_time(expires_at(record, self.follower.desired_ttl)))
             self._wake.set()
         elif verdict == "current":
             self._raw.setdefault(record.revision, bytes(data))
@@ -332,12 +372,15 @@ class SiteAgent:
             if d is not None:
                 m.bus_desired_age.labels(self.site).set(max(0.0, (now - d.issued_at).total_seconds()))
             new_revision = target.mode == "following" and self.follower.needs_apply()
-            if target.level is not None and (new_revision or target.level != self._applied_level):
+            if target.level is not None and (new_revision or target.level != self._level):
                 await self._apply_target(target, new_revision)
                 self._report_due = 0.0
+            elif loop.time() >= self._report_due:
+                # Report what the devices do; one that drifted from the level in force is told again.
+                self.in_force = await (self.devices.apply(self._level) if self._level is not None
+                                       else self.devices.read())
             if loop.time() >= self._report_due:
-                self.in_force = await self._read()   # report what the devices do, not what was asked
-                await self._report(now)
+                await self._report(self.clock())
                 self._report_due = loop.time() + self.report_interval
             wait = self._report_due - loop.time()
             change = self.follower.next_change(self.clock())
@@ -351,24 +394,26 @@ class SiteAgent:
     async def _apply_target(self, target: Target, new_revision: bool) -> None:
         level = float(target.level)
         log.log(logging.WARNING if target.mode == "fail_safe" else logging.INFO,
-                "site %s: %s -> level %.2f (%s%s)", self.site, target.mode, level, target.reason,
+                "site %s: %s, level %.2f (%s%s)", self.site, target.mode, level, target.reason,
                 f"; {target.detail}" if target.detail else "")
-        applied = await self._apply(level)
-        self.in_force = applied
-        # A device that did not obey is retried on the next pass through the loop.
-        self._applied_level = level if applied.outcome == "applied" else None
+        applied = await self.devices.apply(level)
+        self.in_force, self._level = applied, level
         revision = target.revision if new_revision else None
-        self.follower.mark_applied(revision, applied.level)
+        self.follower.mark_applied(revision, level)
         if revision is not None:
             self.state.save(revision, self._raw.get(revision))
             self._raw = {r: b for r, b in self._raw.items() if r >= revision}
             self.metrics.bus_applied_revision.labels(self.site).set(revision)
-            self._ack = {"revision": revision, "outcome": applied.outcome, "at": iso_z(self.clock()),
-                         "detail": f"level {level:.2f} requested, {applied.level:.2f} in force; " +
-                                   ", ".join(f"{d['name']}: {'applied' if d['applied'] else 'not applied'}"
-                                             for d in applied.devices)}
+            m = applied.measurement
+            disobeying = [d.name for d in applied.devices if not d.applied]
+            detail = f"level {level:.2f} asked, {m.level:.2f} in force"
+            if disobeying:
+                detail += f"; not obeying: {', '.join(disobeying)}"
+            self._ack = Ack(revision, applied.outcome, detail[:4000], self.clock())
         if applied.outcome != "applied":
-            self._applied_level = None
+            log.warning("site %s: level %.2f %s: %s", self.site, level, applied.outcome,
+                        ", ".join(f"{d.name} {'hashing' if d.hashing else 'idle'}{'' if d.up else ' (no answer)'}"
+                                  for d in applied.devices if not d.applied))
 
     def _set_mode(self, mode: str, target: Target | None = None) -> None:
         if mode != self.mode and target is not None:
@@ -380,31 +425,28 @@ class SiteAgent:
 
     # -- reports ---------------------------------------------------------------------------
 
-    def report(self, now: datetime) -> dict:
-        """The SiteReport this agent would write now (contract: SiteReport)."""
+    def report(self, now: datetime) -> SiteReport:
+        """The SiteReport this agent would write now: what the devices really do."""
         d, a = self.follower.desired, self.in_force
-        following = self.mode == "following" and d is not None
-        return {
-            "v": 1, "site": self.site, "at": iso_z(now), "bus_connected": self.connected, "mode": self.mode,
-            "applied_revision": self.follower.highest_applied,
-            "desired_level": d.level if following else None,
-            "level": a.level if a is not None else 0.0,
-            "hashing": a.hashing if a is not None else False,
-            "hashrate_hs": a.hashrate_hs if a is not None else 0.0,
-            "power_w": a.power_w if a is not None else None,
-            "devices": list(a.devices) if a is not None else [],
-            "ack": self._ack,
-        }
+        m = a.measurement if a is not None else None
+        return SiteReport(
+            site=self.site, at=now, bus_connected=self.connected, mode=self.mode,
+            applied_revision=self.follower.highest_applied,
+            desired_level=d.level if self.mode == "following" and d is not None else None,
+            level=m.level if m is not None else 0.0, hashing=m.hashing if m is not None else False,
+            hashrate_hs=max(0.0, m.hashrate_hs) if m is not None else 0.0,
+            power_w=usable_watts(m.power_w) if m is not None else None,
+            devices=a.devices if a is not None else (), ack=self._ack)
 
     async def _report(self, now: datetime) -> None:
         if self.nc is None or not self.connected:
             return  # nothing is buffered while the bus is away: on reconnect a fresh one goes
-        body = json.dumps(self.report(now), sort_keys=True, separators=(",", ":")).encode()
         try:
-            msg = await self.nc.request(reported_subject(self.site), body, timeout=REQUEST_TIMEOUT)
-            ack = json.loads(msg.data)
-            if "error" in ack:
-                raise ValueError(ack["error"].get("description", ack["error"]))
+            msg = await self.nc.request(reported_subject(self.site), encode_report(self.report(now)),
+                                        timeout=REQUEST_TIMEOUT)
+            answer = json.loads(msg.data)
+            if isinstance(answer, dict) and "error" in answer:
+                raise ValueError(str(answer["error"]))
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - timeouts, no responders, a refused publish
@@ -426,4 +468,4 @@ class SiteAgent:
             if own != self._own:
                 self._own = own
                 self._wake.set()
-            await self._pause(OWN_PRICE_INTERVAL)
+            await self._pause(self.own_price_interval)
