@@ -22,7 +22,7 @@ import zmq
 
 from miner.chain.address import address_to_script
 from miner.config import Config, LogConfig, MiningConfig, NodeConfig
-from miner.controller import SoloMiner
+from miner.modes.solo import SoloMiner
 from miner.metrics import Metrics
 from miner.node.regtest import RegtestNode
 from miner.node.rpc import NodeRPC

@@ -252,7 +252,7 @@ class Bench:
 
     async def start_core(self) -> None:
         from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, NodeConfig, StratumConfig
-        from miner.controller import SoloMiner
+        from miner.modes.solo import SoloMiner
         from miner.node.regtest import RegtestNode
 
         self.node = node = RegtestNode("bitcoind")

@@ -123,11 +123,10 @@ def _run(args) -> int:
 
 
 def _run_config(args) -> int:
-    import asyncio
     import logging
 
     from miner import config as cfg
-    from miner.controller import AgentMiner, ProxyMiner, SoloMiner
+    from miner import controller
 
     try:
         config = cfg.load(args.config, {
@@ -144,15 +143,14 @@ def _run_config(args) -> int:
     except cfg.ConfigError as e:
         print(f"miner run: configuration error: {e}", file=sys.stderr)
         return 2
-    # The status lines (controller._print) carry the same clock: one format on the terminal.
+    # The status lines (Run._print in miner/modes/base.py) carry the same clock: one format on the terminal.
     logging.basicConfig(level=config.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     from kernels.paths import KernelUnavailable
     from miner.node.regtest import RegtestError
 
     try:
-        runner = {"solo": SoloMiner, "agent": AgentMiner, "proxy": ProxyMiner}[config.mining.mode]
-        return asyncio.run(runner(config).run())
+        return controller.run(config)
     except cfg.ConfigError as e:
         print(f"miner run: configuration error: {e}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from miner.config import AgentConfig, Config, LogConfig, MetricsConfig, MiningConfig, StratumConfig, UpstreamConfig
-from miner.controller import AgentMiner
+from miner.modes.agent import AgentMiner
 from miner.metrics import Metrics
 from miner.stratum import protocol as p
 from miner.stratum.server import StratumServer
@@ -217,7 +217,7 @@ def test_hardware_errors_reach_the_cgminer_api():
     from miner.chain.target import difficulty_to_target
     from miner.devices.agent_api import AgentAPIServer
     from miner.hashing.pool import WorkerPool
-    from miner.controller import RigState
+    from miner.modes.agent import RigState
 
     share_target = difficulty_to_target(2.0 ** -20)
     wrong = []

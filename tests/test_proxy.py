@@ -11,7 +11,7 @@ import sys
 import time
 
 from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, StratumConfig, UpstreamConfig
-from miner.controller import ProxyMiner
+from miner.modes.proxy import ProxyMiner
 from miner.metrics import Metrics
 from tests.stratum.test_server import Miner
 from miner.node.regtest import free_port

@@ -254,7 +254,7 @@ def test_agent_mode_schedules_its_own_workers(tmp_path):
     """`miner run --mode agent --sites`: the rig's CPU workers are a device of its site."""
     from miner.config import (AgentConfig, Config, LogConfig, MetricsConfig, MiningConfig, SchedConfig,
                               StratumConfig, UpstreamConfig)
-    from miner.controller import AgentMiner
+    from miner.modes.agent import AgentMiner
     from miner.metrics import Metrics
     from miner.stratum.server import StratumServer
     from tests.stratum.test_session import make_job

@@ -21,7 +21,7 @@ import zmq
 
 from miner.chain.address import address_to_script
 from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, NodeConfig, StratumConfig
-from miner.controller import SoloMiner
+from miner.modes.solo import SoloMiner
 from miner.metrics import Metrics
 from miner.work.gbt import GBTSettings
 from tests.miner_run import node_credentials

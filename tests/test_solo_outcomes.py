@@ -11,7 +11,7 @@ import os
 import pytest
 
 from miner.config import Config
-from miner.controller import SoloMiner
+from miner.modes.solo import SoloMiner
 from miner.metrics import Metrics
 from miner.work.submit import SubmitOutcome
 from tests.work.support import bcoin_template, job_for, solve

@@ -5,7 +5,7 @@
          └──────── submitblock ◄── BlockSubmitter ◄─────┘ (journal in a temp dir)
     miners ──► StratumTap (pool.port): records every message, injects faults
 
-The same classes `miner run` uses, wired the same way (miner/controller.py), minus the
+The same classes `miner run` uses, wired the same way (miner/modes/solo.py), minus the
 CPU workers; everything runs on one event loop in a background thread, so plain
 synchronous tests can start a pool, point a miner at pool.url, inject faults and read
 pool.messages.

@@ -18,7 +18,7 @@ from collections import Counter
 import pytest
 
 from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, NodeConfig, StratumConfig
-from miner.controller import SoloMiner
+from miner.modes.solo import SoloMiner
 from miner.metrics import Metrics
 from tests.conftest import _require_tools
 from tests.stratum.minerd import Minerd, require_minerd

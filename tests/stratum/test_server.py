@@ -13,7 +13,7 @@ import pytest
 import kernels
 from miner.chain.target import difficulty_to_target, hash_to_int
 from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, NodeConfig, StratumConfig
-from miner.controller import SoloMiner
+from miner.modes.solo import SoloMiner
 from miner.metrics import Metrics
 from miner.stratum import protocol as p
 

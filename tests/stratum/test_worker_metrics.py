@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from miner.config import Config, ConfigError, StratumConfig, load
-from miner.controller import stratum_policy
+from miner.modes.base import stratum_policy
 from miner.metrics import Metrics
 from miner.stratum import protocol as p
 from miner.stratum.server import ServerLimits, StratumServer

@@ -27,7 +27,7 @@ from miner.chain.encoding import DecodeError, compact_size
 from miner.chain.networks import DEFAULT_SIGNET_CHALLENGE_HEX, get_network
 from miner.chain.tx import TxOut
 from miner.config import Config, ConfigError
-from miner.controller import SoloMiner
+from miner.modes.solo import SoloMiner
 from miner.metrics import Metrics
 from miner.node.rpc import NodeRPC
 from miner.work.gbt import GBT_PARAMS, GBTSettings, GBTWorkSource, gbt_params
