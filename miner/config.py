@@ -44,6 +44,14 @@ no error message or repr shows one (SECRET_KEYS; URLs with credentials are not e
     interval_seconds = 60       # seconds between scheduler steps
     local_site = "texas"        # the site the local CPU workers belong to (and label)
     policy = "gridminer"        # the policy by name (miner.sched.policy.make_policy)
+
+    [bus]                       # the fleet bus (NATS JetStream): miner fleet and site mode
+    url = "nats://127.0.0.1:4222"
+    user = "texas"              # password: GRIDMINER_BUS_PASSWORD only; or creds_file = "..."
+    desired_ttl_seconds = 300   # how long a site trusts its last desired state
+    report_interval_seconds = 15
+    leader_public_key = "..."   # sites: hex or base64 (miner fleet keygen prints it)
+    site = "texas"              # site mode: the site this agent runs (--site)
 """
 
 from __future__ import annotations
@@ -74,7 +82,7 @@ class NodeConfig:
     timeout: float = 30.0
 
 
-MODES = ("solo", "agent", "proxy")
+MODES = ("solo", "agent", "proxy", "site")
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,25 @@ class SchedConfig:
 
 
 @dataclass(frozen=True)
+class BusConfig:
+    """The fleet bus (NATS JetStream); the password only from GRIDMINER_BUS_PASSWORD."""
+
+    url: str = "nats://127.0.0.1:4222"
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)  # GRIDMINER_BUS_PASSWORD only
+    creds_file: str | None = None
+    tls_ca: str | None = None
+    desired_ttl_seconds: float = 300.0  # how long a site trusts its last desired state
+    lease_ttl_seconds: float = 15.0
+    report_interval_seconds: float = 15.0
+    name: str | None = None  # this process on the bus (logs); default hostname-pid
+    signing_key_file: str | None = None  # fleet: the leader's Ed25519 key
+    leader_public_key: str | None = None  # sites: the leader's public key (hex or base64)
+    state_dir: str | None = None  # sites: the highest applied revision; default next to the journals
+    site: str | None = None  # site mode: the site this agent runs
+
+
+@dataclass(frozen=True)
 class Config:
     node: NodeConfig = NodeConfig()
     mining: MiningConfig = MiningConfig()
@@ -160,6 +187,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     log: LogConfig = LogConfig()
     sched: SchedConfig = SchedConfig()
+    bus: BusConfig = BusConfig()
 
     def default_journal_path(self, chain: str) -> Path:
         """One journal per network and chain (chain: "regtest-<block 1 hash prefix>", from
@@ -169,12 +197,13 @@ class Config:
 
 
 _SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "upstream": UpstreamConfig, "agent": AgentConfig,
-             "stratum": StratumConfig, "metrics": MetricsConfig, "log": LogConfig, "sched": SchedConfig}
+             "stratum": StratumConfig, "metrics": MetricsConfig, "log": LogConfig, "sched": SchedConfig,
+             "bus": BusConfig}
 _LEVELS = ("debug", "info", "warning", "error")
 
 
 # Keys whose values are secrets: an error names the key and the type, never the value.
-SECRET_KEYS = frozenset({"node.password", "upstream.password", "agent.token", "stratum.sites"})
+SECRET_KEYS = frozenset({"node.password", "upstream.password", "agent.token", "stratum.sites", "bus.password"})
 FOLLOW_RECONNECT = ("same-host", "any", "never")
 
 
@@ -273,6 +302,7 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"upstream.user: {m.mode} mode needs a worker name (e.g. site.rig)")
         if config.agent.api != "off":
             parse_listen(config.agent.api, "agent.api")
+    _validate_bus(config)
     if config.upstream.follow_reconnect not in FOLLOW_RECONNECT:
         raise ConfigError(f"upstream.follow_reconnect: expected one of {', '.join(FOLLOW_RECONNECT)}, "
                           f"got {config.upstream.follow_reconnect!r}")
@@ -324,6 +354,26 @@ def validate(config: Config) -> Config:
     return config
 
 
+def _validate_bus(config: Config) -> None:
+    b = config.bus
+    if url_has_secrets(b.url):
+        raise ConfigError("bus.url: no credentials in the URL (not shown here); use bus.user with "
+                          "GRIDMINER_BUS_PASSWORD, or bus.creds_file")
+    if not b.url.startswith(("nats://", "tls://")):
+        raise ConfigError(f"bus.url: expected nats://HOST:PORT, got {b.url!r}")
+    for key in ("desired_ttl_seconds", "lease_ttl_seconds", "report_interval_seconds"):
+        if not getattr(b, key) > 0:
+            raise ConfigError(f"bus.{key}: must be > 0 seconds, got {getattr(b, key)}")
+    if config.mining.mode == "site":
+        if not b.site:
+            raise ConfigError("bus.site: site mode needs the site it runs (--site NAME)")
+        if config.sched.sites is None:
+            raise ConfigError("sched.sites: site mode needs the sites file with its devices (--sites FILE)")
+        if not b.leader_public_key:
+            raise ConfigError("bus.leader_public_key: site mode needs the leader's public key (miner fleet keygen "
+                              "prints it) to verify desired states")
+
+
 def parse_listen(value: str, key: str) -> tuple[str, int]:
     """HOST:PORT (IPv6 as [::1]:PORT) -> (host, port), or ConfigError naming the key."""
     host, sep, port = value.rpartition(":")
@@ -365,4 +415,8 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, dict[str, A
         sections["upstream"] = replace(sections["upstream"], password=env["GRIDMINER_POOL_PASSWORD"])
     if sections["agent"].token is None and env.get("GRIDMINER_AGENT_TOKEN"):
         sections["agent"] = replace(sections["agent"], token=env["GRIDMINER_AGENT_TOKEN"])
+    if sections["bus"].password is not None:
+        raise ConfigError("bus.password: not in a file; give it in GRIDMINER_BUS_PASSWORD")
+    if env.get("GRIDMINER_BUS_PASSWORD"):
+        sections["bus"] = replace(sections["bus"], password=env["GRIDMINER_BUS_PASSWORD"])
     return validate(Config(**sections))

@@ -336,7 +336,7 @@ class SiteAgent:
             log.warning("site %s: desired record refused, never applied (%s): %s", self.site, reason, message)
 
     async def _on_disconnected(self) -> None:
-        if self.connected:
+        if self.connected and not self._stopping.is_set():
             log.warning("site %s: bus connection lost; following the last desired state until it expires",
                         self.site)
         self._set_connected(False)
@@ -469,3 +469,119 @@ class SiteAgent:
                 self._own = own
                 self._wake.set()
             await self._pause(self.own_price_interval)
+
+
+# -- the site's own price rule ----------------------------------------------------------------
+
+def has_own_feed(fleet: Any, site: Any) -> bool:
+    """The site has a live [site.feed] table (not only a `prices = FILE` back-test replay)."""
+    return bool(site.feed) and dict(site.feed) != dict(fleet.replay.get(site.name, {}))
+
+
+class OwnThreshold:
+    """A site's own price against its breakeven, for its fail-safe: the price from its
+    [site.feed], the hashprice from the sites file's [economics] or else the last desired
+    record's (the leader's view, a few minutes old at most when the bus went away)."""
+
+    def __init__(self, fleet: Any, site: Any, feed: Any,
+                 last_hashprice: Callable[[], float | None]) -> None:
+        self.fleet, self.site, self.feed, self.last_hashprice = fleet, site, feed, last_hashprice
+        self.intervals: list = []
+
+    def hashprice(self, now: datetime) -> float | None:
+        from miner.sched.sites import SitesError
+
+        try:
+            return self.fleet.economics.hashprice_at(now)
+        except (SitesError, ValueError):
+            return self.last_hashprice()
+
+    async def __call__(self, now: datetime) -> OwnPrice | None:
+        from miner.sched.economics import breakeven_usd_per_mwh
+        from miner.sched.feeds import merge_intervals
+        from miner.sched.policy import live_price
+
+        hashprice = self.hashprice(now)
+        if hashprice is None:
+            return None       # no breakeven: the configured fail-safe rules
+        breakeven = breakeven_usd_per_mwh(hashprice, self.fleet.economics.pool_fee, self.site.efficiency_j_per_th)
+        try:
+            fresh = await asyncio.wait_for(self.feed.fetch(now), REQUEST_TIMEOUT)
+            horizon = now.timestamp() - 2 * 86_400
+            self.intervals = [iv for iv in merge_intervals([*self.intervals, *fresh]) if iv.end.timestamp() > horizon]
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - FeedError, timeouts: the last prices hold up to their TTL
+            log.info("site %s: own price feed: %s", self.site.name, str(e) or type(e).__name__)
+        iv = live_price(self.intervals, now, self.site.price_ttl_seconds)
+        return OwnPrice(self.site.usd_per_mwh(iv.price) if iv is not None else None, breakeven)
+
+
+# -- wiring from a sites file ----------------------------------------------------------------
+
+def site_setting_problems(fleet: Any, site_name: str, *, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Everything wrong with one site's devices and own feed (other sites' devices and
+    secrets are not this host's business): empty when build_site_devices will succeed."""
+    from miner.devices.drivers import make_device
+    from miner.fleet.records import check_site_name
+    from miner.sched.feeds import feed_environment, feed_for_site
+
+    try:
+        check_site_name(site_name)
+        site = fleet.site(site_name)
+    except ValueError as e:
+        return [str(e)]
+    except KeyError:
+        return [f"site {site_name!r} is not in the sites file (sites: {', '.join(s.name for s in fleet.sites)})"]
+    env = os.environ if environ is None else environ
+    problems = []
+    for table in site.devices:
+        if isinstance(table, Mapping) and table.get("kind") == "local":
+            problems.append(f"site {site_name!r} device {table.get('name', '?')!r}: kind 'local' is not run by "
+                            "site mode (run the CPU workers as an agent rig: miner run --mode agent)")
+            continue
+        try:
+            make_device(table, site=site_name, environ=env)
+        except ValueError as e:
+            problems.append(str(e))
+    if has_own_feed(fleet, site):
+        try:
+            feed_for_site(site, fleet.base_dir)
+        except ValueError as e:
+            problems.append(str(e))
+        for var, what in feed_environment(site.feed):
+            if not env.get(var):
+                problems.append(f"site {site_name!r} feed: environment variable {var} ({what}) is not set")
+    return problems
+
+
+def build_site_agent(fleet: Any, site_name: str, *, connect: Callable[..., Awaitable[Any]], public_key: Any,
+                     desired_ttl_seconds: float, report_interval_seconds: float, state_dir: Path,
+                     metrics: Metrics, own_price_interval: float = OWN_PRICE_INTERVAL) -> SiteAgent:
+    """The SiteAgent of `site_name` in a loaded sites file: its devices, its fail-safe and
+    (with a [site.feed]) its own price rule. ValueError naming what is wrong."""
+    from miner.devices.drivers import make_device
+    from miner.fleet.records import decode_desired
+    from miner.sched.feeds import feed_for_site
+
+    problems = site_setting_problems(fleet, site_name)
+    if problems:
+        raise ValueError("; ".join(problems))
+    site = fleet.site(site_name)
+    devices = SiteDevices(site_name, [make_device(t, site=site_name) for t in site.devices], metrics=metrics)
+
+    def decode(data: bytes, now: datetime):
+        return decode_desired(data, site=site_name, public_key=public_key, now=now)
+
+    agent: SiteAgent | None = None
+    own = None
+    if has_own_feed(fleet, site):
+        def last_hashprice() -> float | None:
+            d = agent.follower.desired if agent is not None else None
+            return d.hashprice_usd_per_th_day if d is not None else None
+
+        own = OwnThreshold(fleet, site, feed_for_site(site, fleet.base_dir), last_hashprice)
+    agent = SiteAgent(site_name, connect=connect, decode=decode, devices=devices, fail_safe=site.fail_safe,
+                      desired_ttl_seconds=desired_ttl_seconds, report_interval_seconds=report_interval_seconds,
+                      state_dir=state_dir, metrics=metrics, own_price=own, own_price_interval=own_price_interval)
+    return agent
