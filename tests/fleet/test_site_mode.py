@@ -1,0 +1,261 @@
+"""Site agents end to end: real processes, a real nats-server, real rigs.
+
+    regtest node ◄── miner run (solo, our stratum server, no CPU threads)
+                         ▲ stratum
+      rig1, rig3 (texas), rig2 (paris): miner run --mode agent, each with a cgminer API
+                         ▲ cgminer API (pause/resume with the token)
+      miner run --mode site --site texas / --site paris  ◄── nats-server (JetStream) ◄── the leader
+
+The leader here is a fleet-credentialed client of this test that signs desired states
+as `miner fleet` does (records.encode_desired). rig3's entry in the sites file carries a
+wrong token: it never obeys, and its site must say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from miner.fleet import records
+from miner.node.regtest import free_port
+from tests.fleet.nats_local import FLEET_PASSWORD, LocalNats, create_buckets, site_password
+from tests.miner_run import node_credentials
+from tests.test_sched_run import Process, agent_devs, scrape
+
+nats = pytest.importorskip("nats")
+
+TOKEN = "rig-token-for-tests"
+TTL = 6.0        # desired_ttl_seconds of the sites (the partition part waits this long)
+
+
+def write_sites(tmp: Path, apis: dict[str, int]) -> Path:
+    sites = tmp / "sites.toml"
+    sites.write_text(f"""
+[economics]
+hashprice_usd_per_th_day = 0.05
+pool_fee = 0.02
+
+[[site]]
+name = "texas"
+capacity_mw = 0.001
+efficiency_j_per_th = 20.0
+prices = "unused.csv"
+fail_safe = "curtail"
+
+[[site.device]]
+kind = "agent"
+name = "rig1"
+host = "127.0.0.1"
+port = {apis['rig1']}
+token_env = "RIG_TOKEN"
+
+[[site.device]]
+kind = "agent"
+name = "rig3"
+host = "127.0.0.1"
+port = {apis['rig3']}
+token_env = "WRONG_TOKEN"
+
+[[site]]
+name = "paris"
+capacity_mw = 0.001
+efficiency_j_per_th = 20.0
+prices = "unused.csv"
+fail_safe = "hold"
+
+[[site.device]]
+kind = "agent"
+name = "rig2"
+host = "127.0.0.1"
+port = {apis['rig2']}
+token_env = "RIG_TOKEN"
+""")
+    return sites
+
+
+def site_config(tmp: Path, site: str, public_key: str) -> Path:
+    path = tmp / f"{site}.toml"
+    path.write_text(f'[bus]\nuser = "{site}"\nleader_public_key = "{public_key}"\nstate_dir = "{tmp / "state"}"\n'
+                    f"desired_ttl_seconds = {TTL}\nreport_interval_seconds = 0.5\n")
+    return path
+
+
+class Leader:
+    """Signs and writes desired states as the fleet leader does, and reads reports."""
+
+    def __init__(self, url: str, key) -> None:
+        self.url, self.key, self.epoch, self.seq = url, key, 1, 0
+
+    def put(self, site: str, level: float, *, raw: bytes | None = None, epoch: int | None = None) -> int:
+        async def go():
+            nc, desired, _ = await create_buckets(self.url)
+            try:
+                if raw is not None:
+                    await desired.put(site, raw)
+                    return 0
+                self.seq += 1
+                state = records.make_desired(
+                    site, epoch=epoch or self.epoch, seq=self.seq, level=level,
+                    reason="price_below_breakeven" if level > 0 else "price_above_breakeven",
+                    issued_at=datetime.now(timezone.utc), ttl_seconds=TTL, hashprice=0.05, leader="test")
+                await desired.put(site, records.encode_desired(state, self.key))
+                return state.revision
+            finally:
+                await nc.close()
+        return asyncio.run(go())
+
+    def signed(self, site: str, level: float, *, epoch: int, seq: int, key=None) -> bytes:
+        state = records.make_desired(site, epoch=epoch, seq=seq, level=level, reason="price_below_breakeven",
+                                     issued_at=datetime.now(timezone.utc), ttl_seconds=TTL, hashprice=0.05,
+                                     leader="test")
+        return records.encode_desired(state, key or self.key)
+
+    def report(self, site: str) -> dict | None:
+        async def go():
+            nc = await nats.connect(self.url, user="fleet", password=FLEET_PASSWORD)
+            try:
+                kv = await nc.jetstream().key_value("gridminer_reported")
+                return json.loads((await kv.get(site)).value)
+            except Exception:
+                return None
+            finally:
+                await nc.close()
+        return asyncio.run(go())
+
+
+def status(api: int) -> str | None:
+    try:
+        return agent_devs(api)["Status"]
+    except (OSError, ValueError, KeyError, asyncio.TimeoutError):
+        return None
+
+
+def wait(predicate, timeout: float, what: str, *procs: Process):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        for p in procs:
+            assert p.proc.poll() is None, f"a process exited:\n{p.tail()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + \
+            "\n----\n".join(p.tail(2500) for p in procs)
+        time.sleep(0.05)
+
+
+def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, tmp_path):
+    node = regtest_node
+    server = LocalNats(tmp_path, ["texas", "paris"])
+    server.start()
+    key = records.new_signing_key()
+    leader = Leader(server.url, key)
+    leader.put("texas", 1.0)   # creates the buckets, as the fleet does before any site starts
+    leader.put("paris", 1.0)
+    apis = {name: free_port() for name in ("rig1", "rig2", "rig3")}
+    env = dict(os.environ, RIG_TOKEN=TOKEN, WRONG_TOKEN="not-the-token", GRIDMINER_AGENT_TOKEN=TOKEN)
+    credentials, node_auth = node_credentials(node)
+    env.update(credentials)
+    sites = write_sites(tmp_path, apis)
+    procs: list[Process] = []
+    figures = {}
+    try:
+        pool = Process([sys.executable, "-m", "miner", "run", "--node", node.rpc_url, "--address",
+                        node.new_address("bech32"), "--threads", "0", "--journal", str(tmp_path / "journal.jsonl"),
+                        "--stratum", "127.0.0.1:0", "--metrics", "off", "--log-level", "warning", *node_auth], env)
+        procs.append(pool)
+        stratum = pool.wait_for_line(r"stratum server for ASICs and rigs at (stratum\+tcp://\S+)", 120).group(1)
+        for name, site in (("rig1", "texas"), ("rig2", "paris"), ("rig3", "texas")):
+            rig = Process([sys.executable, "-m", "miner", "run", "--mode", "agent", "--pool", stratum, "--user",
+                           f"{site}.{name}", "--api", f"127.0.0.1:{apis[name]}", "--threads", "1",
+                           "--metrics", "off", "--log-level", "warning"], env)
+            procs.append(rig)
+            rig.wait_for_line(r"cgminer-compatible API at", 120)
+        agents = {}
+        for site in ("texas", "paris"):
+            site_env = dict(env, GRIDMINER_BUS_PASSWORD=site_password(site))
+            agents[site] = Process([sys.executable, "-m", "miner", "run", "--mode", "site", "--site", site,
+                                    "--sites", str(sites), "--bus", server.url,
+                                    "-c", str(site_config(tmp_path, site, records.public_key_hex(key))),
+                                    "--metrics", "127.0.0.1:0", "--log-level", "info"], site_env)
+            procs.append(agents[site])
+        metrics = {s: p.wait_for_line(r"metrics at (http://\S+/metrics)", 60).group(1) for s, p in agents.items()}
+        everyone = tuple(procs)
+        wait(lambda: all(status(apis[r]) == "Alive" for r in apis), 120, "every rig hashing", *everyone)
+
+        # Dear power at texas: its rigs pause (rig3 refuses: wrong token), paris runs on.
+        t0 = time.monotonic()
+        rev = leader.put("texas", 0.0)
+        wait(lambda: status(apis["rig1"]) == "Idle", 30, "rig1 paused", *everyone)
+        figures["desired_to_paused_s"] = time.monotonic() - t0
+        report = wait(lambda: (r := leader.report("texas")) and r["ack"] and r["ack"]["revision"] == rev and r,
+                      30, "texas's ack", *everyone)
+        assert report["ack"]["outcome"] == "partial" and "rig3" in report["ack"]["detail"], report
+        by_name = {d["name"]: d for d in report["devices"]}
+        # Levels as each agent reports them (0 paused, 1 not): a regtest rig idles between
+        # a found block and the next job, so "hashing" at one instant proves nothing.
+        assert by_name["rig1"]["applied"] and by_name["rig1"]["level"] == 0.0, report
+        assert not by_name["rig3"]["applied"] and by_name["rig3"]["level"] == 1.0, ("rig3 is reported as it is", report)
+        assert report["mode"] == "following" and report["desired_level"] == 0.0
+        assert status(apis["rig2"]) == "Alive" and status(apis["rig3"]) == "Alive"
+
+        # Cheap again: rig1 resumes.
+        leader.put("texas", 1.0)
+        wait(lambda: status(apis["rig1"]) == "Alive", 30, "rig1 resumed", *everyone)
+
+        # Bad input on texas's key: logged, counted, never applied.
+        leader.put("texas", 0, raw=b'{"v":1,"site":"texas","level":0.0')
+        leader.put("texas", 0, raw=leader.signed("texas", 0.0, epoch=1, seq=99, key=records.new_signing_key()))
+        leader.put("texas", 0, raw=leader.signed("paris", 0.0, epoch=1, seq=100))
+        leader.put("texas", 0, raw=leader.signed("texas", 0.0, epoch=1, seq=1))   # from the past
+        rejected = 'gridminer_bus_rejected_total{{reason="{}",site="texas"}}'
+        wait(lambda: all(scrape(metrics["texas"]).get(rejected.format(r), 0) >= 1 for r in
+                         ("malformed", "bad_signature", "wrong_site", "stale_revision")), 30, "four refusals",
+             *everyone)
+        assert status(apis["rig1"]) == "Alive", "no bad record was applied"
+        agents["texas"].wait_for_line(r"desired record refused, never applied \(bad_signature\)", 5)
+
+        # Partition: the bus goes away. texas (curtail) pauses after its desired state
+        # expires; paris (hold) keeps hashing.
+        leader.put("paris", 1.0)
+        server.stop()
+        t0 = time.monotonic()
+        wait(lambda: status(apis["rig1"]) == "Idle", TTL + 30, "texas's fail-safe", *everyone)
+        figures["nats_stop_to_fail_safe_s"] = time.monotonic() - t0
+        for site in ("texas", "paris"):
+            m = scrape(metrics[site])
+            assert m[f'gridminer_bus_connected{{site="{site}"}}'] == 0
+            if site == "paris":
+                wait(lambda: scrape(metrics["paris"]).get('gridminer_bus_mode{mode="fail_safe",site="paris"}') == 1,
+                     TTL + 30, "paris's fail-safe", *everyone)
+        assert status(apis["rig2"]) == "Alive", "paris holds its level"
+
+        # The bus is back: both sites resync and report, still in fail-safe (no new state).
+        server.start()
+        for site in ("texas", "paris"):
+            wait(lambda s=site: scrape(metrics[s]).get(f'gridminer_bus_connected{{site="{s}"}}') == 1, 60,
+                 f"{site} reconnected", *everyone)
+            wait(lambda s=site: (r := leader.report(s)) and r["bus_connected"] and r["mode"] == "fail_safe"
+                 and time.time() - datetime.fromisoformat(r["at"][:-1]).replace(tzinfo=timezone.utc).timestamp() < 5,
+                 60, f"{site}'s fresh report", *everyone)
+        leader.epoch = 2   # a new leader after the outage
+        leader.put("texas", 1.0)
+        wait(lambda: status(apis["rig1"]) == "Alive", 30, "texas following again", *everyone)
+
+        # A stop is prompt, bus or no bus.
+        server.stop()
+        for p in agents.values():
+            t0 = time.monotonic()
+            assert p.stop() == 0, p.tail()
+            assert time.monotonic() - t0 < 5
+    finally:
+        codes = [p.stop() for p in reversed(procs)]
+        server.stop()
+    print(f"\nfigures: {figures}")
+    assert "Traceback" not in "".join(p.log() for p in procs)
