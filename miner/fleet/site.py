@@ -524,7 +524,7 @@ def site_setting_problems(fleet: Any, site_name: str, *, environ: Mapping[str, s
     secrets are not this host's business): empty when build_site_devices will succeed."""
     from miner.devices.drivers import make_device
     from miner.fleet.records import check_site_name
-    from miner.sched.feeds import feed_environment, feed_for_site
+    from miner.sched.feeds import feed_for_site
 
     try:
         check_site_name(site_name)
@@ -549,10 +549,17 @@ def site_setting_problems(fleet: Any, site_name: str, *, environ: Mapping[str, s
             feed_for_site(site, fleet.base_dir)
         except ValueError as e:
             problems.append(str(e))
-        for var, what in feed_environment(site.feed):
-            if not env.get(var):
-                problems.append(f"site {site_name!r} feed: environment variable {var} ({what}) is not set")
     return problems
+
+
+def own_feed_missing(fleet: Any, site: Any, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The environment variables the site's own feed needs and does not have: without
+    them the site's fail-safe is its plain curtail/hold (the fleet's keys may live only
+    where the fleet runs)."""
+    from miner.sched.feeds import feed_environment
+
+    env = os.environ if environ is None else environ
+    return [f"{var} ({what})" for var, what in feed_environment(site.feed) if not env.get(var)]
 
 
 def build_site_agent(fleet: Any, site_name: str, *, connect: Callable[..., Awaitable[Any]], public_key: Any,
@@ -575,7 +582,11 @@ def build_site_agent(fleet: Any, site_name: str, *, connect: Callable[..., Await
 
     agent: SiteAgent | None = None
     own = None
-    if has_own_feed(fleet, site):
+    missing = own_feed_missing(fleet, site) if has_own_feed(fleet, site) else []
+    if missing:
+        log.warning("site %s: its own price feed needs %s: without it the fail-safe is %s", site_name,
+                    ", ".join(missing), site.fail_safe)
+    if has_own_feed(fleet, site) and not missing:
         def last_hashprice() -> float | None:
             d = agent.follower.desired if agent is not None else None
             return d.hashprice_usd_per_th_day if d is not None else None

@@ -22,7 +22,8 @@ def default_state_dir() -> Path:
 
 def site_connector(bus: Any, site: str):
     """connect(**callbacks) -> a nats client as this site: its own inbox prefix (the
-    server lets a site read only `_INBOX_<site>.>`), reconnecting for ever."""
+    server lets a site read only `_INBOX_<site>.>`), reconnecting for ever. The user is
+    bus.user, else the site's name."""
     import ssl
 
     import nats
@@ -32,8 +33,8 @@ def site_connector(bus: Any, site: str):
                                "max_reconnect_attempts": -1, "reconnect_time_wait": 1, "connect_timeout": 5}
     if bus.creds_file:
         options["user_credentials"] = os.path.expanduser(bus.creds_file)
-    elif bus.user:
-        options["user"], options["password"] = bus.user, bus.password or ""
+    else:  # the nats-server example names each site's user after its site
+        options["user"], options["password"] = bus.user or site, bus.password or ""
     if bus.tls_ca:
         options["tls"] = ssl.create_default_context(cafile=os.path.expanduser(bus.tls_ca))
 

@@ -181,3 +181,88 @@ def test_partition_fail_safe_then_resync(tmp_path):
     assert to_fail_safe < ttl + 5
     assert report["level"] == 0.0 and report["applied_revision"] == (1 << 32) | 1
     assert stop_s < 5
+
+
+def sites_doc(fail_safe: str, price: float | None) -> dict:
+    site = {"name": "texas", "capacity_mw": 0.001, "efficiency_j_per_th": 20.0, "fail_safe": fail_safe,
+            "device": []}
+    if price is None:
+        site["prices"] = "unused.csv"
+    else:
+        site["feed"] = {"kind": "static", "price": price}
+    return {"economics": {"hashprice_usd_per_th_day": 0.05, "pool_fee": 0.02}, "site": [site]}
+
+
+@pytest.mark.parametrize("price, fail_safe, level", [(20.0, "curtail", 1.0), (300.0, "hold", 0.0), (None, "curtail", 0.0)])
+def test_without_the_bus_a_site_with_its_own_feed_runs_its_own_threshold(tmp_path, price, fail_safe, level):
+    """The bus is unreachable from the start: after desired_ttl the site's fail-safe rules,
+    with its own [site.feed] price against breakeven (102.08 USD/MWh) when it has one."""
+    from miner.fleet.site import OwnThreshold, has_own_feed
+    from miner.sched.feeds import feed_for_site
+    from miner.sched.sites import parse_sites
+
+    fleet = parse_sites(sites_doc(fail_safe, price), base_dir=tmp_path)
+    site = fleet.site("texas")
+    assert has_own_feed(fleet, site) is (price is not None)
+    rigs = [Rig("s19-01")]
+    rigs[0].level = 0.5
+
+    async def unreachable(**callbacks):
+        raise OSError("connection refused")
+
+    async def scenario():
+        metrics = Metrics()
+        own = OwnThreshold(fleet, site, feed_for_site(site, tmp_path), lambda: None) if has_own_feed(fleet, site) \
+            else None
+        agent = SiteAgent("texas", connect=unreachable, decode=decoder("texas"),
+                          devices=SiteDevices("texas", rigs, metrics=metrics), fail_safe=site.fail_safe,
+                          desired_ttl_seconds=1.0, report_interval_seconds=0.2, state_dir=tmp_path, metrics=metrics,
+                          own_price=own, own_price_interval=0.1)
+        task = asyncio.create_task(agent.run())
+        try:
+            assert rigs[0].applied == []
+            await wait_until(lambda: agent.mode == "fail_safe", 10, "the fail-safe")
+            await wait_until(lambda: rigs[0].applied, 5, "an apply")
+            return agent.mode, rigs[0].level
+        finally:
+            t = asyncio.get_running_loop().time()
+            agent.stop()
+            await asyncio.wait_for(task, 5)
+            assert asyncio.get_running_loop().time() - t < 1, "a stop while the bus is unreachable is prompt"
+
+    assert asyncio.run(scenario()) == ("fail_safe", level)
+
+
+def test_a_restarted_agent_never_applies_an_older_revision(tmp_path):
+    server = LocalNats(tmp_path, ["texas"])
+    server.start()
+
+    async def scenario():
+        fleet, kv_desired, _ = await create_buckets(server.url)
+        rigs = [Rig("s19-01")]
+        metrics = Metrics()
+        agent = make_agent(server, "texas", rigs, tmp_path, metrics=metrics)
+        task = asyncio.create_task(agent.run())
+        await kv_desired.put("texas", desired("texas", 5, 2, 0.4))
+        await wait_until(lambda: rigs[0].level == 0.4, 10, "the level")
+        agent.stop()
+        await asyncio.wait_for(task, 5)
+        # Restarted: the newest record in the bucket is from a deposed leader.
+        await kv_desired.put("texas", desired("texas", 4, 7, 1.0))
+        again = make_agent(server, "texas", rigs, tmp_path, metrics=metrics)
+        task = asyncio.create_task(again.run())
+        try:
+            await wait_until(lambda: metrics.registry.get_sample_value(
+                "gridminer_bus_rejected_total", {"site": "texas", "reason": "stale_revision"}) == 1, 10, "the refusal")
+            # It follows the persisted record (still valid) meanwhile, never the older one.
+            assert again.mode == "following" and again.follower.desired.revision == (5 << 32) | 2
+            assert rigs[0].level == 0.4 and 1.0 not in rigs[0].applied
+        finally:
+            again.stop()
+            await asyncio.wait_for(task, 5)
+            await fleet.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
