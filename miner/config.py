@@ -45,13 +45,15 @@ no error message or repr shows one (SECRET_KEYS; URLs with credentials are not e
     local_site = "texas"        # the site the local CPU workers belong to (and label)
     policy = "gridminer"        # the policy by name (miner.sched.policy.make_policy)
 
-    [bus]                       # the fleet bus (NATS JetStream): miner fleet and site mode
-    url = "nats://127.0.0.1:4222"
-    user = "texas"              # password: GRIDMINER_BUS_PASSWORD only; or creds_file = "..."
+    [bus]                       # the fleet bus (NATS JetStream): miner fleet and site agents
+    url = "nats://127.0.0.1:4222"   # comma-separated for a cluster; tls:// for TLS
+    user = "texas"              # password only from GRIDMINER_BUS_PASSWORD; or creds_file
     desired_ttl_seconds = 300   # how long a site trusts its last desired state
+    lease_ttl_seconds = 15      # fleet leader lease
     report_interval_seconds = 15
-    leader_public_key = "..."   # sites: hex or base64 (miner fleet keygen prints it)
-    site = "texas"              # site mode: the site this agent runs (--site)
+    signing_key_file = "fleet.key"      # fleet: Ed25519 key (miner fleet keygen)
+    leader_public_key = "ab12..."       # sites: the fleet key's public half (hex or base64)
+    site = "texas"              # site mode: the site this agent runs (--site); user defaults to it
 """
 
 from __future__ import annotations
@@ -160,21 +162,18 @@ class SchedConfig:
 
 @dataclass(frozen=True)
 class BusConfig:
-    """The fleet bus (NATS JetStream); the password only from GRIDMINER_BUS_PASSWORD."""
-
-    url: str = "nats://127.0.0.1:4222"
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)  # GRIDMINER_BUS_PASSWORD only
-    creds_file: str | None = None
-    tls_ca: str | None = None
-    desired_ttl_seconds: float = 300.0  # how long a site trusts its last desired state
-    lease_ttl_seconds: float = 15.0
-    report_interval_seconds: float = 15.0
-    name: str | None = None  # this process on the bus (logs); default hostname-pid
-    signing_key_file: str | None = None  # fleet: the leader's Ed25519 key
-    leader_public_key: str | None = None  # sites: the leader's public key (hex or base64)
-    state_dir: str | None = None  # sites: the highest applied revision; default next to the journals
-    site: str | None = None  # site mode: the site this agent runs
+    url: str = "nats://127.0.0.1:4222"  # NATS server(s), comma-separated; never with credentials
+    user: str | None = None  # its password only from GRIDMINER_BUS_PASSWORD (never the file or argv)
+    creds_file: str | None = None  # NATS credentials file (JWT + nkey seed), instead of user/password
+    tls_ca: str | None = None  # CA file to verify the server's certificate
+    desired_ttl_seconds: float = 300.0  # a site trusts its last desired state this long, then its fail-safe
+    lease_ttl_seconds: float = 15.0  # fleet leader lease: a standby takes over this long after the leader dies
+    report_interval_seconds: float = 15.0  # s between a site's reports (and after every apply)
+    name: str | None = None  # this fleet instance or site agent in logs and the lease; default host-pid
+    signing_key_file: str | None = None  # fleet: Ed25519 private key (PEM, or the 32-byte seed in hex)
+    leader_public_key: str | None = None  # sites: the fleet key's raw 32-byte public key, hex or base64
+    state_dir: str | None = None  # sites: where the highest applied revision is kept
+    site: str | None = None  # site mode: the site of the sites file this agent runs (user defaults to it)
 
 
 @dataclass(frozen=True)
@@ -197,13 +196,12 @@ class Config:
 
 
 _SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "upstream": UpstreamConfig, "agent": AgentConfig,
-             "stratum": StratumConfig, "metrics": MetricsConfig, "log": LogConfig, "sched": SchedConfig,
-             "bus": BusConfig}
+             "stratum": StratumConfig, "metrics": MetricsConfig, "log": LogConfig, "sched": SchedConfig, "bus": BusConfig}
 _LEVELS = ("debug", "info", "warning", "error")
 
 
 # Keys whose values are secrets: an error names the key and the type, never the value.
-SECRET_KEYS = frozenset({"node.password", "upstream.password", "agent.token", "stratum.sites", "bus.password"})
+SECRET_KEYS = frozenset({"node.password", "upstream.password", "agent.token", "stratum.sites"})
 FOLLOW_RECONNECT = ("same-host", "any", "never")
 
 
@@ -302,7 +300,6 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"upstream.user: {m.mode} mode needs a worker name (e.g. site.rig)")
         if config.agent.api != "off":
             parse_listen(config.agent.api, "agent.api")
-    _validate_bus(config)
     if config.upstream.follow_reconnect not in FOLLOW_RECONNECT:
         raise ConfigError(f"upstream.follow_reconnect: expected one of {', '.join(FOLLOW_RECONNECT)}, "
                           f"got {config.upstream.follow_reconnect!r}")
@@ -351,27 +348,48 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"sched.interval_seconds: must be > 0 seconds, got {sc.interval_seconds}")
     if sc.local_site is not None and sc.sites is None:
         raise ConfigError("sched.local_site: needs sched.sites (the sites file that names it)")
+    validate_bus(config.bus)
+    if m.mode == "site":
+        _validate_site_mode(config)
     return config
 
 
-def _validate_bus(config: Config) -> None:
+def _validate_site_mode(config: Config) -> None:
     b = config.bus
-    if url_has_secrets(b.url):
-        raise ConfigError("bus.url: no credentials in the URL (not shown here); use bus.user with "
-                          "GRIDMINER_BUS_PASSWORD, or bus.creds_file")
-    if not b.url.startswith(("nats://", "tls://")):
-        raise ConfigError(f"bus.url: expected nats://HOST:PORT, got {b.url!r}")
+    if not b.site:
+        raise ConfigError("bus.site: site mode needs the site it runs (--site NAME)")
+    if config.sched.sites is None:
+        raise ConfigError("sched.sites: site mode needs the sites file with its devices (--sites FILE)")
+    if not b.leader_public_key:
+        raise ConfigError("bus.leader_public_key: site mode needs the leader's public key (miner fleet keygen "
+                          "prints it) to verify desired states")
+
+
+BUS_SCHEMES = ("nats://", "tls://")
+BUS_PASSWORD_ENV = "GRIDMINER_BUS_PASSWORD"
+
+
+def validate_bus(bus: BusConfig) -> BusConfig:
+    urls = [u.strip() for u in bus.url.split(",")]
+    for url in urls:
+        if url_has_secrets(url):
+            raise ConfigError(f"bus.url: no credentials or query in the URL (not shown here); give bus.user and "
+                              f"the password in {BUS_PASSWORD_ENV}, or bus.creds_file")
+        if not url.startswith(BUS_SCHEMES) or not urlsplit(url).hostname:
+            raise ConfigError(f"bus.url: expected nats://HOST:PORT (or tls://), comma-separated, got {url!r}")
+    if bus.user is not None and bus.creds_file is not None:
+        raise ConfigError("bus.user and bus.creds_file: give one way to authenticate, not both")
     for key in ("desired_ttl_seconds", "lease_ttl_seconds", "report_interval_seconds"):
-        if not getattr(b, key) > 0:
-            raise ConfigError(f"bus.{key}: must be > 0 seconds, got {getattr(b, key)}")
-    if config.mining.mode == "site":
-        if not b.site:
-            raise ConfigError("bus.site: site mode needs the site it runs (--site NAME)")
-        if config.sched.sites is None:
-            raise ConfigError("sched.sites: site mode needs the sites file with its devices (--sites FILE)")
-        if not b.leader_public_key:
-            raise ConfigError("bus.leader_public_key: site mode needs the leader's public key (miner fleet keygen "
-                              "prints it) to verify desired states")
+        if not getattr(bus, key) > 0:
+            raise ConfigError(f"bus.{key}: must be > 0 seconds, got {getattr(bus, key)}")
+    if bus.leader_public_key is not None:
+        from miner.fleet.records import load_public_key
+
+        try:
+            load_public_key(bus.leader_public_key)
+        except ValueError as e:
+            raise ConfigError(f"bus.{e}") from None
+    return bus
 
 
 def parse_listen(value: str, key: str) -> tuple[str, int]:
@@ -401,7 +419,15 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, dict[str, A
     for key in raw:
         if key not in _SECTIONS:
             raise ConfigError(f"[{key}]: unknown section (known: {', '.join(_SECTIONS)})")
+    if isinstance(raw.get("bus"), dict) and "password" in raw["bus"]:
+        raise ConfigError(f"bus.password: not read from a file; put it in the environment variable {BUS_PASSWORD_ENV}")
     sections = {name: _section(name, cls, raw.get(name, {})) for name, cls in _SECTIONS.items()}
+    if path is not None:
+        # Files named in [bus] are relative to the config file, as the sites file is.
+        bus = sections["bus"]
+        sections["bus"] = replace(bus, **{key: str(Path(path).parent / Path(getattr(bus, key)).expanduser())
+                                          for key in ("creds_file", "tls_ca", "signing_key_file", "state_dir")
+                                          if getattr(bus, key) is not None})
     if path is not None and sections["sched"].sites is not None:
         # A sites file named in the config is relative to the config file, not the cwd.
         sites = Path(path).parent / Path(sections["sched"].sites).expanduser()
@@ -415,8 +441,4 @@ def load(path: str | os.PathLike | None = None, overrides: dict[str, dict[str, A
         sections["upstream"] = replace(sections["upstream"], password=env["GRIDMINER_POOL_PASSWORD"])
     if sections["agent"].token is None and env.get("GRIDMINER_AGENT_TOKEN"):
         sections["agent"] = replace(sections["agent"], token=env["GRIDMINER_AGENT_TOKEN"])
-    if sections["bus"].password is not None:
-        raise ConfigError("bus.password: not in a file; give it in GRIDMINER_BUS_PASSWORD")
-    if env.get("GRIDMINER_BUS_PASSWORD"):
-        sections["bus"] = replace(sections["bus"], password=env["GRIDMINER_BUS_PASSWORD"])
     return validate(Config(**sections))

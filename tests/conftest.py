@@ -200,3 +200,53 @@ def regtest_node_factory() -> Iterator[Callable[..., Any]]:
                 node.close()
             except Exception:  # keep closing the others; the failure is in the log
                 log.exception("closing %r failed", node)
+
+
+# Why nats-server cannot run here (None: it runs), found once per session (after an apt
+# install when this process may install packages).
+_nats_problem: list[str | None] = []
+
+
+def nats_server_problem() -> str | None:
+    from miner.testing.nats import NatsUnavailable, find_nats_server, install_nats_server
+
+    if not _nats_problem:
+        try:
+            find_nats_server()
+            problem = None
+        except NatsUnavailable as missing:
+            why_not = install_nats_server()
+            try:
+                find_nats_server()
+                problem = None
+            except NatsUnavailable:
+                problem = f"{missing} (not installed with apt: {why_not or 'installed, yet not found'})"
+        _nats_problem.append(problem)
+    return _nats_problem[0]
+
+
+@pytest.fixture
+def nats_server() -> Iterator[Callable[..., Any]]:
+    """start(sites=(), **NatsServer options) -> a running miner.testing.nats.NatsServer with
+    JetStream, a fleet user and a user per site; every one is closed when the test ends.
+    Skips, with the reason, when nats-server is missing and cannot be installed."""
+    from miner.testing.nats import NatsServer
+
+    problem = nats_server_problem()
+    if problem is not None:
+        pytest.skip(problem)
+    servers: list[NatsServer] = []
+
+    def start(sites: Any = (), **kwargs: Any) -> NatsServer:
+        server = NatsServer(sites, **kwargs)
+        servers.append(server)
+        return server.start()
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            try:
+                server.close()
+            except Exception:
+                log.exception("closing %r failed", server)

@@ -200,3 +200,38 @@ def test_follow_reconnect_takes_a_known_policy(tmp_path):
         == "never"
     with pytest.raises(cfg.ConfigError, match="upstream.follow_reconnect"):
         cfg.load(write(tmp_path, '[upstream]\nfollow_reconnect = "elsewhere"\n'), env={})
+
+
+def test_bus_section_keys_paths_and_defaults(tmp_path):
+    (tmp_path / "c.toml").write_text('[bus]\nurl = "nats://a:4222, tls://b:4222"\nuser = "texas"\n'
+                                     'lease_ttl_seconds = 6\nsigning_key_file = "fleet.key"\nstate_dir = "/var/x"\n'
+                                     'leader_public_key = "' + "ab" * 32 + '"\n')
+    bus = cfg.load(tmp_path / "c.toml").bus
+    assert (bus.user, bus.lease_ttl_seconds, bus.desired_ttl_seconds) == ("texas", 6.0, 300.0)
+    assert bus.signing_key_file == str(tmp_path / "fleet.key") and bus.state_dir == "/var/x"
+    assert cfg.load(None).bus.url == "nats://127.0.0.1:4222"
+
+
+@pytest.mark.parametrize("text, key", [
+    ('url = "http://x:4222"', "bus.url"),
+    ('lease_ttl_seconds = 0', "bus.lease_ttl_seconds"),
+    ('report_interval_seconds = -1', "bus.report_interval_seconds"),
+    ('leader_public_key = "abc"', "bus.leader_public_key"),
+    ('user = "a"\ncreds_file = "x.creds"', "bus.user and bus.creds_file"),
+    ('pasword = "x"', "bus.pasword"),
+])
+def test_bad_bus_settings_name_their_key(tmp_path, text, key):
+    (tmp_path / "c.toml").write_text(f"[bus]\n{text}\n")
+    with pytest.raises(cfg.ConfigError, match=key.replace(".", r"\.")):
+        cfg.load(tmp_path / "c.toml")
+
+
+def test_a_bus_password_in_the_file_or_url_is_refused_and_not_shown(tmp_path):
+    (tmp_path / "c.toml").write_text('[bus]\npassword = "hunter2-secret"\n')
+    with pytest.raises(cfg.ConfigError, match="GRIDMINER_BUS_PASSWORD") as e:
+        cfg.load(tmp_path / "c.toml")
+    assert "hunter2" not in str(e.value)
+    (tmp_path / "c.toml").write_text('[bus]\nurl = "nats://texas:hunter2-secret@host:4222"\n')
+    with pytest.raises(cfg.ConfigError, match="bus.url") as e:
+        cfg.load(tmp_path / "c.toml")
+    assert "hunter2" not in str(e.value)

@@ -36,29 +36,14 @@ from miner.sched.model import UTC
 
 log = logging.getLogger(__name__)
 
-DESIRED_BUCKET = "gridminer_desired"
-REPORTED_BUCKET = "gridminer_reported"
 # A refused record is logged at most this often per reason (seconds); every one is counted.
 REJECT_LOG_INTERVAL = 60.0
-# How long one bus request (direct get, report publish) may take (seconds).
-REQUEST_TIMEOUT = 5.0
-# Between attempts at the first connection (seconds, doubling to the cap).
-CONNECT_RETRY_FIRST, CONNECT_RETRY_CAP = 0.5, 5.0
-# How often the site's own price feed is read while it may matter (seconds).
+# Between attempts at a resync the bus did not answer (seconds, doubling to the cap).
+RESYNC_RETRY_FIRST, RESYNC_RETRY_CAP = 0.5, 5.0
+# How long the site's own price feed may take to answer (seconds).
+FEED_TIMEOUT = 10.0
+# How often the site's own price feed is read (seconds; site mode uses [sched] interval_seconds).
 OWN_PRICE_INTERVAL = 60.0
-
-
-def desired_subject(site: str) -> str:
-    return f"$KV.{DESIRED_BUCKET}.{site}"
-
-
-def desired_direct_get_subject(site: str) -> str:
-    """Direct get, last-by-subject form: the key's newest value, with an empty request body."""
-    return f"$JS.API.DIRECT.GET.KV_{DESIRED_BUCKET}.{desired_subject(site)}"
-
-
-def reported_subject(site: str) -> str:
-    return f"$KV.{REPORTED_BUCKET}.{site}"
 
 
 def utc_now() -> datetime:
@@ -156,12 +141,12 @@ class StateFile:
 
 
 class SiteAgent:
-    """One site on the bus. `connect(**callbacks)` returns a connected nats client;
-    `decode(bytes, now)` returns a verified desired record or raises RecordError;
+    """One site on the bus. `bus` is a miner.fleet.bus.Bus made for this site (its inbox
+    prefix, its credentials); `decode(bytes, now)` returns a verified desired record or raises RecordError;
     `devices` applies levels and reads back; `own_price(now)` (optional) returns the
     site's OwnPrice for its fail-safe threshold, read every `own_price_interval` seconds."""
 
-    def __init__(self, site: str, *, connect: Callable[..., Awaitable[Any]],
+    def __init__(self, site: str, *, bus: Any,
                  decode: Callable[[bytes, datetime], Any], devices: SiteDevices, fail_safe: str,
                  desired_ttl_seconds: float, report_interval_seconds: float, state_dir: Path,
                  metrics: Metrics | None = None,
@@ -169,7 +154,8 @@ class SiteAgent:
                  own_price_interval: float = OWN_PRICE_INTERVAL,
                  clock: Callable[[], datetime] = utc_now) -> None:
         self.site = site
-        self._connect, self._decode, self.devices = connect, decode, devices
+        self.bus, self._decode, self.devices = bus, decode, devices
+        bus.on_state = self._on_bus_state
         self._own_price, self.own_price_interval = own_price, own_price_interval
         self.report_interval = report_interval_seconds
         self.metrics = metrics if metrics is not None else Metrics()
@@ -187,7 +173,6 @@ class SiteAgent:
         self.follower = Follower(desired_ttl_seconds=desired_ttl_seconds, fail_safe=fail_safe,
                                  started_at=clock(), highest_applied=highest, last=last)
         self._raw: dict[int, bytes] = {last.revision: raw} if last is not None and raw else {}
-        self.nc: Any = None
         self.connected = False
         self.mode = "starting"
         self.in_force: Applied | None = None
@@ -212,11 +197,12 @@ class SiteAgent:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.bus.stop()
         self._wake.set()
         self._resync.set()
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(self._bus(), name=f"bus:{self.site}"),
+        tasks = [asyncio.create_task(self._follow_bus(), name=f"bus:{self.site}"),
                  asyncio.create_task(self._control(), name=f"control:{self.site}")]
         if self._own_price is not None:
             tasks.append(asyncio.create_task(self._watch_own_price(), name=f"own-price:{self.site}"))
@@ -226,15 +212,7 @@ class SiteAgent:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._close()
-
-    async def _close(self) -> None:
-        nc, self.nc = self.nc, None
-        if nc is not None:
-            try:  # a client still reconnecting may not answer a close: never wait long
-                await asyncio.wait_for(nc.close(), 2.0)
-            except (asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - closing is best effort
-                log.debug("site %s: bus close: %s", self.site, e)
+            await self.bus.close()   # bounded: a dead link never holds a stop
 
     async def _pause(self, seconds: float) -> None:
         """Sleep that a stop ends at once."""
@@ -245,60 +223,40 @@ class SiteAgent:
 
     # -- the bus ---------------------------------------------------------------------------
 
-    async def _bus(self) -> None:
-        delay = CONNECT_RETRY_FIRST
-        while self.nc is None and not self._stopping.is_set():
-            try:
-                self.nc = await self._connect(disconnected_cb=self._on_disconnected,
-                                              reconnected_cb=self._on_reconnected,
-                                              error_cb=self._on_error)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - unreachable, refused, auth: keep trying
-                log.warning("site %s: bus unreachable (%s); retrying in %.1f s", self.site,
-                            str(e) or type(e).__name__, delay)
-                await self._pause(delay)
-                delay = min(delay * 2, CONNECT_RETRY_CAP)
-        if self.nc is None:
+    async def _follow_bus(self) -> None:
+        """Connect (retrying until stop), subscribe to our key, then resync at start and
+        after every reconnect (on_state)."""
+        from miner.fleet.bus import BusStopped
+
+        try:
+            await self.bus.connect()
+        except BusStopped:
             return
-        self._set_connected(True)
-        log.info("site %s: connected to the bus", self.site)
-        await self.nc.subscribe(desired_subject(self.site), cb=self._on_desired_message)
+        await self.bus.subscribe_desired(self.site, self._on_desired_message)
         self._resync.set()
         while not self._stopping.is_set():
             await self._resync.wait()
             self._resync.clear()
-            if self._stopping.is_set():
-                return
-            await self._resync_once()
+            if not self._stopping.is_set():
+                await self._resync_once()
 
     async def _resync_once(self) -> None:
         """Read our key's newest value (direct get); retried until the bus answers."""
-        delay = CONNECT_RETRY_FIRST
+        from miner.fleet.bus import BusError
+
+        delay = RESYNC_RETRY_FIRST
         while not self._stopping.is_set():
             try:
-                msg = await self.nc.request(desired_direct_get_subject(self.site), b"", timeout=REQUEST_TIMEOUT)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # noqa: BLE001 - timeout, no responders, disconnected
-                log.info("site %s: resync failed (%s); retrying in %.1f s", self.site,
-                         str(e) or type(e).__name__, delay)
+                found = await self.bus.read_desired_raw(self.site)
+            except BusError as e:
+                log.info("site %s: resync failed (%s); retrying in %.1f s", self.site, e, delay)
                 await self._pause(delay)
-                delay = min(delay * 2, CONNECT_RETRY_CAP)
+                delay = min(delay * 2, RESYNC_RETRY_CAP)
                 continue
-            headers = msg.headers or {}
-            status = headers.get("Status")
-            if status == "404":
-                log.info("site %s: no desired state on the bus yet", self.site)
-            elif status:
-                log.warning("site %s: resync answered %s %s", self.site, status, headers.get("Description", ""))
-                await self._pause(delay)
-                delay = min(delay * 2, CONNECT_RETRY_CAP)
-                continue
-            elif headers.get("KV-Operation") in ("DEL", "PURGE"):
-                log.info("site %s: our desired key was deleted on the bus", self.site)
+            if found is None:
+                log.info("site %s: no desired state on the bus", self.site)
             else:
-                self._offer(msg.data, "resync")
+                self._offer(found[1], "resync")
             self.follower.mark_resynced()
             self._report_soon()
             return
@@ -335,19 +293,16 @@ class SiteAgent:
             self._reject_logged[reason] = now
             log.warning("site %s: desired record refused, never applied (%s): %s", self.site, reason, message)
 
-    async def _on_disconnected(self) -> None:
-        if self.connected and not self._stopping.is_set():
+    async def _on_bus_state(self, connected: bool) -> None:
+        if self._stopping.is_set():
+            return
+        if connected:
+            log.info("site %s: on the bus; resyncing", self.site)
+            self._resync.set()
+        elif self.connected:
             log.warning("site %s: bus connection lost; following the last desired state until it expires",
                         self.site)
-        self._set_connected(False)
-
-    async def _on_reconnected(self) -> None:
-        log.info("site %s: bus connection restored; resyncing", self.site)
-        self._set_connected(True)
-        self._resync.set()
-
-    async def _on_error(self, e: Exception) -> None:
-        log.debug("site %s: bus error: %s", self.site, e)
+        self._set_connected(connected)
 
     def _set_connected(self, up: bool) -> None:
         self.connected = up
@@ -439,18 +394,14 @@ class SiteAgent:
             devices=a.devices if a is not None else (), ack=self._ack)
 
     async def _report(self, now: datetime) -> None:
-        if self.nc is None or not self.connected:
+        from miner.fleet.bus import BusError
+
+        if not self.connected:
             return  # nothing is buffered while the bus is away: on reconnect a fresh one goes
         try:
-            msg = await self.nc.request(reported_subject(self.site), encode_report(self.report(now)),
-                                        timeout=REQUEST_TIMEOUT)
-            answer = json.loads(msg.data)
-            if isinstance(answer, dict) and "error" in answer:
-                raise ValueError(str(answer["error"]))
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - timeouts, no responders, a refused publish
-            log.info("site %s: report not stored (%s)", self.site, str(e) or type(e).__name__)
+            await self.bus.publish_report(self.site, encode_report(self.report(now)))
+        except BusError as e:
+            log.info("site %s: report not stored (%s)", self.site, e)
             return
         self.reports += 1
 
@@ -506,7 +457,7 @@ class OwnThreshold:
             return None       # no breakeven: the configured fail-safe rules
         breakeven = breakeven_usd_per_mwh(hashprice, self.fleet.economics.pool_fee, self.site.efficiency_j_per_th)
         try:
-            fresh = await asyncio.wait_for(self.feed.fetch(now), REQUEST_TIMEOUT)
+            fresh = await asyncio.wait_for(self.feed.fetch(now), FEED_TIMEOUT)
             horizon = now.timestamp() - 2 * 86_400
             self.intervals = [iv for iv in merge_intervals([*self.intervals, *fresh]) if iv.end.timestamp() > horizon]
         except asyncio.CancelledError:
@@ -562,7 +513,7 @@ def own_feed_missing(fleet: Any, site: Any, environ: Mapping[str, str] | None = 
     return [f"{var} ({what})" for var, what in feed_environment(site.feed) if not env.get(var)]
 
 
-def build_site_agent(fleet: Any, site_name: str, *, connect: Callable[..., Awaitable[Any]], public_key: Any,
+def build_site_agent(fleet: Any, site_name: str, *, bus: Any, public_key: Any,
                      desired_ttl_seconds: float, report_interval_seconds: float, state_dir: Path,
                      metrics: Metrics, own_price_interval: float = OWN_PRICE_INTERVAL) -> SiteAgent:
     """The SiteAgent of `site_name` in a loaded sites file: its devices, its fail-safe and
@@ -592,7 +543,7 @@ def build_site_agent(fleet: Any, site_name: str, *, connect: Callable[..., Await
             return d.hashprice_usd_per_th_day if d is not None else None
 
         own = OwnThreshold(fleet, site, feed_for_site(site, fleet.base_dir), last_hashprice)
-    agent = SiteAgent(site_name, connect=connect, decode=decode, devices=devices, fail_safe=site.fail_safe,
+    agent = SiteAgent(site_name, bus=bus, decode=decode, devices=devices, fail_safe=site.fail_safe,
                       desired_ttl_seconds=desired_ttl_seconds, report_interval_seconds=report_interval_seconds,
                       state_dir=state_dir, metrics=metrics, own_price=own, own_price_interval=own_price_interval)
     return agent

@@ -20,27 +20,19 @@ def default_state_dir() -> Path:
     return Path(base) / "gridminer" / "bus"
 
 
-def site_connector(bus: Any, site: str):
-    """connect(**callbacks) -> a nats client as this site: its own inbox prefix (the
-    server lets a site read only `_INBOX_<site>.>`), reconnecting for ever. The user is
-    bus.user, else the site's name."""
-    import ssl
+def site_bus(settings: Any, site: str):
+    """The bus as this site: its own inbox prefix (a site may read only `_INBOX_<site>.>`)
+    and, without bus.user or bus.creds_file, the user named after the site (as in
+    deploy/nats/nats-server.conf)."""
+    from dataclasses import replace
 
-    import nats
+    from miner.fleet.bus import Bus
 
-    options: dict[str, Any] = {"servers": [bus.url], "name": bus.name or f"gridminer-site-{site}",
-                               "inbox_prefix": f"_INBOX_{site}", "allow_reconnect": True,
-                               "max_reconnect_attempts": -1, "reconnect_time_wait": 1, "connect_timeout": 5}
-    if bus.creds_file:
-        options["user_credentials"] = os.path.expanduser(bus.creds_file)
-    else:  # the nats-server example names each site's user after its site
-        options["user"], options["password"] = bus.user or site, bus.password or ""
-    if bus.tls_ca:
-        options["tls"] = ssl.create_default_context(cafile=os.path.expanduser(bus.tls_ca))
-
-    async def connect(**callbacks):
-        return await nats.connect(**options, **callbacks)
-    return connect
+    if settings.user is None and settings.creds_file is None:
+        settings = replace(settings, user=site)
+    if settings.name is None:
+        settings = replace(settings, name=f"site-{site}-{os.getpid()}")
+    return Bus(settings, site=site)
 
 
 class SiteRun(Run):
@@ -68,6 +60,7 @@ class SiteRun(Run):
     async def _run(self) -> int:
         import asyncio
 
+        from miner.fleet.bus import BusError
         from miner.fleet.records import load_public_key
         from miner.fleet.site import build_site_agent
 
@@ -79,7 +72,12 @@ class SiteRun(Run):
         state_dir = Path(bus.state_dir).expanduser() if bus.state_dir else default_state_dir()
         self.metrics.set_run_info(chain="-", mode="site")
         try:
-            self.agent = build_site_agent(self.fleet, site, connect=site_connector(bus, site), public_key=public_key,
+            link = site_bus(bus, site)
+            link.connect_options()      # a missing password fails now, not in the background
+        except BusError as e:
+            raise ConfigError(str(e)) from None
+        try:
+            self.agent = build_site_agent(self.fleet, site, bus=link, public_key=public_key,
                                           desired_ttl_seconds=bus.desired_ttl_seconds,
                                           report_interval_seconds=bus.report_interval_seconds, state_dir=state_dir,
                                           metrics=self.metrics, own_price_interval=self.config.sched.interval_seconds)

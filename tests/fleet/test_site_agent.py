@@ -13,7 +13,7 @@ from miner.devices.model import DeviceReading
 from miner.fleet import records
 from miner.fleet.site import SiteAgent, SiteDevices
 from miner.metrics import Metrics
-from tests.fleet.nats_local import LocalNats, create_buckets, site_password
+from tests.fleet.site_helpers import fleet_buckets, site_bus
 from tests.waiting import wait_until
 
 nats = pytest.importorskip("nats")
@@ -51,16 +51,11 @@ class Rig:
         return DeviceReading(self.level > 0, 1e6 * self.level, 100.0 * self.level, self.level)
 
 
-def make_agent(server: LocalNats, site: str, rigs, tmp_path, *, ttl: float = 300, fail_safe="curtail",
+def make_agent(server, site: str, rigs, tmp_path, *, ttl: float = 300, fail_safe="curtail",
                metrics=None) -> SiteAgent:
-    async def connect(**callbacks):
-        return await nats.connect(server.url, user=site, password=site_password(site), inbox_prefix=f"_INBOX_{site}",
-                                  max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=2,
-                                  allow_reconnect=True, **callbacks)
-
     metrics = metrics or Metrics()
     devices = SiteDevices(site, rigs, metrics=metrics, retry=RetryPolicy(tries=1))
-    return SiteAgent(site, connect=connect, decode=decoder(site), devices=devices,
+    return SiteAgent(site, bus=site_bus(server, site), decode=decoder(site), devices=devices,
                      fail_safe=fail_safe, desired_ttl_seconds=ttl, report_interval_seconds=0.5,
                      state_dir=tmp_path / "state", metrics=metrics)
 
@@ -73,12 +68,11 @@ async def last_report(kv, site):
     return json.loads(entry.value)
 
 
-def test_follows_refuses_bad_input_and_reports(tmp_path):
-    server = LocalNats(tmp_path, ["texas", "paris"])
-    server.start()
+def test_follows_refuses_bad_input_and_reports(tmp_path, nats_server):
+    server = nats_server(["texas", "paris"])
 
     async def scenario():
-        fleet, kv_desired, kv_reported = await create_buckets(server.url)
+        fleet, kv_desired, kv_reported = await fleet_buckets(server)
         rigs = [Rig("s19-01"), Rig("stubborn", obeys=False)]
         metrics = Metrics()
         agent = make_agent(server, "texas", rigs, tmp_path, metrics=metrics)
@@ -105,10 +99,7 @@ def test_follows_refuses_bad_input_and_reports(tmp_path):
             await asyncio.wait_for(task, 5)
             await fleet.close()
 
-    try:
-        report, metrics = asyncio.run(scenario())
-    finally:
-        server.stop()
+    report, metrics = asyncio.run(scenario())
     assert report["mode"] == "following" and report["desired_level"] == 0.0
     assert report["ack"]["outcome"] == "partial", "the stubborn rig did not curtail"
     stubborn = [d for d in report["devices"] if d["name"] == "stubborn"][0]
@@ -133,38 +124,37 @@ async def wait_for_report(kv, predicate, timeout=10.0):
     return found[0]
 
 
-def test_partition_fail_safe_then_resync(tmp_path):
-    server = LocalNats(tmp_path, ["texas"])
-    server.start()
+def test_partition_fail_safe_then_resync(tmp_path, nats_server):
+    server = nats_server(["texas"])
     ttl = 2.0
 
     async def scenario():
-        fleet, kv_desired, kv_reported = await create_buckets(server.url)
+        fleet, kv_desired, kv_reported = await fleet_buckets(server)
         await fleet.close()
         rigs = [Rig("s19-01")]
         agent = make_agent(server, "texas", rigs, tmp_path, ttl=ttl)
         task = asyncio.create_task(agent.run())
         try:
             await wait_until(lambda: agent.follower.resynced, 10, "the resync")
-            fleet, kv_desired, kv_reported = await create_buckets(server.url)
+            fleet, kv_desired, kv_reported = await fleet_buckets(server)
             await kv_desired.put("texas", desired("texas", 1, 1, 0.7, ttl=ttl))
             await wait_until(lambda: rigs[0].level == 0.7, 10, "the level")
             await fleet.close()
-            server.stop()
+            await asyncio.to_thread(server.stop)
             stopped = asyncio.get_running_loop().time()
             await wait_until(lambda: not agent.connected, 10, "the disconnect")
             assert agent.mode == "following"
             await wait_until(lambda: rigs[0].level == 0.0 and agent.mode == "fail_safe", 10, "the fail-safe")
             to_fail_safe = asyncio.get_running_loop().time() - stopped
             await asyncio.to_thread(server.start)
-            fleet, kv_desired, kv_reported = await create_buckets(server.url)
+            fleet, kv_desired, kv_reported = await fleet_buckets(server)
             await wait_until(lambda: agent.connected, 20, "the reconnect")
             report = await wait_for_report(kv_reported, lambda r: r["bus_connected"] and r["mode"] == "fail_safe")
             await kv_desired.put("texas", desired("texas", 1, 2, 1.0, ttl=ttl * 10))
             await wait_until(lambda: rigs[0].level == 1.0 and agent.mode == "following", 10, "following again")
             await fleet.close()
             # A stop while the bus is down ends at once.
-            server.stop()
+            await asyncio.to_thread(server.stop)
             await wait_until(lambda: not agent.connected, 10, "the disconnect")
             t = asyncio.get_running_loop().time()
             agent.stop()
@@ -174,10 +164,7 @@ def test_partition_fail_safe_then_resync(tmp_path):
             agent.stop()
             await asyncio.gather(task, return_exceptions=True)
 
-    try:
-        to_fail_safe, report, stop_s = asyncio.run(scenario())
-    finally:
-        server.stop()
+    to_fail_safe, report, stop_s = asyncio.run(scenario())
     assert to_fail_safe < ttl + 5
     assert report["level"] == 0.0 and report["applied_revision"] == (1 << 32) | 1
     assert stop_s < 5
@@ -207,14 +194,18 @@ def test_without_the_bus_a_site_with_its_own_feed_runs_its_own_threshold(tmp_pat
     rigs = [Rig("s19-01")]
     rigs[0].level = 0.5
 
-    async def unreachable(**callbacks):
-        raise OSError("connection refused")
+    from miner.config import BusConfig
+    from miner.fleet.bus import Bus
+    from miner.node.regtest import free_port
+
+    unreachable = Bus(BusConfig(url=f"nats://127.0.0.1:{free_port()}", user="texas"), site="texas",
+                      environ={"GRIDMINER_BUS_PASSWORD": "x"})
 
     async def scenario():
         metrics = Metrics()
         own = OwnThreshold(fleet, site, feed_for_site(site, tmp_path), lambda: None) if has_own_feed(fleet, site) \
             else None
-        agent = SiteAgent("texas", connect=unreachable, decode=decoder("texas"),
+        agent = SiteAgent("texas", bus=unreachable, decode=decoder("texas"),
                           devices=SiteDevices("texas", rigs, metrics=metrics), fail_safe=site.fail_safe,
                           desired_ttl_seconds=1.0, report_interval_seconds=0.2, state_dir=tmp_path, metrics=metrics,
                           own_price=own, own_price_interval=0.1)
@@ -233,12 +224,11 @@ def test_without_the_bus_a_site_with_its_own_feed_runs_its_own_threshold(tmp_pat
     assert asyncio.run(scenario()) == ("fail_safe", level)
 
 
-def test_a_restarted_agent_never_applies_an_older_revision(tmp_path):
-    server = LocalNats(tmp_path, ["texas"])
-    server.start()
+def test_a_restarted_agent_never_applies_an_older_revision(tmp_path, nats_server):
+    server = nats_server(["texas"])
 
     async def scenario():
-        fleet, kv_desired, _ = await create_buckets(server.url)
+        fleet, kv_desired, _ = await fleet_buckets(server)
         rigs = [Rig("s19-01")]
         metrics = Metrics()
         agent = make_agent(server, "texas", rigs, tmp_path, metrics=metrics)
@@ -262,7 +252,4 @@ def test_a_restarted_agent_never_applies_an_older_revision(tmp_path):
             await asyncio.wait_for(task, 5)
             await fleet.close()
 
-    try:
-        asyncio.run(scenario())
-    finally:
-        server.stop()
+    asyncio.run(scenario())

@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 
 from miner.fleet import records
 from miner.node.regtest import free_port
-from tests.fleet.nats_local import FLEET_PASSWORD, LocalNats, create_buckets, site_password
+from tests.fleet.site_helpers import bus_as, fleet_buckets
 from tests.miner_run import node_credentials
 from tests.test_sched_run import Process, agent_devs, scrape
 
@@ -82,34 +83,76 @@ token_env = "RIG_TOKEN"
 
 def site_config(tmp: Path, site: str, public_key: str) -> Path:
     path = tmp / f"{site}.toml"
-    path.write_text(f'[bus]\nuser = "{site}"\nleader_public_key = "{public_key}"\nstate_dir = "{tmp / "state"}"\n'
+    path.write_text(f'[bus]\nleader_public_key = "{public_key}"\nstate_dir = "{tmp / "state"}"\n'
                     f"desired_ttl_seconds = {TTL}\nreport_interval_seconds = 0.5\n")
     return path
 
 
 class Leader:
-    """Signs and writes desired states as the fleet leader does, and reads reports."""
+    """The fleet leader as the sites see it: every REFRESH_S it writes each site's level
+    afresh (a new revision, a new valid_until), signed; `put` changes a level at once.
+    Runs its own event loop on a thread, with one fleet connection that reconnects."""
 
-    def __init__(self, url: str, key) -> None:
-        self.url, self.key, self.epoch, self.seq = url, key, 1, 0
+    REFRESH_S = 1.0
 
-    def put(self, site: str, level: float, *, raw: bytes | None = None, epoch: int | None = None) -> int:
-        async def go():
-            nc, desired, _ = await create_buckets(self.url)
-            try:
-                if raw is not None:
-                    await desired.put(site, raw)
-                    return 0
-                self.seq += 1
-                state = records.make_desired(
-                    site, epoch=epoch or self.epoch, seq=self.seq, level=level,
-                    reason="price_below_breakeven" if level > 0 else "price_above_breakeven",
-                    issued_at=datetime.now(timezone.utc), ttl_seconds=TTL, hashprice=0.05, leader="test")
-                await desired.put(site, records.encode_desired(state, self.key))
-                return state.revision
-            finally:
-                await nc.close()
-        return asyncio.run(go())
+    def __init__(self, server, key) -> None:
+        self.server, self.key, self.epoch, self.seq = server, key, 1, 0
+        self.levels: dict[str, float] = {}
+        self.refreshing = True
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.fleet, self.desired, self.reported = self._call(fleet_buckets(server))
+        self._refresher = asyncio.run_coroutine_threadsafe(self._refresh(), self.loop)
+
+    def _call(self, coro, timeout: float = 30):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self._refresher.cancel()
+
+        async def shutdown():
+            await self.fleet.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+        try:
+            self._call(shutdown())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+    def record(self, site: str, level: float) -> tuple[bytes, int]:
+        self.seq += 1
+        state = records.make_desired(
+            site, epoch=self.epoch, seq=self.seq, level=level,
+            reason="price_below_breakeven" if level > 0 else "price_above_breakeven",
+            issued_at=datetime.now(timezone.utc), ttl_seconds=TTL, hashprice=0.05, leader="test")
+        return records.encode_desired(state, self.key), state.revision
+
+    async def _write(self, site: str, level: float) -> int:
+        raw, revision = self.record(site, level)
+        await self.desired.put(site, raw)
+        return revision
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self.REFRESH_S)
+            if self.refreshing:
+                for site, level in list(self.levels.items()):
+                    try:
+                        await self._write(site, level)
+                    except Exception:   # the bus is down: the next round tries again
+                        pass
+
+    def put(self, site: str, level: float) -> int:
+        self.levels[site] = level
+        return self._call(self._write(site, level))
+
+    def put_raw(self, site: str, raw: bytes) -> None:
+        self._call(self.desired.put(site, raw))
 
     def signed(self, site: str, level: float, *, epoch: int, seq: int, key=None) -> bytes:
         state = records.make_desired(site, epoch=epoch, seq=seq, level=level, reason="price_below_breakeven",
@@ -118,16 +161,12 @@ class Leader:
         return records.encode_desired(state, key or self.key)
 
     def report(self, site: str) -> dict | None:
-        async def go():
-            nc = await nats.connect(self.url, user="fleet", password=FLEET_PASSWORD)
+        async def get():
             try:
-                kv = await nc.jetstream().key_value("gridminer_reported")
-                return json.loads((await kv.get(site)).value)
-            except Exception:
+                return json.loads((await self.reported.get(site)).value)
+            except Exception:   # no report yet
                 return None
-            finally:
-                await nc.close()
-        return asyncio.run(go())
+        return self._call(get())
 
 
 def status(api: int) -> str | None:
@@ -150,14 +189,11 @@ def wait(predicate, timeout: float, what: str, *procs: Process):
         time.sleep(0.05)
 
 
-def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, tmp_path):
+def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, nats_server, tmp_path):
     node = regtest_node
-    server = LocalNats(tmp_path, ["texas", "paris"])
-    server.start()
+    server = nats_server(["texas", "paris"])
     key = records.new_signing_key()
-    leader = Leader(server.url, key)
-    leader.put("texas", 1.0)   # creates the buckets, as the fleet does before any site starts
-    leader.put("paris", 1.0)
+    leader = Leader(server, key)   # creates the buckets, as the fleet does before any site starts
     apis = {name: free_port() for name in ("rig1", "rig2", "rig3")}
     env = dict(os.environ, RIG_TOKEN=TOKEN, WRONG_TOKEN="not-the-token", GRIDMINER_AGENT_TOKEN=TOKEN)
     credentials, node_auth = node_credentials(node)
@@ -179,7 +215,8 @@ def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, tmp_path):
             rig.wait_for_line(r"cgminer-compatible API at", 120)
         agents = {}
         for site in ("texas", "paris"):
-            site_env = dict(env, GRIDMINER_BUS_PASSWORD=site_password(site))
+            leader.put(site, 1.0)
+            site_env = dict(env, GRIDMINER_BUS_PASSWORD=server.site_user(site)[1])
             agents[site] = Process([sys.executable, "-m", "miner", "run", "--mode", "site", "--site", site,
                                     "--sites", str(sites), "--bus", server.url,
                                     "-c", str(site_config(tmp_path, site, records.public_key_hex(key))),
@@ -194,8 +231,9 @@ def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, tmp_path):
         rev = leader.put("texas", 0.0)
         wait(lambda: status(apis["rig1"]) == "Idle", 30, "rig1 paused", *everyone)
         figures["desired_to_paused_s"] = time.monotonic() - t0
-        report = wait(lambda: (r := leader.report("texas")) and r["ack"] and r["ack"]["revision"] == rev and r,
-                      30, "texas's ack", *everyone)
+        # The ack of that revision, or of a refresh after it (same level, newer revision).
+        report = wait(lambda: (r := leader.report("texas")) and r["ack"] and r["ack"]["revision"] >= rev
+                      and r["desired_level"] == 0.0 and r, 30, "texas's ack", *everyone)
         assert report["ack"]["outcome"] == "partial" and "rig3" in report["ack"]["detail"], report
         by_name = {d["name"]: d for d in report["devices"]}
         # Levels as each agent reports them (0 paused, 1 not): a regtest rig idles between
@@ -210,10 +248,10 @@ def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, tmp_path):
         wait(lambda: status(apis["rig1"]) == "Alive", 30, "rig1 resumed", *everyone)
 
         # Bad input on texas's key: logged, counted, never applied.
-        leader.put("texas", 0, raw=b'{"v":1,"site":"texas","level":0.0')
-        leader.put("texas", 0, raw=leader.signed("texas", 0.0, epoch=1, seq=99, key=records.new_signing_key()))
-        leader.put("texas", 0, raw=leader.signed("paris", 0.0, epoch=1, seq=100))
-        leader.put("texas", 0, raw=leader.signed("texas", 0.0, epoch=1, seq=1))   # from the past
+        leader.put_raw("texas", b'{"v":1,"site":"texas","level":0.0')
+        leader.put_raw("texas", leader.signed("texas", 0.0, epoch=1, seq=99, key=records.new_signing_key()))
+        leader.put_raw("texas", leader.signed("paris", 0.0, epoch=1, seq=100))
+        leader.put_raw("texas", leader.signed("texas", 0.0, epoch=1, seq=1))   # from the past
         rejected = 'gridminer_bus_rejected_total{{reason="{}",site="texas"}}'
         wait(lambda: all(scrape(metrics["texas"]).get(rejected.format(r), 0) >= 1 for r in
                          ("malformed", "bad_signature", "wrong_site", "stale_revision")), 30, "four refusals",
@@ -221,9 +259,9 @@ def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, tmp_path):
         assert status(apis["rig1"]) == "Alive", "no bad record was applied"
         agents["texas"].wait_for_line(r"desired record refused, never applied \(bad_signature\)", 5)
 
-        # Partition: the bus goes away. texas (curtail) pauses after its desired state
-        # expires; paris (hold) keeps hashing.
-        leader.put("paris", 1.0)
+        # Partition: the bus (and the leader with it) goes away. texas (curtail) pauses
+        # after its desired state expires; paris (hold) keeps hashing.
+        leader.refreshing = False
         server.stop()
         t0 = time.monotonic()
         wait(lambda: status(apis["rig1"]) == "Idle", TTL + 30, "texas's fail-safe", *everyone)
@@ -244,7 +282,7 @@ def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, tmp_path):
             wait(lambda s=site: (r := leader.report(s)) and r["bus_connected"] and r["mode"] == "fail_safe"
                  and time.time() - datetime.fromisoformat(r["at"][:-1]).replace(tzinfo=timezone.utc).timestamp() < 5,
                  60, f"{site}'s fresh report", *everyone)
-        leader.epoch = 2   # a new leader after the outage
+        leader.epoch, leader.refreshing = 2, True   # a new leader after the outage
         leader.put("texas", 1.0)
         wait(lambda: status(apis["rig1"]) == "Alive", 30, "texas following again", *everyone)
 
@@ -255,7 +293,8 @@ def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, tmp_path):
             assert p.stop() == 0, p.tail()
             assert time.monotonic() - t0 < 5
     finally:
-        codes = [p.stop() for p in reversed(procs)]
-        server.stop()
+        for p in reversed(procs):
+            p.stop()
+        leader.close()
     print(f"\nfigures: {figures}")
     assert "Traceback" not in "".join(p.log() for p in procs)
