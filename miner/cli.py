@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate each site hour by hour on recorded prices for always-on, the breakeven "
                     "threshold, threshold with hysteresis, gridminer's policy and the hindsight optimum; "
                     "print profit, energy, prices paid, uptime, starts, violations and the capture ratio."))
+    from miner.fleet.cli import FLEET_DESCRIPTION, add_arguments as add_fleet_arguments
+
+    add_fleet_arguments(sub.add_parser(
+        "fleet", help="the fleet scheduler: desired state for every site agent over NATS JetStream",
+        formatter_class=argparse.RawDescriptionHelpFormatter, description=FLEET_DESCRIPTION))
     run.add_argument("-c", "--config", metavar="FILE", help="TOML config file (see README: Configuration)")
     run.add_argument("--node", metavar="URL",
                      help="node RPC URL, http://HOST:PORT (node.url; default: start the pinned regtest node)")
@@ -181,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         return bench.main(args)
     if args.command == "run":
         return _run(args)
+    if args.command == "fleet":
+        from miner.fleet.cli import run_cli as run_fleet_cli
+
+        return run_fleet_cli(args)
     if args.command == "backtest":
         from miner.sched.backtest import run_cli
 

@@ -170,6 +170,29 @@ class Metrics:
                                     "hashprice_unavailable, hashprice_error, hashprice_invalid)", ["kind"],
                                     registry=r)
 
+        # Fleet scheduler (miner fleet): leadership and each site's desired vs reported state
+        self.fleet_leader = Gauge("gridminer_fleet_leader", "1 while this fleet process holds the leader lease",
+                                  registry=r)
+        self.fleet_lease_age = Gauge("gridminer_fleet_lease_age_seconds",
+                                     "Seconds since the leader lease was last renewed (this process's own "
+                                     "renewal while it leads, else the holder's as last read)", registry=r)
+        self.fleet_desired_level = Gauge("gridminer_fleet_desired_level", "Level in the site's desired state",
+                                         ["site"], registry=r)
+        self.fleet_reported_level = Gauge("gridminer_fleet_reported_level",
+                                          "Level the site reports in force", ["site"], registry=r)
+        self.fleet_desired_revision = Gauge("gridminer_fleet_desired_revision",
+                                            "Revision (epoch << 32 | seq) of the site's desired state",
+                                            ["site"], registry=r)
+        self.fleet_last_ack_age = Gauge("gridminer_fleet_last_ack_age_seconds",
+                                        "Seconds since the site last acknowledged a desired state", ["site"],
+                                        registry=r)
+        self.fleet_site_reporting = Gauge("gridminer_fleet_site_reporting",
+                                          "1 while the site's last report is fresh (< 3 report intervals old)",
+                                          ["site"], registry=r)
+        self.fleet_bus_errors = Counter("gridminer_fleet_bus_errors_total",
+                                        "Fleet bus operations that failed, by kind (write, read, lease, "
+                                        "report_malformed)", ["kind"], registry=r)
+
         # Site agent on the fleet bus (miner run --mode site)
         self.bus_connected = Gauge("gridminer_bus_connected", "1 while the site agent is connected to the bus",
                                    ["site"], registry=r)

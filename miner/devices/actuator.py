@@ -89,11 +89,8 @@ class SiteMeasurement:
     hashing: bool
     hashrate_hs: float                 # what the hashing devices report
     power_w: float | None              # every device's watts summed; None when any cannot tell
-    devices: tuple[DeviceOutcome, ...] = ()   # empty: a modelled site (no devices)
-
-    @property
-    def modelled(self) -> bool:
-        return not self.devices
+    devices: tuple[DeviceOutcome, ...] = ()
+    modelled: bool = False             # no device to measure: the site does what it was told
 
 
 def usable_watts(value: float | None) -> float | None:
@@ -110,7 +107,7 @@ def site_measurement(decision_level: float, before_level: float,
     leaves the site at its level before (1.0 when that was unknown). A site without
     devices is modelled: it does what it was told."""
     if not outcomes:
-        return SiteMeasurement(decision_level, decision_level > 0, 0.0, None)
+        return SiteMeasurement(decision_level, decision_level > 0, 0.0, None, modelled=True)
     hashing = any(o.hashing for o in outcomes)
     if decision_level > 0:
         level = decision_level if hashing else 0.0

@@ -527,7 +527,7 @@ def hashprice_source_for(economics: Any, *, rpc: Any = None,
 
 
 def fleet_setting_problems(fleet: Any, *, local_site: str | None = None,
-                           environ: Mapping[str, str] | None = None) -> list[str]:
+                           environ: Mapping[str, str] | None = None, devices: bool = True) -> list[str]:
     """Everything wrong or missing in a loaded sites file's feeds and devices, all of it
     (a bad key, an unreadable price file, an environment variable a feed or device needs
     that is not set), so a run can refuse to start with one complete list before it
@@ -545,7 +545,7 @@ def fleet_setting_problems(fleet: Any, *, local_site: str | None = None,
         for var, what in feed_environment(site.feed):
             if not env.get(var):
                 problems.append(f"site {site.name!r} feed: environment variable {var} ({what}) is not set")
-        for table in site.devices:
+        for table in site.devices if devices else ():  # a fleet scheduler leaves devices to the sites
             if isinstance(table, Mapping) and table.get("kind") == "local":
                 if site.name != local_site:
                     problems.append(f"site {site.name!r} device {table.get('name', '?')!r}: kind 'local' "
