@@ -298,3 +298,129 @@ def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, nats_serve
         leader.close()
     print(f"\nfigures: {figures}")
     assert "Traceback" not in "".join(p.log() for p in procs)
+
+
+# --- the whole chain: price feed -> miner fleet (leader + standby) -> site agents -> rigs ----
+
+LEASE_TTL = 3.0
+
+
+def write_fleet_sites(tmp: Path, price_url: str, apis: dict[str, int]) -> Path:
+    sites = tmp / "fleet-sites.toml"
+    sites.write_text(f"""
+[economics]
+hashprice_usd_per_th_day = 0.05
+pool_fee = 0.02
+
+[[site]]
+name = "texas"
+capacity_mw = 0.001
+efficiency_j_per_th = 20.0
+price_ttl_seconds = 600
+[site.feed]
+kind = "http_json"
+url = "{price_url}"
+price_path = "price"
+resolution_minutes = 5
+[[site.device]]
+kind = "agent"
+name = "rig1"
+host = "127.0.0.1"
+port = {apis['rig1']}
+token_env = "RIG_TOKEN"
+
+[[site]]
+name = "paris"
+capacity_mw = 0.001
+efficiency_j_per_th = 20.0
+[site.feed]
+kind = "static"
+price = 20.0
+[[site.device]]
+kind = "agent"
+name = "rig2"
+host = "127.0.0.1"
+port = {apis['rig2']}
+token_env = "RIG_TOKEN"
+""")
+    return sites
+
+
+def test_miner_fleet_drives_site_agents_by_price_and_a_standby_takes_over(regtest_node, nats_server, tmp_path):
+    from tests.test_sched_run import PriceAPI
+
+    node = regtest_node
+    server = nats_server(["texas", "paris"])
+    key_path = tmp_path / "fleet.key"
+    done = __import__("subprocess").run([sys.executable, "-m", "miner", "fleet", "keygen", "--out", str(key_path)],
+                                        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    public = done.stdout.split('leader_public_key = "')[1].split('"')[0]
+    apis = {name: free_port() for name in ("rig1", "rig2")}
+    env = dict(os.environ, RIG_TOKEN=TOKEN, GRIDMINER_AGENT_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
+    credentials, node_auth = node_credentials(node)
+    env.update(credentials)
+    procs: list[Process] = []
+    figures = {}
+    with PriceAPI(20.0) as prices:
+        sites = write_fleet_sites(tmp_path, prices.url, apis)
+        try:
+            pool = Process([sys.executable, "-m", "miner", "run", "--node", node.rpc_url, "--address",
+                            node.new_address("bech32"), "--threads", "0", "--journal", str(tmp_path / "j.jsonl"),
+                            "--stratum", "127.0.0.1:0", "--metrics", "off", "--log-level", "warning", *node_auth],
+                           env)
+            procs.append(pool)
+            stratum = pool.wait_for_line(r"stratum server for ASICs and rigs at (stratum\+tcp://\S+)", 120).group(1)
+            for name, site in (("rig1", "texas"), ("rig2", "paris")):
+                rig = Process([sys.executable, "-m", "miner", "run", "--mode", "agent", "--pool", stratum, "--user",
+                               f"{site}.{name}", "--api", f"127.0.0.1:{apis[name]}", "--threads", "1",
+                               "--metrics", "off", "--log-level", "warning"], env)
+                procs.append(rig)
+                rig.wait_for_line(r"cgminer-compatible API at", 120)
+            fleets = {}
+            for name in ("fleet-a", "fleet-b"):
+                config = tmp_path / f"{name}.toml"
+                config.write_text(f'[sched]\ninterval_seconds = 0.5\n[bus]\nuser = "fleet"\nname = "{name}"\n'
+                                  f'lease_ttl_seconds = {LEASE_TTL}\ndesired_ttl_seconds = 60\n'
+                                  f'report_interval_seconds = 0.5\nsigning_key_file = "fleet.key"\n'
+                                  f'[metrics]\nlisten = "off"\n')
+                fleets[name] = Process([sys.executable, "-m", "miner", "fleet", "-c", str(config), "--sites",
+                                        str(sites), "--bus", server.url, "--log-level", "info"],
+                                       dict(env, GRIDMINER_BUS_PASSWORD=server.fleet_user[1]))
+                procs.append(fleets[name])
+                if name == "fleet-a":
+                    fleets[name].wait_for_line(r"fleet-a: leader \(lease epoch", 120)
+            for site in ("texas", "paris"):
+                cfg = tmp_path / f"{site}.toml"
+                cfg.write_text(f'[bus]\nleader_public_key = "{public}"\nstate_dir = "{tmp_path / "state"}"\n'
+                               f"desired_ttl_seconds = 60\nreport_interval_seconds = 0.5\n")
+                procs.append(Process([sys.executable, "-m", "miner", "run", "--mode", "site", "--site", site,
+                                      "--sites", str(sites), "--bus", server.url, "-c", str(cfg), "--metrics", "off",
+                                      "--log-level", "info"],
+                                     dict(env, GRIDMINER_BUS_PASSWORD=server.site_user(site)[1])))
+            everyone = tuple(procs)
+            wait(lambda: status(apis["rig1"]) == "Alive" and status(apis["rig2"]) == "Alive", 120,
+                 "both rigs hashing", *everyone)
+
+            # Dear power in Texas: the leader curtails texas, its rig pauses; paris runs on.
+            t0 = time.monotonic()
+            prices.price = 300.0
+            wait(lambda: status(apis["rig1"]) == "Idle", 60, "rig1 paused by price", *everyone)
+            figures["price_to_paused_s"] = time.monotonic() - t0
+            assert status(apis["rig2"]) == "Alive"
+
+            # The leader dies; the standby leads and drives the next change.
+            fleets["fleet-a"].proc.kill()
+            t0 = time.monotonic()
+            everyone = tuple(p for p in procs if p is not fleets["fleet-a"])
+            prices.price = 20.0
+            fleets["fleet-b"].wait_for_line(r"fleet-b: leader \(lease epoch", LEASE_TTL * 10)
+            wait(lambda: status(apis["rig1"]) == "Alive", 60, "rig1 resumed by the standby", *everyone)
+            figures["leader_kill_to_resumed_s"] = time.monotonic() - t0
+            assert status(apis["rig2"]) == "Alive"
+        finally:
+            for p in reversed(procs):
+                p.stop()
+    print(f"\nfigures: {figures}")
+    assert "Traceback" not in "".join(p.log() for p in procs)
+    assert server.fleet_user[1] not in "".join(p.log() for p in procs), "a bus password showed in a log"
