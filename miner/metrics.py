@@ -23,6 +23,7 @@ disable_created_metrics()
 # inconclusive: valid but not on the node's best chain (BIP22), never counted as rejected.
 BLOCK_STAGES = ("found", "submitted", "accepted", "inconclusive", "rejected", "stale")
 UPSTREAM_SHARE_RESULTS = ("accepted", "rejected", "unknown", "stale", "invalid")
+FLEET_BUS_ERROR_KINDS = ("write", "read", "report_malformed", "buckets", "lease")
 
 
 class Metrics:
@@ -217,6 +218,8 @@ class Metrics:
             self.upstream_shares.labels(result)
         for kind in ("unavailable", "auth"):  # the worded kinds; node codes are rpc_<code>
             self.rpc_errors.labels(kind)
+        for kind in FLEET_BUS_ERROR_KINDS:
+            self.fleet_bus_errors.labels(kind)
 
         # Build and run
         self.build_info = Gauge("gridminer_build_info", "Always 1; labels say what runs",
