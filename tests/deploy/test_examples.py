@@ -135,9 +135,13 @@ def interpolate(value: str) -> str:
     return value.replace("$$", "$")
 
 
+GRIDMINER_SERVICES = ("gridminer", "fleet", "rig", "site-texas")   # `miner ...` with the image's entrypoint
+
+
 def test_compose_runs_gridminer_with_options_it_accepts():
     services = compose()["services"]
-    assert set(services) == {"bitcoind", "gridminer", "prometheus", "grafana"}
+    assert set(services) == {"bitcoind", "gridminer", "prometheus", "grafana", "nats", "bus-key", "fleet", "rig",
+                             "site-texas"}
     for name, service in services.items():
         image = service.get("image", "")
         assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image version"
@@ -147,10 +151,36 @@ def test_compose_runs_gridminer_with_options_it_accepts():
     args = build_parser().parse_args([interpolate(a) for a in gridminer["command"]])
     assert args.command == "run"
     address_to_script(args.address, "regtest")  # the default payout address is a valid regtest one
-    assert not any("PASSWORD" in a or "password" in a for a in gridminer["command"]), "secrets in argv"
+    for name in GRIDMINER_SERVICES:
+        command = [interpolate(a) for a in services[name]["command"]]
+        build_parser().parse_args(command)   # exits (SystemExit) on an option miner does not take
+        assert not any("PASSWORD" in a or "password" in a or "TOKEN" in a for a in command), f"{name}: secrets in argv"
     assert {"GRIDMINER_RPC_USER", "GRIDMINER_RPC_PASSWORD"} <= set(gridminer["environment"])
     build = gridminer["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == (DEPLOY / "Dockerfile").resolve()
+
+
+def test_compose_fleet_bus_uses_the_shipped_server_config_and_one_password_per_user():
+    """nats runs deploy/nats/nats-server.conf with every variable it reads set; the fleet and
+    the site get the passwords of their own users; the site's sites file and the fleet's
+    are one file, whose site has a user on the server."""
+    import re as _re
+
+    from miner.sched.sites import load_sites
+
+    services = compose()["services"]
+    nats = services["nats"]
+    assert "./nats/nats-server.conf:/etc/nats/gridminer.conf:ro" in nats["volumes"]
+    wanted = set(_re.findall(r"password: \$([A-Z_]+)", (DEPLOY / "nats" / "nats-server.conf").read_text()))
+    assert wanted and wanted <= set(nats["environment"])
+    env = {k: interpolate(v).strip('"') for k, v in nats["environment"].items()}
+    fleet_pw = interpolate(services["fleet"]["environment"]["GRIDMINER_BUS_PASSWORD"])
+    site_pw = interpolate(services["site-texas"]["environment"]["GRIDMINER_BUS_PASSWORD"])
+    assert env["GRIDMINER_NATS_FLEET_PASSWORD"] == fleet_pw and env["GRIDMINER_NATS_TEXAS_PASSWORD"] == site_pw
+    assert fleet_pw != site_pw
+    fleet_config = load(EXAMPLES / "compose-fleet.toml", env={})
+    assert Path(fleet_config.sched.sites).name == "compose-sites.toml"
+    assert [s.name for s in load_sites(EXAMPLES / "compose-sites.toml").sites] == ["texas"]
 
 
 def test_compose_rpcauth_default_matches_the_default_password():
