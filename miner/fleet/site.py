@@ -206,9 +206,14 @@ class SiteAgent:
                  asyncio.create_task(self._control(), name=f"control:{self.site}")]
         if self._own_price is not None:
             tasks.append(asyncio.create_task(self._watch_own_price(), name=f"own-price:{self.site}"))
+        stopping = asyncio.create_task(self._stopping.wait())
         try:
-            await self._stopping.wait()
+            done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopping and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()   # a bug: the run ends (and its service restarts) loudly
         finally:
+            stopping.cancel()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -232,7 +237,16 @@ class SiteAgent:
             await self.bus.connect()
         except BusStopped:
             return
-        await self.bus.subscribe_desired(self.site, self._on_desired_message)
+        delay = RESYNC_RETRY_FIRST
+        while not self._stopping.is_set():
+            try:
+                await self.bus.subscribe_desired(self.site, self._on_desired_message)
+                break
+            except Exception as e:  # noqa: BLE001 - the link dropped at once: nats-py reconnects
+                log.info("site %s: cannot subscribe yet (%s); retrying in %.1f s", self.site,
+                         str(e) or type(e).__name__, delay)
+                await self._pause(delay)
+                delay = min(delay * 2, RESYNC_RETRY_CAP)
         self._resync.set()
         while not self._stopping.is_set():
             await self._resync.wait()
@@ -315,27 +329,18 @@ class SiteAgent:
         self._wake.set()
 
     async def _control(self) -> None:
+        """Apply what the follower says, report, then wait for new input, an expiry or the
+        next report. A failing pass (a bug, a full disk) is logged and the next one comes."""
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             self._wake.clear()
-            now = self.clock()
-            target = self.follower.target(now, self._own)
-            self._set_mode(target.mode, target)
-            m = self.metrics
-            d = self.follower.desired
-            m.bus_desired_level.labels(self.site).set(target.level if target.mode == "following" else math.nan)
-            if d is not None:
-                m.bus_desired_age.labels(self.site).set(max(0.0, (now - d.issued_at).total_seconds()))
-            new_revision = target.mode == "following" and self.follower.needs_apply()
-            if target.level is not None and (new_revision or target.level != self._level):
-                await self._apply_target(target, new_revision)
-                self._report_due = 0.0
-            elif loop.time() >= self._report_due:
-                # Report what the devices do; one that drifted from the level in force is told again.
-                self.in_force = await (self.devices.apply(self._level) if self._level is not None
-                                       else self.devices.read())
-            if loop.time() >= self._report_due:
-                await self._report(self.clock())
+            try:
+                await self._control_pass(loop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("site %s: control pass failed; trying again in %.3g s", self.site,
+                              self.report_interval)
                 self._report_due = loop.time() + self.report_interval
             wait = self._report_due - loop.time()
             change = self.follower.next_change(self.clock())
@@ -345,6 +350,26 @@ class SiteAgent:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
             except asyncio.TimeoutError:
                 pass
+
+    async def _control_pass(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = self.clock()
+        target = self.follower.target(now, self._own)
+        self._set_mode(target.mode, target)
+        d = self.follower.desired
+        self.metrics.bus_desired_level.labels(self.site).set(target.level if target.mode == "following" else math.nan)
+        if d is not None:
+            self.metrics.bus_desired_age.labels(self.site).set(max(0.0, (now - d.issued_at).total_seconds()))
+        new_revision = target.mode == "following" and self.follower.needs_apply()
+        if target.level is not None and (new_revision or target.level != self._level):
+            await self._apply_target(target, new_revision)
+            self._report_due = 0.0
+        elif loop.time() >= self._report_due:
+            # Report what the devices do; one that drifted from the level in force is told again.
+            self.in_force = await (self.devices.apply(self._level) if self._level is not None
+                                   else self.devices.read())
+        if loop.time() >= self._report_due:
+            await self._report(self.clock())
+            self._report_due = loop.time() + self.report_interval
 
     async def _apply_target(self, target: Target, new_revision: bool) -> None:
         level = float(target.level)
@@ -408,9 +433,18 @@ class SiteAgent:
     # -- own price -------------------------------------------------------------------------
 
     async def _watch_own_price(self) -> None:
+        """The site's own price, read while it may matter: whenever no desired state is in
+        force, and ahead of the one in force expiring (a paid price API is not read every
+        minute at every site for nothing)."""
         while not self._stopping.is_set():
+            now = self.clock()
+            d = self.follower.desired
+            if self.mode == "following" and d is not None and \
+                    (expires_at(d, self.follower.desired_ttl) - now).total_seconds() > 2 * self.own_price_interval:
+                await self._pause(self.own_price_interval)
+                continue
             try:
-                own = await self._own_price(self.clock())
+                own = await self._own_price(now)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the feed's failures are its own to log

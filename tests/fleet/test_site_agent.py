@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from miner.devices.actuator import RetryPolicy
 from miner.devices.model import DeviceReading
@@ -253,3 +256,26 @@ def test_a_restarted_agent_never_applies_an_older_revision(tmp_path, nats_server
             await fleet.close()
 
     asyncio.run(scenario())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode)
+       | st.fixed_dictionaries({"highest_applied_revision": st.one_of(st.integers(), st.text(), st.none(),
+                                                                      st.booleans()),
+                                "record": st.one_of(st.text(), st.none(), st.integers())}).map(
+           lambda d: json.dumps(d).encode()))
+def test_a_damaged_state_file_never_stops_a_start(content):
+    """Whatever a crash or a disk left in the state file, load() answers (revision, record)
+    with a real int or nothing, never an exception."""
+    import tempfile
+
+    from miner.fleet.site import StateFile
+
+    with tempfile.TemporaryDirectory() as d:
+        state = StateFile(Path(d), "texas")
+        state.path.write_bytes(content)
+        revision, record = state.load()
+        assert revision is None or (isinstance(revision, int) and not isinstance(revision, bool))
+        assert record is None or isinstance(record, bytes)
+        state.save(12884901889, b'{"x":1}')
+        assert state.load() == (12884901889, b'{"x":1}')

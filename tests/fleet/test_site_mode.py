@@ -424,3 +424,26 @@ def test_miner_fleet_drives_site_agents_by_price_and_a_standby_takes_over(regtes
     print(f"\nfigures: {figures}")
     assert "Traceback" not in "".join(p.log() for p in procs)
     assert server.fleet_user[1] not in "".join(p.log() for p in procs), "a bus password showed in a log"
+
+
+@pytest.mark.parametrize("site, env, expected", [
+    ("new york", {"GRIDMINER_BUS_PASSWORD": "x"}, "'new york' cannot be used on the bus"),
+    ("denver", {"GRIDMINER_BUS_PASSWORD": "x"}, "'denver' is not in the sites file"),
+    ("texas", {}, "GRIDMINER_BUS_PASSWORD"),
+    ("texas", {"GRIDMINER_BUS_PASSWORD": "x"}, "token_env 'RIG_TOKEN': that environment variable is not set"),
+])
+def test_site_mode_refuses_a_bad_setting_before_starting(tmp_path, site, env, expected):
+    """A wrong site, a missing password or a device token: exit 2 naming it, nothing started."""
+    import subprocess
+
+    sites = write_sites(tmp_path, {"rig1": 1, "rig2": 2, "rig3": 3})
+    config = site_config(tmp_path, "texas", records.public_key_hex(records.new_signing_key()))
+    clean = {k: v for k, v in os.environ.items() if k not in ("GRIDMINER_BUS_PASSWORD", "RIG_TOKEN", "WRONG_TOKEN")}
+    if not expected.startswith("token_env"):
+        clean.update(RIG_TOKEN="t", WRONG_TOKEN="w")
+    done = subprocess.run([sys.executable, "-m", "miner", "run", "--mode", "site", "--site", site, "--sites",
+                           str(sites), "-c", str(config), "--bus", "nats://127.0.0.1:1", "--metrics", "off"],
+                          capture_output=True, text=True, env=dict(clean, **env), timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert expected in done.stderr, done.stderr
+    assert not (tmp_path / "state").exists(), "nothing was started"
