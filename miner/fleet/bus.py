@@ -107,6 +107,7 @@ class Bus:
         self.connected = False
         self._stopping = asyncio.Event()
         self._log = LimitedLog(log)
+        self._closing = False
         self.request_timeout = REQUEST_TIMEOUT_SECONDS
         # The server's last complaints ("Permissions Violation for Publish to ..."), newest last.
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
@@ -178,6 +179,7 @@ class Bus:
 
     async def close(self) -> None:
         self._stopping.set()
+        self._closing = True
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.close(), 2.0)
@@ -196,7 +198,7 @@ class Bus:
                 await result
 
     async def _disconnected(self) -> None:
-        if self.connected:
+        if self.connected and not self._closing:
             log.warning("bus disconnected from %s; reconnecting", self.settings.url)
         await self._set_state(False)
 

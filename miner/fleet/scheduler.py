@@ -220,7 +220,6 @@ class FleetRunner:
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
             if self.lease is not None:
-                self.lease.stop()
                 await self._bounded(self.lease.release(), "releasing the lease")
             await self._bounded(self.bus.close(), "closing the bus")
             self.metrics.fleet_leader.set(0)

@@ -117,10 +117,11 @@ def server_config(port: int, store_dir: str | Path, users: dict[str, tuple[str, 
 class NatsServer:
     def __init__(self, sites: Iterable[str] = (), *, port: int | None = None, binary: str | None = None,
                  workdir: str | Path | None = None, config_text: str | None = None,
-                 environ: dict[str, str] | None = None) -> None:
+                 environ: dict[str, str] | None = None, monitor_port: int | None = None) -> None:
         """`config_text`: run this configuration instead of the generated one (it must
         listen on 127.0.0.1:`port` and may use "{store_dir}"); `environ`: the server's
-        environment (variables the configuration reads)."""
+        environment (variables the configuration reads); `monitor_port`: serve nats-server's
+        HTTP monitoring (/varz: message counts) on 127.0.0.1 there."""
         self.sites = [check_site_name(s) for s in sites]
         self.binary = binary or find_nats_server()
         self.port = port or free_port()
@@ -131,6 +132,7 @@ class NatsServer:
         self.log_path = self.workdir / "nats-server.log"
         self._passwords = {FLEET_USER: secrets.token_hex(16)}
         self._passwords.update({site: secrets.token_hex(16) for site in self.sites})
+        self.monitor_port = monitor_port
         self.proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
         self.environ = environ
@@ -158,7 +160,10 @@ class NatsServer:
         users = {FLEET_USER: (self._passwords[FLEET_USER], FLEET_PERMISSIONS)}
         users.update({site: (self._passwords[site], site_permissions(site)) for site in self.sites})
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(server_config(self.port, self.store_dir, users))
+        text = server_config(self.port, self.store_dir, users)
+        if self.monitor_port is not None:
+            text += f"http: {_quoted(f'127.0.0.1:{self.monitor_port}')}\n"
+        self.config_path.write_text(text)
         os.chmod(self.config_path, 0o600)
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_multisite_example_builds_every_feed_and_device_with_every_kind():
     from miner.sched.sites import load_sites
 
     site_config = load(EXAMPLES / "multisite-site.toml", {"bus": {"site": "texas"}}, env={})
-    fleet_config = load(EXAMPLES / "multisite-fleet.toml", env={})
+    fleet_config = load(EXAMPLES / "fleet.toml", env={})
     assert Path(site_config.sched.sites).resolve() == Path(fleet_config.sched.sites).resolve()
     assert load(EXAMPLES / "multisite.toml", env={}).sched.sites is None, "the pool daemon schedules nothing"
     fleet = load_sites(site_config.sched.sites)
@@ -224,6 +224,20 @@ def test_units_have_a_dedicated_user_environment_file_restart_and_hardening():
     assert re.search(r"^u gridminer ", sysusers, re.M)
     regtest = unit_settings(SYSTEMD / "gridminer-regtest-node.service")
     assert regtest["User"] == ["gridminer"] and regtest["Restart"] == ["on-failure"]
+
+
+def test_fleet_unit_runs_the_fleet_example_with_the_daemons_user_and_hardening():
+    unit = unit_settings(SYSTEMD / "gridminer-fleet.service")
+    assert unit["User"] == ["gridminer"] and unit["EnvironmentFile"] == ["/etc/gridminer/gridminer.env"]
+    [exec_start] = unit["ExecStart"]
+    assert exec_start.split()[1:] == ["fleet", "-c", "/etc/gridminer/fleet.toml"]
+    settings = {f"{k}={v}" for k, values in unit.items() for v in values}
+    for option in HARDENING:
+        assert option in settings, option
+    config = load(EXAMPLES / "fleet.toml", env={})
+    assert config.sched.sites == str(EXAMPLES / "multisite-sites.toml")
+    assert config.bus.user == "fleet" and config.bus.signing_key_file == "/etc/gridminer/fleet.key"
+    assert "GRIDMINER_BUS_PASSWORD" in env_example_names()
 
 
 def test_service_reads_an_example_config_that_loads():

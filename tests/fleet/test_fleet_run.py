@@ -243,3 +243,20 @@ def test_without_a_signing_key_the_fleet_refuses_to_start(tmp_path):
                            "--metrics", "off"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "miner fleet keygen" in done.stderr
+
+
+def test_sigterm_stops_a_fleet_that_never_reached_its_bus_within_5_s(tmp_path):
+    sites, _ = write_files(tmp_path, "http://127.0.0.1:9/price")
+    config = fleet_config(tmp_path, "fleet-a")
+    port = free_port()   # nothing listens there
+    env = dict(os.environ, GRIDMINER_BUS_PASSWORD="never-shown-4711", PYTHONUNBUFFERED="1")
+    fleet = Process([sys.executable, "-m", "miner", "fleet", "-c", str(config), "--sites", str(sites),
+                     "--bus", f"nats://127.0.0.1:{port}"], env=env)
+    try:
+        fleet.wait_for_line(rf"(?i)bus nats://127\.0\.0\.1:{port}: .*(refused|connect)", 120)
+        started = time.monotonic()
+        assert fleet.stop(timeout=5) == 0, fleet.tail()
+        assert time.monotonic() - started < 5
+    finally:
+        fleet.stop(timeout=10)
+    assert "never-shown-4711" not in fleet.log()
