@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -447,3 +448,35 @@ def test_site_mode_refuses_a_bad_setting_before_starting(tmp_path, site, env, ex
     assert done.returncode == 2, done.stdout + done.stderr
     assert expected in done.stderr, done.stderr
     assert not (tmp_path / "state").exists(), "nothing was started"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_site_mode_stops_within_5_s_with_the_bus_down_and_a_device_that_hangs(tmp_path, sig):
+    """The bus never answers, the fail-safe is applying to a rig whose API accepts the
+    connection and says nothing: a stop still ends the run within 5 s, exit 0."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)   # accepts, never answers
+    try:
+        port = silent.getsockname()[1]
+        sites = write_sites(tmp_path, {"rig1": port, "rig2": port, "rig3": port})
+        config = site_config(tmp_path, "texas", records.public_key_hex(records.new_signing_key()))
+        config.write_text(config.read_text().replace(f"desired_ttl_seconds = {TTL}", "desired_ttl_seconds = 0.5"))
+        env = dict(os.environ, GRIDMINER_BUS_PASSWORD="x", RIG_TOKEN="t", WRONG_TOKEN="w")
+        proc = Process([sys.executable, "-m", "miner", "run", "--mode", "site", "--site", "texas", "--sites",
+                        str(sites), "-c", str(config), "--bus", f"nats://127.0.0.1:{free_port()}", "--metrics",
+                        "off", "--log-level", "info"], env)
+        try:
+            proc.wait_for_line(r"fail_safe, level 0\.00", 60)   # the apply to the silent rig is under way
+            t0 = time.monotonic()
+            proc.proc.send_signal(sig)
+            code = proc.proc.wait(30)
+            took = time.monotonic() - t0
+        finally:
+            proc.stop()
+    finally:
+        silent.close()
+    assert code == 0, proc.tail()
+    assert took < 5, f"took {took:.1f} s:\n{proc.tail()}"
