@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bus", metavar="URL", help="site mode: the fleet bus, nats://HOST:PORT (bus.url; user in "
                      "bus.user, password from GRIDMINER_BUS_PASSWORD)")
     run.add_argument("--pool", metavar="URL[,URL...]",
-                     help="agent/proxy: stratum+tcp://HOST:PORT pools in order of preference (upstream.pools; "
-                          "no default)")
+                     help="agent/proxy (and site, to mine too): stratum+tcp://HOST:PORT pools in order of preference "
+                          "(upstream.pools; no default)")
     run.add_argument("--user", metavar="NAME", help="agent/proxy: worker name, e.g. site.rig (upstream.user); "
                      "the pool password comes from the config or GRIDMINER_POOL_PASSWORD")
     run.add_argument("--api", metavar="HOST:PORT",

@@ -504,9 +504,11 @@ class OwnThreshold:
 
 # -- wiring from a sites file ----------------------------------------------------------------
 
-def site_setting_problems(fleet: Any, site_name: str, *, environ: Mapping[str, str] | None = None) -> list[str]:
+def site_setting_problems(fleet: Any, site_name: str, *, mines: bool = False,
+                          environ: Mapping[str, str] | None = None) -> list[str]:
     """Everything wrong with one site's devices and own feed (other sites' devices and
-    secrets are not this host's business): empty when build_site_devices will succeed."""
+    secrets are not this host's business): empty when build_site_agent will succeed.
+    `mines`: this run has CPU workers, so a kind "local" device is its own."""
     from miner.devices.drivers import make_device
     from miner.fleet.records import check_site_name
     from miner.sched.feeds import feed_for_site
@@ -522,8 +524,9 @@ def site_setting_problems(fleet: Any, site_name: str, *, environ: Mapping[str, s
     problems = []
     for table in site.devices:
         if isinstance(table, Mapping) and table.get("kind") == "local":
-            problems.append(f"site {site_name!r} device {table.get('name', '?')!r}: kind 'local' is not run by "
-                            "site mode (run the CPU workers as an agent rig: miner run --mode agent)")
+            if not mines:
+                problems.append(f"site {site_name!r} device {table.get('name', '?')!r}: kind 'local' needs this "
+                                "run to mine (give [upstream] pools), or run the CPU workers as an agent rig")
             continue
         try:
             make_device(table, site=site_name, environ=env)
@@ -549,18 +552,28 @@ def own_feed_missing(fleet: Any, site: Any, environ: Mapping[str, str] | None = 
 
 def build_site_agent(fleet: Any, site_name: str, *, bus: Any, public_key: Any,
                      desired_ttl_seconds: float, report_interval_seconds: float, state_dir: Path,
-                     metrics: Metrics, own_price_interval: float = OWN_PRICE_INTERVAL) -> SiteAgent:
+                     metrics: Metrics, own_price_interval: float = OWN_PRICE_INTERVAL,
+                     local_pool: Any = None) -> SiteAgent:
     """The SiteAgent of `site_name` in a loaded sites file: its devices, its fail-safe and
-    (with a [site.feed]) its own price rule. ValueError naming what is wrong."""
+    (with a [site.feed]) its own price rule. `local_pool`: this run's CPU workers, a device
+    of the site (kind "local", or implicitly when it lists none and the pool has threads).
+    ValueError naming what is wrong."""
     from miner.devices.drivers import make_device
     from miner.fleet.records import decode_desired
     from miner.sched.feeds import feed_for_site
 
-    problems = site_setting_problems(fleet, site_name)
+    from miner.sched.scheduler import LOCAL_DEVICE_NAME
+
+    problems = site_setting_problems(fleet, site_name, mines=local_pool is not None)
     if problems:
         raise ValueError("; ".join(problems))
     site = fleet.site(site_name)
-    devices = SiteDevices(site_name, [make_device(t, site=site_name) for t in site.devices], metrics=metrics)
+    drivers = [make_device(t, site=site_name, local_pool=local_pool) for t in site.devices]
+    if local_pool is not None and local_pool.threads > 0 and not any(t.get("kind") == "local" for t in site.devices):
+        from miner.devices.local import LocalWorkers
+
+        drivers.append(LocalWorkers(LOCAL_DEVICE_NAME, local_pool))
+    devices = SiteDevices(site_name, drivers, metrics=metrics)
 
     def decode(data: bytes, now: datetime):
         return decode_desired(data, site=site_name, public_key=public_key, now=now)

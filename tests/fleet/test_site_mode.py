@@ -27,7 +27,7 @@ import pytest
 
 from miner.fleet import records
 from miner.node.regtest import free_port
-from tests.fleet.site_helpers import bus_as, fleet_buckets
+from tests.fleet.site_helpers import fleet_buckets
 from tests.miner_run import node_credentials
 from tests.test_sched_run import Process, agent_devs, scrape
 
@@ -480,3 +480,51 @@ def test_site_mode_stops_within_5_s_with_the_bus_down_and_a_device_that_hangs(tm
         silent.close()
     assert code == 0, proc.tail()
     assert took < 5, f"took {took:.1f} s:\n{proc.tail()}"
+
+
+def test_a_site_agent_that_mines_curtails_its_own_workers(regtest_node, nats_server, tmp_path):
+    """`miner run --mode site --pool ...`: the run's CPU workers mine our regtest pool and
+    are the site's implicit "local" device; the leader's level 0 stops their hashing."""
+    node = regtest_node
+    server = nats_server(["texas"])
+    key = records.new_signing_key()
+    leader = Leader(server, key)
+    sites = tmp_path / "sites.toml"
+    sites.write_text('[economics]\nhashprice_usd_per_th_day = 0.05\n[[site]]\nname = "texas"\ncapacity_mw = 0.001\n'
+                     'efficiency_j_per_th = 20.0\nprices = "unused.csv"\n')
+    env = dict(os.environ)
+    credentials, node_auth = node_credentials(node)
+    env.update(credentials)
+    procs: list[Process] = []
+    try:
+        pool = Process([sys.executable, "-m", "miner", "run", "--node", node.rpc_url, "--address",
+                        node.new_address("bech32"), "--threads", "0", "--journal", str(tmp_path / "j.jsonl"),
+                        "--stratum", "127.0.0.1:0", "--metrics", "off", "--log-level", "warning", *node_auth], env)
+        procs.append(pool)
+        stratum = pool.wait_for_line(r"stratum server for ASICs and rigs at (stratum\+tcp://\S+)", 120).group(1)
+        leader.put("texas", 1.0)
+        site = Process([sys.executable, "-m", "miner", "run", "--mode", "site", "--site", "texas", "--sites",
+                        str(sites), "--bus", server.url, "-c", str(site_config(tmp_path, "texas", records.public_key_hex(key))),
+                        "--pool", stratum, "--user", "texas.site", "--threads", "1", "--metrics", "127.0.0.1:0",
+                        "--log-level", "info"], dict(env, GRIDMINER_BUS_PASSWORD=server.site_user("texas")[1]))
+        procs.append(site)
+        metrics = site.wait_for_line(r"metrics at (http://\S+/metrics)", 60).group(1)
+        site.wait_for_line(r"site agent texas: 1 device\(s\)", 60)
+        hashes = 'gridminer_hashes_total{site="texas",worker_group="agent"}'
+        wait(lambda: scrape(metrics).get(hashes, 0) > 0, 120, "the site's workers hashing", *procs)
+        leader.put("texas", 0.0)
+        report = wait(lambda: (r := leader.report("texas")) and r["desired_level"] == 0.0 and r["ack"]
+                      and r["ack"]["outcome"] == "applied" and r, 60, "the curtail acknowledged", *procs)
+        assert [(d["name"], d["hashing"]) for d in report["devices"]] == [("local", False)], report
+        before = scrape(metrics)[hashes]
+        time.sleep(1.5)   # running kernel chunks end; then nothing more may be counted
+        settled = scrape(metrics)[hashes]
+        time.sleep(1.5)
+        assert scrape(metrics)[hashes] == settled >= before, "curtailed workers must not hash"
+        leader.put("texas", 1.0)
+        wait(lambda: scrape(metrics)[hashes] > settled, 60, "hashing again", *procs)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        leader.close()
+    assert "Traceback" not in "".join(p.log() for p in procs)
