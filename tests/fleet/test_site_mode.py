@@ -298,7 +298,9 @@ def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, nats_serve
             p.stop()
         leader.close()
     print(f"\nfigures: {figures}")
-    assert "Traceback" not in "".join(p.log() for p in procs)
+    logs = "".join(p.log() for p in procs)
+    assert "Traceback" not in logs
+    assert not any(server.site_user(s)[1] in logs for s in ("texas", "paris")), "a bus password showed in a log"
 
 
 # --- the whole chain: price feed -> miner fleet (leader + standby) -> site agents -> rigs ----
