@@ -315,8 +315,13 @@ def load_signing_key_file(path: str | Path) -> Any:
 
     try:
         data = Path(path).read_bytes()
+        mode = Path(path).stat().st_mode
     except OSError as e:
         raise ValueError(f"[bus] signing_key_file {path}: cannot read: {e.strerror}") from None
+    if mode & 0o077:
+        # Whoever reads it can sign desired states every site obeys.
+        log.warning("[bus] signing_key_file %s is readable by group or others (mode %o); chmod 600 it",
+                    path, mode & 0o777)
     try:
         return load_signing_key(data)
     except ValueError as e:

@@ -69,6 +69,8 @@ class BusActuator:
         self.leader_name = leader_name
         self.written: dict[str, _Written] = {}
         self.reports: dict[str, SiteReport] = {}
+        self._report_seen: dict[str, tuple[int, datetime]] = {}   # site -> (KV revision, first seen)
+        self._ack_seen: dict[str, tuple[tuple[int, datetime], datetime]] = {}
         # The hashprice the decisions saw (the scheduler's), written into each desired state.
         self.hashprice_of: Callable[[], float | None] = lambda: None
         self._seq = 0
@@ -148,16 +150,31 @@ class BusActuator:
             self._log.warning(f"report:{site}", "fleet: report of site %s refused (%s): %s", site, e.reason, e)
             return self.reports.get(site)
         self.reports[site] = report
+        # Ages by this process's clock from when a new report or ack was first seen, so a
+        # site whose clock is off is still judged right; the site's own time stamps count
+        # only for what was already there when this process started.
+        now = self.clock()
+        seen = self._report_seen.get(site)
+        if seen is None or seen[0] != entry.revision:
+            self._report_seen[site] = (entry.revision, min(report.at, now) if seen is None else now)
+        if report.ack is not None:
+            ack_key = (report.ack.revision, report.ack.at)
+            acked = self._ack_seen.get(site)
+            if acked is None or acked[0] != ack_key:
+                self._ack_seen[site] = (ack_key, min(report.ack.at, now) if acked is None else now)
         return report
 
     async def measure(self, site: str) -> SiteMeasurement:
         report = await self.read_report(site)
         now = self.clock()
         m = self.metrics
-        fresh = report is not None and (now - report.at).total_seconds() < STALE_REPORTS * self.report_interval
+        seen = self._report_seen.get(site)
+        fresh = report is not None and seen is not None and \
+            (now - seen[1]).total_seconds() < STALE_REPORTS * self.report_interval
         m.fleet_site_reporting.labels(site).set(1 if fresh else 0)
-        if report is not None and report.ack is not None:
-            m.fleet_last_ack_age.labels(site).set(max(0.0, (now - report.ack.at).total_seconds()))
+        acked = self._ack_seen.get(site)
+        if acked is not None:
+            m.fleet_last_ack_age.labels(site).set(max(0.0, (now - acked[1]).total_seconds()))
         if report is None or not fresh:
             if report is not None:
                 self._log.warning(f"stale:{site}", "fleet: site %s not reporting (last report %s)", site,

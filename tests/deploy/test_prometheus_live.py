@@ -3,6 +3,8 @@
     regtest node ◄── miner run (solo, 1 CPU thread, stratum, scheduler over two sites) ──► :metrics
                            ▲ stratum                 │ device "rig1" (cgminer API)
                      miner run --mode agent ◄────────┘                                  ──► :metrics
+    nats-server ◄── miner fleet (the same sites, leader) ──► :metrics
+        ▲ the site agent of "lyon" (miner run --mode site) ──► :metrics
     a raw client that misbehaves (malformed line, unknown job, oversized line) ─► stratum
     ZMQ hashblock in bitcoind's framing (bcoin has none) with one sequence gap ─► solo
     a price API that answers nonsense ─► site "lyon" (feed errors, stale, fail-safe)
@@ -67,6 +69,7 @@ READY = (
     'gridminer_site_revenue_usd_total{site="home"}',
     "gridminer_agent_api_requests_total",
     "gridminer_device_actuations_total",
+    'gridminer_fleet_desired_revision{site="home"}',
 )
 
 

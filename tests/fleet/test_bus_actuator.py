@@ -106,6 +106,12 @@ def test_the_leader_writes_changes_and_refreshes_and_reports_become_measurements
         measured = await act.measure("texas")
         assert (measured.level, measured.hashing) == (0.0, False)
         assert sample(metrics, "gridminer_fleet_site_reporting", site="texas") == 0
+        # A site whose clock runs an hour behind is judged by when its reports arrive.
+        await reported.put("texas", encode_report(report(clock.now - timedelta(hours=1), level=1.0)))
+        measured = await act.measure("texas")
+        assert measured.hashing and sample(metrics, "gridminer_fleet_site_reporting", site="texas") == 1
+        clock.now += timedelta(seconds=45)
+        assert not (await act.measure("texas")).hashing
         # A malformed report is counted and does not replace the last good one.
         await reported.put("texas", b'{"v":1,"site":"texas"}')
         await act.measure("texas")
@@ -119,3 +125,45 @@ def test_the_leader_writes_changes_and_refreshes_and_reports_become_measurements
         await bus.close()
 
     asyncio.run(scenario())
+
+
+def test_a_coupled_fleet_writes_the_budgeted_plan_to_each_site(nats_server):
+    """The fleet power budget binds across sites: the desired states carry the coupled plan."""
+    from pathlib import Path
+
+    from miner.sched.feeds import StaticFeed
+    from miner.sched.policy import make_policy
+    from miner.sched.scheduler import Scheduler, StaticHashprice
+    from miner.sched.sites import parse_sites
+
+    server = nats_server()
+    fleet = parse_sites({"economics": {"hashprice_usd_per_th_day": 0.05}, "fleet": {"power_budget_mw": 1.0},
+                         "site": [{"name": n, "capacity_mw": 1.0, "efficiency_j_per_th": 20.0,
+                                   "feed": {"kind": "static", "price": p}}
+                                  for n, p in (("cheap", 10.0), ("dearer", 40.0))]}, base_dir=Path("."))
+
+    async def scenario():
+        name, password = server.fleet_user
+        bus = Bus(BusConfig(url=server.url, user=name), environ={busmod.PASSWORD_ENV: password})
+        await bus.connect()
+        desired, reported, lease_kv = await bus.fleet_buckets(lease_ttl_seconds=30)
+        lease = Lease(lease_kv, "fleet-a", 30)
+        assert await lease.step()
+        metrics = Metrics(CollectorRegistry())
+        act = BusActuator(["cheap", "dearer"], desired_kv=desired, reported_kv=reported, lease=lease,
+                          signing_key=KEY, metrics=metrics, desired_ttl_seconds=300, report_interval_seconds=15,
+                          leader_name="fleet-a")
+        feeds = {s.name: StaticFeed(s.feed["price"]) for s in fleet.sites}
+        sched = Scheduler(fleet, make_policy(fleet, "gridminer"), feeds, actuator=act, metrics=metrics,
+                          hashprice_source=StaticHashprice(0.05))
+        plan = await sched.step(T0)
+        states = {site: decode_desired((await desired.get(site)).value, site=site, public_key=PUBLIC)
+                  for site in ("cheap", "dearer")}
+        await bus.close()
+        return plan, states
+
+    plan, states = asyncio.run(scenario())
+    assert {s: (d.level, d.reason) for s, d in states.items()} == \
+        {s: (d.level, d.reason) for s, d in plan.decisions.items()}
+    assert states["cheap"].level == 1.0 and states["dearer"].level == 0.0
+    assert states["dearer"].reason == "fleet_budget"

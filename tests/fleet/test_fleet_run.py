@@ -260,3 +260,27 @@ def test_sigterm_stops_a_fleet_that_never_reached_its_bus_within_5_s(tmp_path):
     finally:
         fleet.stop(timeout=10)
     assert "never-shown-4711" not in fleet.log()
+
+
+def test_a_fleet_survives_a_bus_outage_longer_than_its_lease_and_leads_again(nats_server, tmp_path):
+    server = nats_server(sites=["texas", "paris"])
+    with PriceAPI(20.0) as prices:
+        sites, key_path = write_files(tmp_path, prices.url)
+        view = SiteView(server, public_key_hex(load_signing_key(key_path.read_bytes())))
+        config = fleet_config(tmp_path, "fleet-a")
+        a = start_fleet(server, config, sites)
+        try:
+            first = wait_desired(view, lambda s: s.level == 1.0, 120, "the first write", a)
+            server.stop()
+            a.wait_for_line(r"fleet-a: leadership lost", LEASE_TTL * 10)
+            assert scrape(metric_url(config))["gridminer_fleet_leader"] == 0
+            prices.price = 300.0
+            # The fleet decides while the bus is away; nothing can be written until it is back.
+            a.wait_for_line(r"site texas: curtail \(price_above_breakeven", 30)
+            server.start()
+            second = wait_desired(view, lambda s: s.level == 0.0, 60, "the change written after the outage", a)
+            assert second.epoch > first.epoch
+            assert scrape(metric_url(config))["gridminer_fleet_leader"] == 1
+        finally:
+            a.stop(timeout=10)
+    assert a.proc.returncode == 0, a.tail()
