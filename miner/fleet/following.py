@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-MODES = ("following", "fail_safe", "starting")
-FAIL_SAFES = ("curtail", "hold")
+from miner.sched.sites import FAIL_SAFES   # the sites file's fail_safe values
+
 # Bounded reasons of a fail-safe target (log words; the following mode keeps the record's).
 OWN_PRICE_BELOW = "price_below_breakeven"
 OWN_PRICE_ABOVE = "price_above_breakeven"
@@ -53,7 +53,7 @@ class OwnPrice:
 @dataclass(frozen=True)
 class Target:
     level: float | None        # None: leave the devices as they are
-    mode: str                  # one of MODES
+    mode: str                  # following | fail_safe | starting (miner.fleet.records.MODES)
     reason: str                # the record's reason, or a fail-safe reason
     revision: int | None       # the desired revision followed (following mode only)
     detail: str = ""
