@@ -59,6 +59,11 @@ class Applied:
     devices: tuple[DeviceReport, ...]
 
 
+def rate_of(value: float) -> float:
+    """A hash rate for a report: firmware's NaN, infinity or negative is 0 (not hashing)."""
+    return value if math.isfinite(value) and value > 0 else 0.0
+
+
 def obeyed(outcome: DeviceOutcome, level: float) -> bool:
     """The device took the command and its read-back shows it: hashing exactly when level > 0."""
     return outcome.applied and outcome.reading is not None and outcome.hashing == (level > 0)
@@ -69,7 +74,7 @@ def applied_of(level: float | None, measurement: SiteMeasurement) -> Applied:
     devices = tuple(DeviceReport(
         name=o.device, up=o.reading is not None, hashing=o.hashing,
         applied=level is not None and obeyed(o, level),
-        hashrate_hs=max(0.0, o.reading.hashrate_hs) if o.reading is not None else 0.0,
+        hashrate_hs=rate_of(o.reading.hashrate_hs) if o.reading is not None else 0.0,
         power_w=usable_watts(o.reading.power_w) if o.reading is not None else None,
         level=o.reading.level if o.reading is not None and o.reading.level is not None
         and 0.0 <= o.reading.level <= 1.0 else None) for o in measurement.devices)
@@ -414,7 +419,7 @@ class SiteAgent:
             applied_revision=self.follower.highest_applied,
             desired_level=d.level if self.mode == "following" and d is not None else None,
             level=m.level if m is not None else 0.0, hashing=m.hashing if m is not None else False,
-            hashrate_hs=max(0.0, m.hashrate_hs) if m is not None else 0.0,
+            hashrate_hs=rate_of(m.hashrate_hs) if m is not None else 0.0,
             power_w=usable_watts(m.power_w) if m is not None else None,
             devices=a.devices if a is not None else (), ack=self._ack)
 
@@ -427,6 +432,9 @@ class SiteAgent:
             await self.bus.publish_report(self.site, encode_report(self.report(now)))
         except BusError as e:
             log.info("site %s: report not stored (%s)", self.site, e)
+            return
+        except RecordError as e:   # a device's figures the report cannot carry: a bug to see, not a crash
+            log.error("site %s: report not written: %s", self.site, e)
             return
         self.reports += 1
 

@@ -279,3 +279,20 @@ def test_a_damaged_state_file_never_stops_a_start(content):
         assert record is None or isinstance(record, bytes)
         state.save(12884901889, b'{"x":1}')
         assert state.load() == (12884901889, b'{"x":1}')
+
+
+def test_a_device_reporting_nonsense_figures_still_gets_a_valid_report():
+    """Firmware that says infinite H/s, -5 W and level 7: the report carries 0 H/s, no watts
+    and no level for it, and still encodes (the fleet reads it)."""
+    from miner.devices.actuator import DeviceOutcome, site_measurement
+    from miner.fleet.site import applied_of, rate_of
+
+    reading = DeviceReading(True, float("inf"), -5.0, 7.0)
+    m = site_measurement(1.0, 0.0, [DeviceOutcome("odd", True, reading, True)])
+    applied = applied_of(1.0, m)
+    [device] = applied.devices
+    assert (device.hashrate_hs, device.power_w, device.level, device.applied) == (0.0, None, None, True)
+    assert rate_of(m.hashrate_hs) == 0.0 and rate_of(float("nan")) == 0.0 and rate_of(2.5) == 2.5
+    report = records.SiteReport("texas", datetime.now(timezone.utc), True, "following", 1 << 32 | 1, 1.0,
+                                m.level, m.hashing, rate_of(m.hashrate_hs), None, applied.devices)
+    assert records.decode_report(records.encode_report(report)).devices == applied.devices
