@@ -302,6 +302,10 @@ class SiteAgent:
         elif verdict == "current":
             self._raw.setdefault(record.revision, bytes(data))
             self._wake.set()
+        elif verdict == "stale_revision":
+            self._reject(verdict, f"revision {record.revision} ({via}) is not newer than "
+                                  f"{self.follower.highest_applied} (a deposed leader's write; if the bus's "
+                                  f"store was wiped, its revisions restart: remove {self.state.path})")
         else:
             self._reject(verdict, f"revision {record.revision} ({via}): {verdict.replace('_', ' ')}")
 
