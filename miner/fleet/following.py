@@ -106,13 +106,18 @@ class Follower:
                 return "expired"
             self.desired = record
             return "current"
-        newest = max(self.highest_applied or -1, self.desired.revision if self.desired is not None else -1)
-        if record.revision <= newest:
+        if record.revision <= self.newest_revision:
             return "stale_revision"
         if expires_at(record, self.desired_ttl) <= now:
             return "expired"
         self.desired = record
         return "accepted"
+
+    @property
+    def newest_revision(self) -> int:
+        """The newest revision applied or accepted (-1: none yet)."""
+        return max(self.highest_applied if self.highest_applied is not None else -1,
+                   self.desired.revision if self.desired is not None else -1)
 
     def mark_resynced(self) -> None:
         """The bus answered a resync (with a record or with none): start-up is over."""

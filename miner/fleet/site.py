@@ -304,7 +304,7 @@ class SiteAgent:
             self._wake.set()
         elif verdict == "stale_revision":
             self._reject(verdict, f"revision {record.revision} ({via}) is not newer than "
-                                  f"{self.follower.highest_applied} (a deposed leader's write; if the bus's "
+                                  f"{self.follower.newest_revision} (a deposed leader's write; if the bus's "
                                   f"store was wiped, its revisions restart: remove {self.state.path})")
         else:
             self._reject(verdict, f"revision {record.revision} ({via}): {verdict.replace('_', ' ')}")
