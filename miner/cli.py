@@ -115,9 +115,9 @@ Four modes, one daemon:
          to the level the fleet leader (miner fleet) writes for it on the bus, reports
          what they really do, and follows the site's fail_safe when the bus is gone.
 
-With --sites FILE, solo, agent and proxy also run the power-price scheduler: it curtails and resumes
-the local workers and the sites' devices (agents, ASICs) when the price crosses
-breakeven. Credentials never come from here: RPC user/password from the config file or
+With --sites FILE, solo, agent and proxy also run the power-price scheduler: it
+curtails and resumes the local workers and the sites' devices (agents, ASICs) when the
+price crosses breakeven. Credentials never come from here: RPC user/password from the config file or
 GRIDMINER_RPC_USER / GRIDMINER_RPC_PASSWORD, the pool password from
 GRIDMINER_POOL_PASSWORD, the agent token from GRIDMINER_AGENT_TOKEN, the bus password
 from GRIDMINER_BUS_PASSWORD.
