@@ -72,13 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="solo: stop after N accepted blocks (mining.blocks; default 0: never)")
     run.add_argument("--journal", metavar="FILE", help="solo: found-block journal (mining.journal; default: one "
                      "per chain under ~/.local/share/gridminer/, or the started regtest node's datadir)")
-    run.add_argument("--mode", choices=("solo", "agent", "proxy"),
+    run.add_argument("--mode", choices=("solo", "agent", "proxy", "site"),
                      help="solo: mine on a node; agent: mine a stratum pool with a cgminer API; "
-                          "proxy: rigs connect to our stratum server and mine the upstream pool "
+                          "proxy: rigs connect to our stratum server and mine the upstream pool; "
+                          "site: a site agent driving one site's devices from the fleet bus "
                           "(mining.mode; default solo)")
+    run.add_argument("--site", metavar="NAME", help="site mode: the site of the sites file this agent runs (bus.site)")
+    run.add_argument("--bus", metavar="URL", help="site mode: the fleet bus, nats://HOST:PORT (bus.url; user in "
+                     "bus.user, password from GRIDMINER_BUS_PASSWORD)")
     run.add_argument("--pool", metavar="URL[,URL...]",
-                     help="agent/proxy: stratum+tcp://HOST:PORT pools in order of preference (upstream.pools; "
-                          "no default)")
+                     help="agent/proxy (and site, to mine too): stratum+tcp://HOST:PORT pools in order of preference "
+                          "(upstream.pools; no default)")
     run.add_argument("--user", metavar="NAME", help="agent/proxy: worker name, e.g. site.rig (upstream.user); "
                      "the pool password comes from the config or GRIDMINER_POOL_PASSWORD")
     run.add_argument("--api", metavar="HOST:PORT",
@@ -97,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 RUN_DESCRIPTION = """\
-Three modes, one daemon:
+Four modes, one daemon:
 
   solo   (default) getblocktemplate/submitblock on a node. Local CPU workers and rigs
          connected to our stratum server (--stratum) mine blocks paying --address. With
@@ -107,12 +111,16 @@ Three modes, one daemon:
          (--api) shows the rig and lets a fleet tool pause and resume it.
   proxy  rigs connect to our stratum server and mine the upstream pool's jobs, each in
          its own extranonce slice; their shares are checked here and forwarded.
+  site   a site agent (--site NAME --sites FILE --bus URL): drives that site's devices
+         to the level the fleet leader (miner fleet) writes for it on the bus, reports
+         what they really do, and follows the site's fail_safe when the bus is gone.
 
-With --sites FILE, any mode also runs the power-price scheduler: it curtails and resumes
-the local workers and the sites' devices (agents, ASICs) when the price crosses
-breakeven. Credentials never come from here: RPC user/password from the config file or
+With --sites FILE, solo, agent and proxy also run the power-price scheduler: it
+curtails and resumes the local workers and the sites' devices (agents, ASICs) when the
+price crosses breakeven. Credentials never come from here: RPC user/password from the config file or
 GRIDMINER_RPC_USER / GRIDMINER_RPC_PASSWORD, the pool password from
-GRIDMINER_POOL_PASSWORD, the agent token from GRIDMINER_AGENT_TOKEN.
+GRIDMINER_POOL_PASSWORD, the agent token from GRIDMINER_AGENT_TOKEN, the bus password
+from GRIDMINER_BUS_PASSWORD.
 """
 
 
@@ -144,6 +152,7 @@ def _run_config(args) -> int:
             "metrics": {"listen": args.metrics},
             "log": {"level": args.log_level},
             "sched": {"sites": args.sites},
+            "bus": {"url": args.bus, "site": args.site},
         })
     except cfg.ConfigError as e:
         print(f"miner run: configuration error: {e}", file=sys.stderr)

@@ -53,6 +53,7 @@ no error message or repr shows one (SECRET_KEYS; URLs with credentials are not e
     report_interval_seconds = 15
     signing_key_file = "fleet.key"      # fleet: Ed25519 key (miner fleet keygen)
     leader_public_key = "ab12..."       # sites: the fleet key's public half (hex or base64)
+    site = "texas"              # site mode: the site this agent runs (--site); user defaults to it
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class NodeConfig:
     timeout: float = 30.0
 
 
-MODES = ("solo", "agent", "proxy")
+MODES = ("solo", "agent", "proxy", "site")
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class BusConfig:
     signing_key_file: str | None = None  # fleet: Ed25519 private key (PEM, or the 32-byte seed in hex)
     leader_public_key: str | None = None  # sites: the fleet key's raw 32-byte public key, hex or base64
     state_dir: str | None = None  # sites: where the highest applied revision is kept
+    site: str | None = None  # site mode: the site of the sites file this agent runs (user defaults to it)
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,7 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"node.{key}: must be > 0 seconds, got {getattr(n, key)}")
     if m.mode not in MODES:
         raise ConfigError(f"mining.mode: expected one of {', '.join(MODES)}, got {m.mode!r}")
-    if m.mode in ("agent", "proxy"):
+    if m.mode in ("agent", "proxy") or (m.mode == "site" and config.upstream.pools):
         if not config.upstream.pools:
             raise ConfigError(f"upstream.pools: {m.mode} mode needs at least one pool (stratum+tcp://HOST:PORT)")
         for i, url in enumerate(config.upstream.pools):
@@ -347,7 +349,20 @@ def validate(config: Config) -> Config:
     if sc.local_site is not None and sc.sites is None:
         raise ConfigError("sched.local_site: needs sched.sites (the sites file that names it)")
     validate_bus(config.bus)
+    if m.mode == "site":
+        _validate_site_mode(config)
     return config
+
+
+def _validate_site_mode(config: Config) -> None:
+    b = config.bus
+    if not b.site:
+        raise ConfigError("bus.site: site mode needs the site it runs (--site NAME)")
+    if config.sched.sites is None:
+        raise ConfigError("sched.sites: site mode needs the sites file with its devices (--sites FILE)")
+    if not b.leader_public_key:
+        raise ConfigError("bus.leader_public_key: site mode needs the leader's public key (miner fleet keygen "
+                          "prints it) to verify desired states")
 
 
 BUS_SCHEMES = ("nats://", "tls://")

@@ -15,6 +15,7 @@ from miner.metrics import Metrics
 from miner.modes.agent import AgentMiner
 from miner.modes.base import Run
 from miner.modes.proxy import ProxyMiner
+from miner.modes.site import SiteRun
 from miner.modes.solo import SoloMiner
 
 # mining.mode -> the class that runs it.
@@ -22,6 +23,7 @@ MODES: dict[str, type[Run]] = {
     "solo": SoloMiner,
     "agent": AgentMiner,
     "proxy": ProxyMiner,
+    "site": SiteRun,
 }
 
 

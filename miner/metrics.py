@@ -194,6 +194,22 @@ class Metrics:
                                         "Fleet bus operations that failed, by kind (write, read, lease, "
                                         "buckets, report_malformed)", ["kind"], registry=r)
 
+        # Site agent on the fleet bus (miner run --mode site)
+        self.bus_connected = Gauge("gridminer_bus_connected", "1 while the site agent is connected to the bus",
+                                   ["site"], registry=r)
+        self.bus_applied_revision = Gauge("gridminer_bus_applied_revision",
+                                          "Highest desired-state revision the site applied", ["site"], registry=r)
+        self.bus_desired_level = Gauge("gridminer_bus_desired_level",
+                                       "Level of the desired state the site follows (NaN: none in force)",
+                                       ["site"], registry=r)
+        self.bus_mode = Gauge("gridminer_bus_mode", "1 for the site agent's current mode (following, "
+                              "fail_safe, starting)", ["site", "mode"], registry=r)
+        self.bus_rejected = Counter("gridminer_bus_rejected_total", "Desired-state records refused, by reason "
+                                    "(malformed, bad_signature, wrong_site, stale_revision, expired)",
+                                    ["site", "reason"], registry=r)
+        self.bus_desired_age = Gauge("gridminer_bus_desired_age_seconds",
+                                     "Seconds since the desired state in force was issued", ["site"], registry=r)
+
         # Bounded children that dashboards and alerts read, created at 0: a panel shows 0
         # rather than no data, and increase() sees the first event (a series born at 1 shows none).
         for stage in BLOCK_STAGES:
