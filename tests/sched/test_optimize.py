@@ -126,6 +126,25 @@ def test_budget_binds_by_merit():
     assert s.excess_mw.tolist() == [0.0]
 
 
+def test_budget_slack_only_where_the_budget_may_be_unreachable():
+    units = [unit(cap=10.0, lo=0.5, on=3), unit(cap=10.0, lo=0.5, on=3)]
+    margin = np.full((2, 4), 20.0)
+    # both just started: 5 + 5 MW must run two more slots, over a budget of 8 MW; the
+    # model keeps its slack and reports the excess
+    started = [UnitState(on=True, level=0.5, slots=1)] * 2
+    p = Problem(units, started, margin, budget_mw=8.0)
+    s = solve_milp(p)
+    assert s.excess_mw.tolist() == pytest.approx([2.0, 2.0, 0.0, 0.0])
+    assert s.level[:, :2].tolist() == [[0.5, 0.5], [0.5, 0.5]]
+    assert s.profit_usd == pytest.approx(solve_milp(p, budget_slack=True).profit_usd)
+    # a budget the sites can always keep: the model without slack, the same optimum
+    for init in ([UnitState()] * 2, started):
+        p = Problem(units, init, margin, budget_mw=12.0)
+        s, with_slack = solve_milp(p), solve_milp(p, budget_slack=True)
+        assert s.excess_mw.tolist() == [0.0] * 4 and feasible(p, s.level)
+        assert s.profit_usd == pytest.approx(with_slack.profit_usd)
+
+
 def test_target_met_at_least_cost_and_shortfall_reported():
     cheap, dear = unit(cap=10.0, lo=0.5, ths=5e4), unit(cap=10.0, lo=0.5, ths=4e4)
     margin = np.array([[-5.0], [-1.0]])          # both lose money; the target forces running
