@@ -16,7 +16,8 @@ import pytest
 
 from miner.sched.backtest import (ALL_POLICIES, BacktestError, load_replay_prices, main, run_backtest)
 from miner.sched.model import REASONS, SiteState
-from miner.sched.optimize import Problem, Unit, UnitState, solve_milp, violations
+from miner.sched import optimize
+from miner.sched.optimize import Problem, Unit, UnitState, solve_fleet_dp, solve_milp, violations
 from miner.sched.policy import HOUR_S, LOOKBACK_H, MAX_HORIZON_H, PriceBook, make_policy
 from miner.sched.sites import load_sites
 
@@ -121,7 +122,7 @@ def test_coupled_week_has_no_violations(tmp_path, fleet):
     power = {p: (r.levels * 10.0).sum(axis=0) for p, r in result.policies.items()}
     if "budget" in fleet:
         assert all(p.max() <= 12.0 + 1e-6 for p in power.values())
-        assert result.policies["hindsight"].method == "milp"
+        assert result.policies["hindsight"].method in ("milp", "fleet-dp")     # one exact solve
     else:
         assert all(p.min() >= 8.0 - 1e-6 for p in power.values())    # 400,000 TH/s = 8 MW
     profit = {p: r.fleet["profit_usd"] for p, r in result.policies.items()}
@@ -193,7 +194,29 @@ def test_budget_model_without_slack_finds_the_same_optimum_on_real_prices(week):
         lean, full = solve_milp(p), solve_milp(p, budget_slack=True)
         assert lean.profit_usd == pytest.approx(full.profit_usd, rel=1e-9, abs=1e-6), a
         assert not any(violations(p, lean.level).values()), a
+        # the fleet DP (four sites are few enough) finds the same optimum, exactly: the
+        # MILP's 1e-6 gap is the only difference allowed
+        dp = solve_fleet_dp(p)
+        assert dp.profit_usd >= lean.profit_usd - 1e-6 * abs(lean.profit_usd), a
+        assert dp.profit_usd == pytest.approx(lean.profit_usd, rel=1e-6), a
+        assert not any(violations(p, dp.level).values()), a
         init = [UnitState(on=bool(lv > 0), level=float(lv), slots=1) for lv in lean.level[:, 8]]
+
+
+@pytest.mark.parametrize("fleet", ["[fleet]\npower_budget_mw = 12.0", "[fleet]\nhashrate_target_ths = 400000"])
+def test_gridminer_fleet_dp_decides_as_the_milp(tmp_path, fleet, monkeypatch):
+    spec = load_sites(sites_file(tmp_path, fleet, min_on=2))
+    prices = {s.name: load_replay_prices(spec, s) for s in spec.sites}
+    start, hours = datetime(2023, 8, 15, 6, tzinfo=UTC), 150
+    book = _book(spec, prices, start, hours)
+    run = lambda: make_policy(spec, "gridminer").run(book, np.full(hours, 0.075), [UnitState()] * 2, LOOKBACK_H,
+                                                     LOOKBACK_H + hours)
+    dp = run()
+    monkeypatch.setattr(optimize, "fleet_dp_applicable", lambda problem: False)
+    milp = run()
+    assert dp.replans == milp.replans
+    assert dp.levels.tolist() == milp.levels.tolist()
+    assert dp.reasons.tolist() == milp.reasons.tolist()
 
 
 @pytest.mark.parametrize("fleet", ["", "[fleet]\npower_budget_mw = 12.0"])
