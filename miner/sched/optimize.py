@@ -473,13 +473,8 @@ def _window_terms(idx: np.ndarray, starts: np.ndarray, upto_offset: int, width: 
 
 
 def solve_milp(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
-               mip_rel_gap: float = DEFAULT_MIP_REL_GAP, relax: bool = False,
-               budget_slack: bool | None = None) -> Schedule:
+               mip_rel_gap: float = DEFAULT_MIP_REL_GAP, relax: bool = False) -> Schedule:
     """The whole problem as one MILP (`relax`: its LP relaxation, an upper bound).
-
-    `budget_slack`: give the budget rows their slack columns (True), or only when the
-    budget may be unreachable (None: a hold slot, a ramp limit, or initial min on times
-    whose lowest power exceeds it); without them the model is the same problem, smaller.
 
     Compact form: stop[t] = start[t] - on[t] + on[t-1] is substituted, start is continuous
     with start >= on[t] - on[t-1] (a start cost, a min-on or a min-off row never gains from
@@ -492,18 +487,11 @@ def solve_milp(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     ts = np.arange(T)
     power_terms: list[tuple[np.ndarray, np.ndarray, float]] = []   # (cols, MW per unit of var)
     handles = []
-    # The least power the sites must run in each slot (initial min on time at the lowest
-    # level); None when a hold slot or a ramp limit can force more.
-    must_run_mw: np.ndarray | None = None if problem.hold.any() else np.zeros(T)
     for i, (u, s0) in enumerate(zip(problem.units, problem.init)):
         cap, pmin = u.capacity_mw, u.min_level * u.capacity_mw
         forced, cur, hold = problem.forced_off[i], problem.curtail[i], problem.hold[i]
         must_on = _must_on_slots(u, s0, forced)
         must_off = _must_off_slots(u, s0, T)
-        if must_run_mw is not None and u.ramp_limited:
-            must_run_mw = None
-        elif must_run_mw is not None:
-            must_run_mw[:must_on] += pmin
         on_lb = np.zeros(T)
         on_ub = np.ones(T)
         on_ub[forced] = 0.0
@@ -578,15 +566,8 @@ def solve_milp(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
 
     penalty = slack_penalty(problem)
     if problem.budget_mw is not None:
-        # Slack only where the budget may be unreachable: every site off once its initial
-        # min on time is served keeps the budget when that least power fits, so the
-        # optimum never uses slack there, and HiGHS solves the model without it ~10 % faster.
-        if not budget_slack and must_run_mw is not None and np.all(must_run_mw <= problem.budget_mw):
-            model.rows([(cols, mw) for cols, mw, _ in power_terms], -np.inf, problem.budget_mw)
-        else:
-            slack = model.var(T, 0.0, np.inf, penalty)
-            model.rows([(cols, mw) for cols, mw, _ in power_terms] + [(slack, -1.0)], -np.inf,
-                       problem.budget_mw)
+        slack = model.var(T, 0.0, np.inf, penalty)
+        model.rows([(cols, mw) for cols, mw, _ in power_terms] + [(slack, -1.0)], -np.inf, problem.budget_mw)
     if problem.target_ths is not None:
         ref = max(u.ths_per_mw for u in problem.units)
         slack = model.var(T, 0.0, np.inf, penalty)

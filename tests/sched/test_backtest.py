@@ -179,28 +179,24 @@ def test_gridminer_kept_plans_equal_fresh_plans(tmp_path, fleet):
         assert profit(a.levels) == pytest.approx(profit(b.levels), rel=0.01)
 
 
-def test_budget_model_without_slack_finds_the_same_optimum_on_real_prices(week):
-    # four sites on the week's ERCOT and DE-LU margins, a budget of 60 % of 40 MW: the
-    # policy's 24 h plans (one every 9 h) and the hindsight's 72 h windows, solved without
-    # the budget's slack columns (the default here) and with them
+def test_fleet_dp_finds_the_milp_optimum_on_real_prices(week):
+    # four sites on the week's ERCOT and DE-LU margins under a budget of 60 % of 40 MW or a
+    # target of half their hash rate: the policy's 24 h plans (one every 9 h) and the
+    # hindsight's 72 h windows; the MILP's 1e-6 gap is the only difference allowed
     margin = week.breakeven_usd - week.price_usd
     assert not np.isnan(margin).any()
     units = [Unit(capacity_mw=cap, min_level=0.5, min_on=2, min_off=2, ramp_mw=None, start_cost_usd=25.0 * cap,
                   ths_per_mw=5e4) for cap in (15.0, 5.0, 10.0, 10.0)]
     rows = [0, 1, 0, 1]
-    init = [UnitState()] * 4
-    for a, hours in [(a, 24) for a in range(0, 130, 9)] + [(0, 72), (72, 72)]:
-        p = Problem(units, init, margin[rows, a:a + hours], budget_mw=24.0)
-        lean, full = solve_milp(p), solve_milp(p, budget_slack=True)
-        assert lean.profit_usd == pytest.approx(full.profit_usd, rel=1e-9, abs=1e-6), a
-        assert not any(violations(p, lean.level).values()), a
-        # the fleet DP (four sites are few enough) finds the same optimum, exactly: the
-        # MILP's 1e-6 gap is the only difference allowed
-        dp = solve_fleet_dp(p)
-        assert dp.profit_usd >= lean.profit_usd - 1e-6 * abs(lean.profit_usd), a
-        assert dp.profit_usd == pytest.approx(lean.profit_usd, rel=1e-6), a
-        assert not any(violations(p, dp.level).values()), a
-        init = [UnitState(on=bool(lv > 0), level=float(lv), slots=1) for lv in lean.level[:, 8]]
+    for coupling in ({"budget_mw": 24.0}, {"target_ths": 20.0 * 5e4}):
+        init = [UnitState()] * 4
+        for a, hours in [(a, 24) for a in range(0, 130, 9)] + [(0, 72), (72, 72)]:
+            p = Problem(units, init, margin[rows, a:a + hours], **coupling)
+            milp, dp = solve_milp(p), solve_fleet_dp(p)
+            assert dp.profit_usd >= milp.profit_usd - 1e-6 * abs(milp.profit_usd), (coupling, a)
+            assert dp.profit_usd == pytest.approx(milp.profit_usd, rel=1e-6), (coupling, a)
+            assert not any(violations(p, dp.level).values()), (coupling, a)
+            init = [UnitState(on=bool(lv > 0), level=float(lv), slots=1) for lv in dp.level[:, 8]]
 
 
 @pytest.mark.parametrize("fleet", ["[fleet]\npower_budget_mw = 12.0", "[fleet]\nhashrate_target_ths = 400000"])

@@ -127,25 +127,6 @@ def test_budget_binds_by_merit():
     assert s.excess_mw.tolist() == [0.0]
 
 
-def test_budget_slack_only_where_the_budget_may_be_unreachable():
-    units = [unit(cap=10.0, lo=0.5, on=3), unit(cap=10.0, lo=0.5, on=3)]
-    margin = np.full((2, 4), 20.0)
-    # both just started: 5 + 5 MW must run two more slots, over a budget of 8 MW; the
-    # model keeps its slack and reports the excess
-    started = [UnitState(on=True, level=0.5, slots=1)] * 2
-    p = Problem(units, started, margin, budget_mw=8.0)
-    s = solve_milp(p)
-    assert s.excess_mw.tolist() == pytest.approx([2.0, 2.0, 0.0, 0.0])
-    assert s.level[:, :2].tolist() == [[0.5, 0.5], [0.5, 0.5]]
-    assert s.profit_usd == pytest.approx(solve_milp(p, budget_slack=True).profit_usd)
-    # a budget the sites can always keep: the model without slack, the same optimum
-    for init in ([UnitState()] * 2, started):
-        p = Problem(units, init, margin, budget_mw=12.0)
-        s, with_slack = solve_milp(p), solve_milp(p, budget_slack=True)
-        assert s.excess_mw.tolist() == [0.0] * 4 and feasible(p, s.level)
-        assert s.profit_usd == pytest.approx(with_slack.profit_usd)
-
-
 def test_target_met_at_least_cost_and_shortfall_reported():
     cheap, dear = unit(cap=10.0, lo=0.5, ths=5e4), unit(cap=10.0, lo=0.5, ths=4e4)
     margin = np.array([[-5.0], [-1.0]])          # both lose money; the target forces running
@@ -279,7 +260,7 @@ def test_fleet_dp_equals_milp(problem):
     problem = Problem(units, problem.init, problem.margin, problem.forced_off, problem.curtail,
                       budget_mw=budget, target_ths=target)
     assert fleet_dp_applicable(problem)
-    dp, milp = solve_fleet_dp(problem), solve_milp(problem, budget_slack=True)
+    dp, milp = solve_fleet_dp(problem), solve_milp(problem)
     penalty = lambda s: (s.excess_mw.sum() + s.shortfall_ths.sum() / max(u.ths_per_mw for u in units))
     assert penalty(dp) == pytest.approx(penalty(milp), abs=1e-6)
     assert dp.profit_usd == pytest.approx(milp.profit_usd, abs=1e-6)
