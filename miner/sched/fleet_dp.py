@@ -75,6 +75,7 @@ def _fill(units: Sequence, margin: np.ndarray, running: np.ndarray, budget_mw: f
     lo = np.array([u.min_level for u in units]) * cap
     ths = np.array([u.ths_per_mw for u in units])
     run = running.astype(float)[:, None]
+    cols = np.arange(T)
     if budget_mw is not None:
         power = lo[:, None] * run * np.ones(T)
         left = budget_mw - power.sum(axis=0)
@@ -83,7 +84,6 @@ def _fill(units: Sequence, margin: np.ndarray, running: np.ndarray, budget_mw: f
         order = np.argsort(-margin, axis=0, kind="stable")          # (S, T): best first
         for r in range(S):
             i = order[r]
-            cols = np.arange(T)
             gain = margin[i, cols]
             room = (cap[i] - lo[i]) * running[i]
             add = np.where(gain > 0, np.minimum(room, left), 0.0)
@@ -99,7 +99,6 @@ def _fill(units: Sequence, margin: np.ndarray, running: np.ndarray, budget_mw: f
         order = np.argsort(-margin / ths[:, None], axis=0, kind="stable")
         for r in range(S):
             i = order[r]
-            cols = np.arange(T)
             room = np.where(pays[i, cols], 0.0, (cap[i] - lo[i]) * running[i])
             add = np.clip(short / ths[i], 0.0, room)
             power[i, cols] += add
@@ -155,7 +154,7 @@ def solve_fleet_dp(units: Sequence, init: Sequence, margin: np.ndarray, forced_o
                 nxt += step[:, b]
                 cost += start[:, b]
             total = np.where(ok, value[c, t] - cost + future[nxt], -np.inf)
-            better = total > best                # ties keep the lower choice: fewer sites on
+            better = total > best                # ties keep the first choice (all idle first)
             best = np.where(better, total, best)
             arg = np.where(better, c, arg)
         future = best
