@@ -34,6 +34,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from miner.sched import fleet_dp
 from miner.sched.model import SiteSpec, SiteState
 
 LONG_AGO_SLOTS = 1 << 20               # "status began long ago": every minimum time is met
@@ -328,6 +329,41 @@ def solve_if_uncoupling_fits(problem: Problem) -> Schedule | None:
                     method="dp", seconds=time.perf_counter() - t0)
 
 
+def fleet_dp_applicable(problem: Problem) -> bool:
+    """A fleet the exact fleet DP solves faster than the MILP: a budget or a target (not
+    both), no ramp limit, no hold slot, few sites (fleet_dp.MAX_WORK)."""
+    return ((problem.budget_mw is None) != (problem.target_ths is None)
+            and not any(u.ramp_limited for u in problem.units) and not problem.hold.any()
+            and fleet_dp.work(problem.units) <= fleet_dp.MAX_WORK)
+
+
+def solve_fleet_dp(problem: Problem) -> Schedule:
+    """A small coupled fleet's exact optimum by fleet_dp (it must be fleet_dp_applicable)."""
+    t0 = time.perf_counter()
+    if not fleet_dp_applicable(problem):
+        raise ValueError("solve_fleet_dp needs a small fleet with one fleet row, no ramp limits or hold slots")
+    level = fleet_dp.solve_fleet_dp(problem.units, problem.init, problem.margin, problem.forced_off,
+                                    problem.curtail, problem.budget_mw, problem.target_ths,
+                                    slack_penalty(problem))
+    level = np.round(level, 9)
+    profit, starts = profit_of(problem, level)
+    short, excess = fleet_slack(problem, level)
+    return Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
+                    method="fleet-dp", seconds=time.perf_counter() - t0)
+
+
+def solve_coupled(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
+                  mip_rel_gap: float = DEFAULT_MIP_REL_GAP) -> Schedule:
+    """A coupled fleet's optimum by the cheapest exact way: the sites' own optima when
+    they keep the coupling, the fleet DP for a small fleet, else the MILP."""
+    fits = solve_if_uncoupling_fits(problem)
+    if fits is not None:
+        return fits
+    if fleet_dp_applicable(problem):
+        return solve_fleet_dp(problem)
+    return solve_milp(problem, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
+
+
 # ---------------------------------------------------------------------------
 # MILP (HiGHS through scipy.optimize.milp)
 
@@ -528,7 +564,7 @@ def solve_milp(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
             model.rows([(p_prev, 1.0), (p, -1.0), (start, -extra), (on, extra), (on_prev, -extra)],
                        -np.inf, hi)
 
-    penalty = _slack_penalty(problem)
+    penalty = slack_penalty(problem)
     if problem.budget_mw is not None:
         slack = model.var(T, 0.0, np.inf, penalty)
         model.rows([(cols, mw) for cols, mw, _ in power_terms] + [(slack, -1.0)], -np.inf, problem.budget_mw)
@@ -563,7 +599,7 @@ def solve_milp(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     return sched
 
 
-def _slack_penalty(problem: Problem) -> float:
+def slack_penalty(problem: Problem) -> float:
     """USD per MW-slot of budget excess or target shortfall: above anything a slot can earn
     or save, so slack is used only where the fleet rows cannot be met."""
     biggest = float(np.max(np.abs(problem.margin))) if problem.margin.size else 0.0
@@ -692,10 +728,10 @@ def solve(problem: Problem, *, window: int = 168, overlap: int = 48,
             methods.add("dp")
             continue
         if T <= window + overlap:
-            s = (solve_if_uncoupling_fits(sub) if coupled else None) or \
+            s = solve_coupled(sub, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap) if coupled else \
                 solve_milp(sub, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
             level[rows] = s.level
-            methods.add("milp")
+            methods.add("milp" if s.method == "dp" else s.method)
             gaps.append(s.mip_gap)
             notes += s.notes
             continue
@@ -704,8 +740,10 @@ def solve(problem: Problem, *, window: int = 168, overlap: int = 48,
             b = min(T, a + window + overlap)
             keep = min(window, T - a)
             window_problem = problem.sub(rows, a, b, init=init, coupled=coupled)
-            s = (solve_if_uncoupling_fits(window_problem) if coupled else None) or \
-                solve_milp(window_problem, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
+            s = solve_coupled(window_problem, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap) if coupled \
+                else solve_milp(window_problem, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
+            if s.method == "fleet-dp":
+                methods.add("fleet-dp")
             level[rows, a:a + keep] = s.level[:, :keep]
             init = [end_state(init[j], s.level[j, :keep]) for j in range(len(rows))]
             gaps.append(s.mip_gap)

@@ -40,7 +40,7 @@ import numpy as np
 from miner.sched.economics import breakeven_usd_per_mwh
 from miner.sched.feeds import hourly_array
 from miner.sched.model import (REASONS, UTC, Plan, PriceInterval, SiteDecision, SiteSpec, SiteState)
-from miner.sched.optimize import (LONG_AGO_SLOTS, Problem, Unit, UnitState, solve_if_uncoupling_fits, solve_milp,
+from miner.sched.optimize import (LONG_AGO_SLOTS, Problem, Unit, UnitState, solve_coupled, solve_milp,
                                   solve_site_dp)
 
 log = logging.getLogger(__name__)
@@ -768,8 +768,7 @@ class GridminerPolicy(Threshold):
         problem = Problem(self.units, list(states), margin, forced, curtail, hold,
                           budget_mw=self.budget_mw, target_ths=self.target_ths)
         try:
-            fits = solve_if_uncoupling_fits(problem)
-            levels = fits.level if fits is not None else solve_milp(problem, time_limit_s=self.time_limit_s).level
+            levels = solve_coupled(problem, time_limit_s=self.time_limit_s).level
         except RuntimeError as exc:
             log.warning("fleet MILP failed (%s); this hour goes by the merit order alone", exc)
             self._fleet_plan = None

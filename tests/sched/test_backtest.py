@@ -16,7 +16,8 @@ import pytest
 
 from miner.sched.backtest import (ALL_POLICIES, BacktestError, load_replay_prices, main, run_backtest)
 from miner.sched.model import REASONS, SiteState
-from miner.sched.optimize import UnitState
+from miner.sched import optimize
+from miner.sched.optimize import Problem, Unit, UnitState, solve_fleet_dp, solve_milp, violations
 from miner.sched.policy import HOUR_S, LOOKBACK_H, MAX_HORIZON_H, PriceBook, make_policy
 from miner.sched.sites import load_sites
 
@@ -121,7 +122,7 @@ def test_coupled_week_has_no_violations(tmp_path, fleet):
     power = {p: (r.levels * 10.0).sum(axis=0) for p, r in result.policies.items()}
     if "budget" in fleet:
         assert all(p.max() <= 12.0 + 1e-6 for p in power.values())
-        assert result.policies["hindsight"].method == "milp"
+        assert result.policies["hindsight"].method in ("milp", "fleet-dp")     # one exact solve
     else:
         assert all(p.min() >= 8.0 - 1e-6 for p in power.values())    # 400,000 TH/s = 8 MW
     profit = {p: r.fleet["profit_usd"] for p, r in result.policies.items()}
@@ -176,6 +177,42 @@ def test_gridminer_kept_plans_equal_fresh_plans(tmp_path, fleet):
         caps = 10.0
         profit = lambda lv: float(((book.usd[:, LOOKBACK_H:LOOKBACK_H + hours] * -1 + 153.125) * lv * caps).sum())
         assert profit(a.levels) == pytest.approx(profit(b.levels), rel=0.01)
+
+
+def test_fleet_dp_finds_the_milp_optimum_on_real_prices(week):
+    # four sites on the week's ERCOT and DE-LU margins under a budget of 60 % of 40 MW or a
+    # target of half their hash rate: the policy's 24 h plans (one every 9 h) and the
+    # hindsight's 72 h windows; the MILP's 1e-6 gap is the only difference allowed
+    margin = week.breakeven_usd - week.price_usd
+    assert not np.isnan(margin).any()
+    units = [Unit(capacity_mw=cap, min_level=0.5, min_on=2, min_off=2, ramp_mw=None, start_cost_usd=25.0 * cap,
+                  ths_per_mw=5e4) for cap in (15.0, 5.0, 10.0, 10.0)]
+    rows = [0, 1, 0, 1]
+    for coupling in ({"budget_mw": 24.0}, {"target_ths": 20.0 * 5e4}):
+        init = [UnitState()] * 4
+        for a, hours in [(a, 24) for a in range(0, 130, 9)] + [(0, 72), (72, 72)]:
+            p = Problem(units, init, margin[rows, a:a + hours], **coupling)
+            milp, dp = solve_milp(p), solve_fleet_dp(p)
+            assert dp.profit_usd >= milp.profit_usd - 1e-6 * abs(milp.profit_usd), (coupling, a)
+            assert dp.profit_usd == pytest.approx(milp.profit_usd, rel=1e-6), (coupling, a)
+            assert not any(violations(p, dp.level).values()), (coupling, a)
+            init = [UnitState(on=bool(lv > 0), level=float(lv), slots=1) for lv in dp.level[:, 8]]
+
+
+@pytest.mark.parametrize("fleet", ["[fleet]\npower_budget_mw = 12.0", "[fleet]\nhashrate_target_ths = 400000"])
+def test_gridminer_fleet_dp_decides_as_the_milp(tmp_path, fleet, monkeypatch):
+    spec = load_sites(sites_file(tmp_path, fleet, min_on=2))
+    prices = {s.name: load_replay_prices(spec, s) for s in spec.sites}
+    start, hours = datetime(2023, 8, 15, 6, tzinfo=UTC), 150
+    book = _book(spec, prices, start, hours)
+    run = lambda: make_policy(spec, "gridminer").run(book, np.full(hours, 0.075), [UnitState()] * 2, LOOKBACK_H,
+                                                     LOOKBACK_H + hours)
+    dp = run()
+    monkeypatch.setattr(optimize, "fleet_dp_applicable", lambda problem: False)
+    milp = run()
+    assert dp.replans == milp.replans
+    assert dp.levels.tolist() == milp.levels.tolist()
+    assert dp.reasons.tolist() == milp.reasons.tolist()
 
 
 @pytest.mark.parametrize("fleet", ["", "[fleet]\npower_budget_mw = 12.0"])

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from miner.sched.optimize import (Problem, Unit, UnitState, end_state, profit_of, site_violations, solve,
-                                  solve_dp, solve_milp, solve_site_dp, violations)
+from miner.sched.optimize import (Problem, Unit, UnitState, end_state, fleet_dp_applicable, profit_of,
+                                  site_violations, solve, solve_coupled, solve_dp, solve_fleet_dp, solve_milp,
+                                  solve_site_dp, violations)
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -244,3 +245,25 @@ def test_dp_equals_milp_without_ramp_and_hold(problem):
     dp, milp = solve_dp(problem), solve_milp(problem)
     assert dp.profit_usd == pytest.approx(milp.profit_usd, abs=1e-6)
     assert feasible(problem, dp.level)
+
+
+@FAST
+@given(small_problems(max_sites=3, max_slots=8))
+def test_fleet_dp_equals_milp(problem):
+    # one fleet row, no ramp limit, no hold slot: the fleet DP's optimum is the MILP's
+    # (objective with the slack penalty included, so infeasible rows compare too)
+    units = [Unit(u.capacity_mw, u.min_level, u.min_on, u.min_off, None, u.start_cost_usd, u.ths_per_mw)
+             for u in problem.units]
+    budget, target = problem.budget_mw, problem.target_ths
+    if budget is None and target is None:
+        budget = sum(u.capacity_mw for u in units) * 0.5
+    problem = Problem(units, problem.init, problem.margin, problem.forced_off, problem.curtail,
+                      budget_mw=budget, target_ths=target)
+    assert fleet_dp_applicable(problem)
+    dp, milp = solve_fleet_dp(problem), solve_milp(problem)
+    penalty = lambda s: (s.excess_mw.sum() + s.shortfall_ths.sum() / max(u.ths_per_mw for u in units))
+    assert penalty(dp) == pytest.approx(penalty(milp), abs=1e-6)
+    assert dp.profit_usd == pytest.approx(milp.profit_usd, abs=1e-6)
+    v = violations(problem, dp.level)
+    assert not any(n for k, n in v.items() if k not in ("budget", "target")), v
+    assert solve_coupled(problem).method in ("dp", "fleet-dp")
