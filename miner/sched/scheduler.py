@@ -279,18 +279,23 @@ class Scheduler:
         self.steps += 1
         if self.steps == 1:
             await self._take_over()
-        prices = await self._fetch_prices(now)
-        hashprice = await self._current_hashprice(now)
+        phase = self.metrics.sched_step_seconds
+        with phase.labels("prices").time():
+            prices = await self._fetch_prices(now)
+        with phase.labels("hashprice").time():
+            hashprice = await self._current_hashprice(now)
         if hashprice is None:
             # No revenue figure, no breakeven: every site follows its fail-safe.
             prices, hashprice = {name: [] for name in self.sites}, 0.0
         # Off the event loop: a coupled fleet's MILP may take a second or more, and the
         # loop carries new-tip jobs, stratum and found blocks.
-        plan = await asyncio.to_thread(self.policy.decide, dict(self.states), prices, now, hashprice)
+        with phase.labels("decide").time():
+            plan = await asyncio.to_thread(self.policy.decide, dict(self.states), prices, now, hashprice)
         self._record_plan(plan)
         sites = [name for name in self.sites if name in plan.decisions]
-        measured = await asyncio.gather(*(self.actuator.actuate(name, plan.decisions[name],
-                                                                 self.states[name].level) for name in sites))
+        with phase.labels("actuate").time():
+            measured = await asyncio.gather(*(self.actuator.actuate(name, plan.decisions[name],
+                                                                     self.states[name].level) for name in sites))
         for name, site_measured in zip(sites, measured):
             try:  # one site's bad figures must not stall the others' bookkeeping
                 self._integrate(name, now)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -159,6 +160,24 @@ def test_price_across_breakeven_curtails_and_resumes_with_reasons_in_the_log(cap
     assert sample(metrics, "gridminer_site_breakeven_usd_per_mwh", site="texas") == pytest.approx(BREAKEVEN)
     assert sample(metrics, "gridminer_hashprice_usd_per_th_day") == HASHPRICE
     assert sample(metrics, "gridminer_device_actuations_total", site="texas", device="rig1", result="ok") == 3
+
+
+def test_each_phase_of_a_step_is_timed_the_policy_apart_from_the_rest():
+    fleet = fleet_of({"name": "texas"})
+    sched, policy, metrics = make(fleet, {"texas": SettableFeed(30.0)}, {"texas": [Rig("rig1")]})
+    slow = 0.05
+
+    class SlowPolicy:
+        def decide(self, *args):
+            time.sleep(slow)   # runs off the loop (to_thread), as a MILP does
+            return policy.decide(*args)
+
+    sched.policy = SlowPolicy()
+    asyncio.run(sched.step(at(0)))
+    asyncio.run(sched.step(at(60)))
+    for phase in ("prices", "hashprice", "decide", "actuate"):
+        assert sample(metrics, "gridminer_sched_step_seconds_count", phase=phase) == 2, phase
+    assert sample(metrics, "gridminer_sched_step_seconds_sum", phase="decide") >= 2 * slow
 
 
 def test_stale_feed_applies_the_fail_safe_and_a_fresh_price_lifts_it(caplog):
