@@ -184,6 +184,18 @@ def main() -> int:
     spec = json.loads(Path(sys.argv[1]).read_text())
     logging.basicConfig(level=os.environ.get("FLEET_BUS_SITES_LOG", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    profile_path = os.environ.get("FLEET_BUS_SITES_PROFILE")
+    if profile_path:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            asyncio.run(run(spec))
+        finally:
+            profiler.disable()
+            profiler.dump_stats(f"{profile_path}.{os.getpid()}")
+        return 0
     asyncio.run(run(spec))
     return 0
 
