@@ -103,6 +103,11 @@ def machine() -> dict[str, Any]:
     return {"cpu_model": model, "cores": os.cpu_count(), "load_before": list(os.getloadavg())}
 
 
+def progress(message: str) -> None:
+    """A phase starting, on stderr (stdout stays the figures)."""
+    print(f"{time.strftime('%H:%M:%S')} fleet_bus: {message}", file=sys.stderr, flush=True)
+
+
 def site_names(n: int) -> list[str]:
     return [f"site-{i:04d}" for i in range(n)]
 
@@ -443,6 +448,7 @@ async def start_everything(run: Run, low_price: float) -> dict[str, Any]:
     write_fleet_config(run.workdir / "fleet.toml", opts, metrics_port)
     run.fleet_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
 
+    progress(f"starting miner fleet ({len(sites)} sites, interval {opts.interval:g} s, policy {opts.policy})")
     env = dict(os.environ, PYTHONUNBUFFERED="1", GRIDMINER_BUS_PASSWORD=fleet_password)
     run.fleet_log = run.workdir / "fleet.log"
     with open(run.fleet_log, "wb") as log_file:
@@ -460,6 +466,7 @@ async def start_everything(run: Run, low_price: float) -> dict[str, Any]:
     run.state_root = state_root
     n = opts.processes
     chunks = [sites[i * len(sites) // n:(i + 1) * len(sites) // n] for i in range(n)]
+    progress(f"starting {n} site-agent process(es), {len(sites) * opts.devices} emulated devices")
     worker_env = dict(os.environ, PYTHONUNBUFFERED="1")
     worker_env.pop("GRIDMINER_BUS_PASSWORD", None)
     for i, chunk in enumerate(chunks):
@@ -477,6 +484,7 @@ async def start_everything(run: Run, low_price: float) -> dict[str, Any]:
     t0 = time.monotonic()
     await wait_for(lambda: all(w.ready.is_set() for w in run.workers), opts.timeout, "site agents connected", run)
     setup["agents_ready_s"] = round(time.monotonic() - t0, 3)
+    progress(f"agents ready in {setup['agents_ready_s']:.1f} s; warm-up")
     # Warm-up: every site follows its first desired state (level 1) and acknowledged it.
     first = {s: run.watch.published(s, 1.0, 0.0) for s in sites}
 
@@ -524,15 +532,21 @@ async def fleet_samples(run: Run) -> dict:
 async def idle_window(run: Run) -> dict[str, Any]:
     """Fleet CPU and bus traffic while no price changes (the fleet still polls and decides)."""
     seconds = run.opts.idle_seconds
+    progress(f"idle window, {seconds:g} s")
     v0, cpu0, polls0, t0 = await asyncio.to_thread(run.varz), run.fleet_cpu(), run.api.polls, time.time()
+    sites0, nats0 = run.sites_cpu(), run.nats_cpu()
     await asyncio.sleep(seconds)
     run.check_alive()
     v1, cpu1, polls1, t1 = await asyncio.to_thread(run.varz), run.fleet_cpu(), run.api.polls, time.time()
+    sites1, nats1 = run.sites_cpu(), run.nats_cpu()
     rounds = polls1 - polls0
     dt = t1 - t0
     return {"seconds": round(dt, 3), "rounds": rounds,
             "fleet_cpu_s": round(cpu1 - cpu0, 3),
             "fleet_cpu_per_round_ms": round(1000 * (cpu1 - cpu0) / rounds, 1) if rounds else None,
+            "site_processes_cpu_share": round((sites1 - sites0) / dt, 3),
+            "nats_server_cpu_share": round((nats1 - nats0) / dt, 3) if nats0 is not None and nats1 is not None
+            else None,
             "bus_in_msgs_per_s": round((v1["in_msgs"] - v0["in_msgs"]) / dt, 1),
             "bus_out_msgs_per_s": round((v1["out_msgs"] - v0["out_msgs"]) / dt, 1)}
 
@@ -550,6 +564,7 @@ async def one_round(run: Run, number: int, level: float, price: float) -> dict[s
     v0, fleet0, sites0, nats0 = await asyncio.to_thread(run.varz), run.fleet_cpu(), run.sites_cpu(), run.nats_cpu()
     m0 = await fleet_samples(run)
     polls0 = run.api.polls
+    progress(f"round {number}: price {price:.2f} USD/MWh, every site to level {level:g}")
     version, t_flip = run.api.flip(price)
 
     def done() -> bool:
@@ -605,8 +620,6 @@ async def one_round(run: Run, number: int, level: float, price: float) -> dict[s
             sites_done += 1
     fetch_times = sorted(served.values())
     window = max(1e-9, t_end - t_flip)
-    decide_sum0, decide_n0 = step_seconds(m0, "decide")
-    decide_sum1, decide_n1 = step_seconds(m1, "decide")
     phases = {}
     for phase in ("prices", "hashprice", "decide", "actuate"):
         s0, n0 = step_seconds(m0, phase)
@@ -624,7 +637,6 @@ async def one_round(run: Run, number: int, level: float, price: float) -> dict[s
                         "apply": stats(apply_part), "ack": stats(ack_part)},
         "fleet_round": {
             "feeds_fetched_first_to_last_s": r3(fetch_times[-1] - fetch_times[0]) if fetch_times else None,
-            "decision_s": r3(min(published_times) - fetch_times[-1]) if fetch_times and published_times else None,
             "publication_first_to_last_s": r3(max(published_times) - min(published_times)) if published_times else None,
             "step_phase_mean_s": phases, "rounds_in_window": rounds},
         "window_s": r3(window),
@@ -674,6 +686,7 @@ async def benchmark(opts: Options, server: Any) -> dict[str, Any]:
 
 async def shutdown(run: Run) -> None:
     """Every process this run started, stopped (SIGTERM, then SIGKILL), the API closed."""
+    progress("stopping")
     stops = [w.stop() for w in run.workers]
     if run.fleet is not None:
         stops.append(stop_process(run.fleet))
@@ -723,7 +736,9 @@ def render(result: dict[str, Any]) -> str:
         i = result.get(key)
         if i:
             lines.append(f"{title} ({i['seconds']:.0f} s, no price change): fleet {i['rounds']} rounds, "
-                         f"{i['fleet_cpu_per_round_ms']} ms CPU per round; bus in {i['bus_in_msgs_per_s']} msg/s, "
+                         f"{i['fleet_cpu_per_round_ms']} ms CPU per round; site processes "
+                         f"{i['site_processes_cpu_share']:.2f} cores (reports every {o['report_interval']:g} s), "
+                         f"nats-server {i['nats_server_cpu_share']} cores; bus in {i['bus_in_msgs_per_s']} msg/s, "
                          f"out {i['bus_out_msgs_per_s']} msg/s")
     for r in result.get("rounds", []):
         b, f = r["breakdown_s"], r["fleet_round"]
@@ -742,8 +757,8 @@ def render(result: dict[str, Any]) -> str:
             f"    delivery (on the bus -> agent decoded it)       {fmt(b['delivery'])}",
             f"    apply (decoded -> last device applied)          {fmt(b['apply'])}",
             f"    ack (last device -> report on the bus)          {fmt(b['ack'])}",
-            f"  fleet round: feeds fetched first->last {f['feeds_fetched_first_to_last_s']} s; last fetch -> first "
-            f"publication {f['decision_s']} s; publication first->last {f['publication_first_to_last_s']} s",
+            f"  fleet round: the new price fetched for every site over {f['feeds_fetched_first_to_last_s']} s "
+            f"(first->last); desired states published over {f['publication_first_to_last_s']} s (first->last)",
             f"  fleet step phases (mean over {f['rounds_in_window']} rounds, fleet's gridminer_sched_step_seconds): "
             + ", ".join(f"{k} {v} s" for k, v in ph.items()),
             f"  bus (nats-server /varz over {r['window_s']} s): in {r['bus_in_msgs_per_s']:,} msg/s, "
@@ -795,6 +810,7 @@ async def amain(opts: Options) -> dict[str, Any]:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     server = NatsServer(site_names(opts.sites), monitor=True)
+    progress(f"starting nats-server with {opts.sites} site users")
     try:
         await asyncio.to_thread(server.start)
         return await benchmark(opts, server)
