@@ -72,6 +72,7 @@ class BusActuator:
         # The KV revision each report in `reports` was decoded from: an unchanged entry is not
         # decoded again (a 50-device report costs about a millisecond, every site, every step).
         self._report_revisions: dict[str, int] = {}
+        self._measurements: dict[str, tuple[SiteReport, SiteMeasurement]] = {}   # from which report
         # The hashprice the decisions saw (the scheduler's), written into each desired state.
         self.hashprice_of: Callable[[], float | None] = lambda: None
         self._seq = 0
@@ -171,11 +172,16 @@ class BusActuator:
             m.fleet_reported_level.labels(site).set(0)
             return SiteMeasurement(0.0, False, 0.0, None)
         m.fleet_reported_level.labels(site).set(report.level)
+        known = self._measurements.get(site)
+        if known is not None and known[0] is report:
+            return known[1]
         devices = tuple(DeviceOutcome(d.name, d.applied,
                                       DeviceReading(d.hashing, d.hashrate_hs, d.power_w, d.level) if d.up else None,
                                       d.hashing)
                         for d in report.devices)
-        return SiteMeasurement(report.level, report.hashing, report.hashrate_hs, report.power_w, devices)
+        measured = SiteMeasurement(report.level, report.hashing, report.hashrate_hs, report.power_w, devices)
+        self._measurements[site] = (report, measured)
+        return measured
 
 
 # -- the runner -----------------------------------------------------------------------------------

@@ -40,8 +40,13 @@ def test_an_unchanged_report_is_not_decoded_again_and_a_new_one_is(nats_server):
             await reported.put("texas", report(1.0))
             first = await actuator.read_report("texas")
             again = await actuator.read_report("texas")
+            measured = await actuator.measure("texas")
+            assert await actuator.measure("texas") is measured    # nor turned into a measurement again
+            assert measured.level == 1.0 and measured.hashing and len(measured.devices) == 50
             await reported.put("texas", report(0.0))
             newer = await actuator.read_report("texas")
+            remeasured = await actuator.measure("texas")
+            assert remeasured is not measured and remeasured.level == 0.0 and not remeasured.hashing
             return first, again, newer
         finally:
             await bus.close()
