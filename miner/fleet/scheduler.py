@@ -249,7 +249,7 @@ class FleetRunner:
             log.info("fleet %s: %s took over %.1f s; going on", self.name, what, STOP_STEP_SECONDS)
 
     async def _work(self) -> None:
-        from miner.sched.feeds import feed_for_site
+        from miner.sched.feeds import feeds_for_sites
         from miner.sched.policy import make_policy
         from miner.sched.scheduler import Scheduler, hashprice_source_for
 
@@ -261,7 +261,7 @@ class FleetRunner:
                                lease=self.lease, signing_key=self.key, metrics=self.metrics,
                                desired_ttl_seconds=b.desired_ttl_seconds,
                                report_interval_seconds=b.report_interval_seconds, leader_name=self.name)
-        feeds = {site.name: feed_for_site(site, self.fleet.base_dir) for site in self.fleet.sites}
+        feeds = feeds_for_sites(self.fleet.sites, self.fleet.base_dir)
         self.scheduler = Scheduler(self.fleet, make_policy(self.fleet, self.policy_name), feeds, actuator=actuator,
                                    metrics=self.metrics,
                                    hashprice_source=hashprice_source_for(self.fleet.economics),

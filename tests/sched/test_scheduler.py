@@ -249,6 +249,22 @@ def test_feed_errors_of_every_kind_are_counted_and_the_other_sites_go_on(caplog)
     assert "a bug in a feed" in caplog.text
 
 
+def test_sites_that_share_a_feed_fetch_it_once_per_step_and_keep_their_errors_apart():
+    fleet = fleet_of({"name": "a"}, {"name": "b"}, {"name": "c"})
+    market, own = SettableFeed(30.0), SettableFeed(200.0)
+    sched, _, metrics = make(fleet, {"a": market, "b": market, "c": own}, {})
+    plan = asyncio.run(sched.step(at(0)))
+    assert market.calls == 1 and own.calls == 1
+    assert plan.decisions["a"].level == plan.decisions["b"].level == 1.0 and plan.decisions["c"].level == 0.0
+    assert sched.intervals["a"] == sched.intervals["b"] and sched.intervals["a"] is not sched.intervals["b"]
+    market.failure = FeedError("HTTP 503", "error")
+    asyncio.run(sched.step(at(60)))
+    assert market.calls == 2
+    assert sample(metrics, "gridminer_feed_errors_total", site="a", kind="error") == 1
+    assert sample(metrics, "gridminer_feed_errors_total", site="b", kind="error") == 1
+    assert sample(metrics, "gridminer_feed_errors_total", site="c", kind="error") is None
+
+
 def test_the_newest_answer_wins_over_what_it_overlaps():
     hour = timedelta(hours=1)
 
