@@ -6,7 +6,7 @@
 
 Everything is real except the devices:
 
-    price API (here, http_json on loopback, one URL per site) ──poll──► miner fleet (a process)
+    price API (here, http_json on loopback, one URL per market) ──poll──► miner fleet (a process)
         the benchmark flips every site's price across breakeven          │ signed desired state,
                                                                          ▼ one KV put per site
     nats-server -js (miner.testing.nats, a user per site, /varz on loopback)
@@ -18,7 +18,8 @@ Everything is real except the devices:
 
 Clocks: every timestamp is time.time() on this machine (one clock for every process).
     flip        the benchmark changes the price the API serves
-    fetched     the API serves the new price to the fleet for that site (the fleet's poll)
+    fetched     the API serves the new price of the site's market to the fleet (its poll;
+                sites in one market share one feed, so one fetch per market and step)
     published   this process sees the site's new desired state on the bus (a fleet-user
                 subscription to $KV.gridminer_desired.>: the moment the bus delivers it)
     received    the site agent decoded it
@@ -130,15 +131,15 @@ def scrape(url: str, timeout: float = 10.0) -> dict[tuple[str, tuple], float]:
 # -- the price API ----------------------------------------------------------------------------
 
 class PriceAPI:
-    """GET /price/<site> -> {"price": p}; remembers when each site was first served each price."""
+    """GET /price/<market> -> {"price": p}; remembers when each market was first served each price."""
 
-    def __init__(self, sites: list[str], price: float) -> None:
-        self.sites = set(sites)
-        self.first_site = sites[0]
+    def __init__(self, markets: list[str], price: float) -> None:
+        self.sites = set(markets)
+        self.first_site = markets[0]
         self.price, self.version = price, 0
         self.lock = threading.Lock()
-        self.served: dict[int, dict[str, float]] = {0: {}}   # version -> site -> first served at
-        self.polls = 0                                      # polls of the first site (= fleet rounds)
+        self.served: dict[int, dict[str, float]] = {0: {}}   # version -> market -> first served at
+        self.polls = 0                                      # polls of the first market (= fleet rounds)
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -325,6 +326,7 @@ async def stop_process(proc: asyncio.subprocess.Process, timeout: float = STOP_T
 @dataclass
 class Options:
     sites: int = 1000
+    markets: int = 25
     devices: int = 50
     processes: int = 4
     rounds: int = 2
@@ -337,6 +339,7 @@ class Options:
     idle_seconds: float = 10.0
     timeout: float = 300.0
     state_dir: str | None = None
+    profile_dir: str | None = None
 
 
 @dataclass
@@ -352,9 +355,11 @@ class Run:
     fleet_metrics_url: str = ""
     fleet_log: Path | None = None
     state_root: Path | None = None
+    market: dict[str, str] = field(default_factory=dict)
+    worker_by_site: dict[str, SitesProcess] = field(default_factory=dict)
 
     def worker_of(self, site: str) -> SitesProcess:
-        return self.workers[self.sites.index(site) * len(self.workers) // len(self.sites)]
+        return self.worker_by_site[site]
 
     def applied_event(self, site: str, revision: int) -> dict | None:
         return self.worker_of(site).applied.get(site, {}).get(revision)
@@ -385,7 +390,17 @@ class Run:
             return ""
 
 
-def write_sites_file(path: Path, sites: list[str], devices: int, price_url: str) -> None:
+def market_names(n: int) -> list[str]:
+    return [f"market-{i:04d}" for i in range(n)]
+
+
+def market_of(sites: list[str], markets: int) -> dict[str, str]:
+    """Site i trades in market i mod markets."""
+    names = market_names(markets)
+    return {site: names[i % markets] for i, site in enumerate(sites)}
+
+
+def write_sites_file(path: Path, sites: list[str], devices: int, price_url: str, markets: dict[str, str]) -> None:
     lines = [f"[economics]\nhashprice_usd_per_th_day = {HASHPRICE}\npool_fee = {POOL_FEE}\n"]
     capacity_mw = devices * RIG_W / 1e6
     for name in sites:
@@ -397,7 +412,7 @@ fail_safe = "hold"
 price_ttl_seconds = 600
 [site.feed]
 kind = "http_json"
-url = "{price_url}/{name}"
+url = "{price_url}/{markets[name]}"
 price_path = "price"
 resolution_minutes = 5
 timeout_s = 30
@@ -435,7 +450,8 @@ async def wait_for(predicate, timeout: float, what: str, run: Run, poll: float =
 async def start_everything(run: Run, low_price: float) -> dict[str, Any]:
     opts, sites = run.opts, run.sites
     setup: dict[str, Any] = {}
-    run.api = PriceAPI(sites, low_price)
+    run.market = market_of(sites, opts.markets)
+    run.api = PriceAPI(market_names(opts.markets), low_price)
     fleet_user, fleet_password = run.server.fleet_user
     await run.watch.start(run.server.url, fleet_user, fleet_password)
 
@@ -443,7 +459,7 @@ async def start_everything(run: Run, low_price: float) -> dict[str, Any]:
     key_path = run.workdir / "fleet.key"
     key_path.write_bytes(signing_key_pem(key))
     os.chmod(key_path, 0o600)
-    write_sites_file(run.workdir / "sites.toml", sites, opts.devices, run.api.url)
+    write_sites_file(run.workdir / "sites.toml", sites, opts.devices, run.api.url, run.market)
     metrics_port = free_port()
     write_fleet_config(run.workdir / "fleet.toml", opts, metrics_port)
     run.fleet_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -452,8 +468,10 @@ async def start_everything(run: Run, low_price: float) -> dict[str, Any]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", GRIDMINER_BUS_PASSWORD=fleet_password)
     run.fleet_log = run.workdir / "fleet.log"
     with open(run.fleet_log, "wb") as log_file:
+        profile = ["-m", "cProfile", "-o", str(Path(opts.profile_dir).resolve() / "fleet.prof")] \
+            if opts.profile_dir else []
         run.fleet = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "miner", "fleet", "-c", str(run.workdir / "fleet.toml"),
+            sys.executable, *profile, "-m", "miner", "fleet", "-c", str(run.workdir / "fleet.toml"),
             "--sites", str(run.workdir / "sites.toml"), "--bus", run.server.url,
             stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT, env=env, cwd=str(run.workdir))
     t0 = time.monotonic()
@@ -469,6 +487,8 @@ async def start_everything(run: Run, low_price: float) -> dict[str, Any]:
     progress(f"starting {n} site-agent process(es), {len(sites) * opts.devices} emulated devices")
     worker_env = dict(os.environ, PYTHONUNBUFFERED="1")
     worker_env.pop("GRIDMINER_BUS_PASSWORD", None)
+    if opts.profile_dir:
+        worker_env["FLEET_BUS_SITES_PROFILE"] = str(Path(opts.profile_dir).resolve() / "sites.prof")
     for i, chunk in enumerate(chunks):
         spec = {"url": run.server.url, "public_key": public_key_hex(key), "state_dir": str(state_root / f"p{i}"),
                 "sites": [[s, run.server.site_user(s)[1]] for s in chunk], "devices": opts.devices,
@@ -480,6 +500,7 @@ async def start_everything(run: Run, low_price: float) -> dict[str, Any]:
             json.dump(spec, f)
         worker = SitesProcess(i, spec_path, worker_env)
         run.workers.append(worker)
+        run.worker_by_site.update((s, worker) for s in chunk)
         await worker.start()
     t0 = time.monotonic()
     await wait_for(lambda: all(w.ready.is_set() for w in run.workers), opts.timeout, "site agents connected", run)
@@ -596,7 +617,7 @@ async def one_round(run: Run, number: int, level: float, price: float) -> dict[s
             continue
         t_pub, revision = p
         published_times.append(t_pub)
-        fetched = served.get(s)
+        fetched = served.get(run.market[s])
         if fetched is not None:
             poll_delay.append(fetched - t_flip)
             fleet_part.append(t_pub - fetched)
@@ -653,6 +674,7 @@ async def one_round(run: Run, number: int, level: float, price: float) -> dict[s
 async def benchmark(opts: Options, server: Any) -> dict[str, Any]:
     """Run against a started miner.testing.nats.NatsServer made with a user for every site
     and monitor=True; everything else is started here and stopped before returning."""
+    opts.markets = max(1, min(opts.markets, opts.sites))
     sites = site_names(opts.sites)
     result: dict[str, Any] = {"options": asdict(opts), "machine": machine()}
     breakeven = breakeven_usd_per_mwh(HASHPRICE, POOL_FEE, EFFICIENCY_J_PER_TH)
@@ -719,7 +741,8 @@ def fmt(s: dict[str, Any]) -> str:
 def render(result: dict[str, Any]) -> str:
     o, m = result["options"], result["machine"]
     lines = [
-        f"fleet bus: {o['sites']:,} sites x {o['devices']} devices = {o['sites'] * o['devices']:,} devices, "
+        f"fleet bus: {o['sites']:,} sites x {o['devices']} devices = {o['sites'] * o['devices']:,} devices "
+        f"in {o['markets']} market(s), "
         f"{o['processes']} site-agent process(es), policy {o['policy']}, fleet interval {o['interval']:g} s",
         f"machine: {m['cpu_model']}, {m['cores']} cores; load average before "
         f"{' '.join(f'{x:.2f}' for x in m['load_before'])}, after "
@@ -757,7 +780,7 @@ def render(result: dict[str, Any]) -> str:
             f"    delivery (on the bus -> agent decoded it)       {fmt(b['delivery'])}",
             f"    apply (decoded -> last device applied)          {fmt(b['apply'])}",
             f"    ack (last device -> report on the bus)          {fmt(b['ack'])}",
-            f"  fleet round: the new price fetched for every site over {f['feeds_fetched_first_to_last_s']} s "
+            f"  fleet round: the new price fetched from every market over {f['feeds_fetched_first_to_last_s']} s "
             f"(first->last); desired states published over {f['publication_first_to_last_s']} s (first->last)",
             f"  fleet step phases (mean over {f['rounds_in_window']} rounds, fleet's gridminer_sched_step_seconds): "
             + ", ".join(f"{k} {v} s" for k, v in ph.items()),
@@ -779,6 +802,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     d = Options()
     p.add_argument("--sites", type=int, default=d.sites)
+    p.add_argument("--markets", type=int, default=d.markets,
+                   help="price APIs the sites are spread over (sites in one market share its feed; "
+                        "--markets = --sites gives every site its own)")
     p.add_argument("--devices", type=int, default=d.devices, help="emulated devices per site")
     p.add_argument("--processes", type=int, default=d.processes, help="site-agent processes")
     p.add_argument("--rounds", type=int, default=d.rounds, help="price changes measured (alternating off/on)")
@@ -791,14 +817,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
     p.add_argument("--idle-seconds", type=float, default=d.idle_seconds, help="idle window for the fleet's per-round CPU")
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds any phase may take")
     p.add_argument("--state-dir", default=None, help="parent of the agents' state files (default tmpfs when present)")
+    p.add_argument("--profile", metavar="DIR", help="cProfile the fleet (DIR/fleet.prof) and the site processes "
+                                                 "(DIR/sites.prof.PID); read them with python -m pstats")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     a = p.parse_args(argv)
-    if a.sites < 1 or a.devices < 1 or a.processes < 1 or a.rounds < 0 or a.interval <= 0:
-        p.error("--sites, --devices, --processes must be >= 1, --rounds >= 0, --interval > 0")
-    opts = Options(sites=a.sites, devices=a.devices, processes=min(a.processes, a.sites), rounds=a.rounds,
+    if a.sites < 1 or a.devices < 1 or a.processes < 1 or a.markets < 1 or a.rounds < 0 or a.interval <= 0:
+        p.error("--sites, --markets, --devices, --processes must be >= 1, --rounds >= 0, --interval > 0")
+    opts = Options(sites=a.sites, markets=min(a.markets, a.sites), devices=a.devices, processes=min(a.processes, a.sites), rounds=a.rounds,
                    policy=a.policy, interval=a.interval, apply_latency=a.apply_latency, read_latency=a.read_latency,
                    jitter=a.jitter, report_interval=a.report_interval, idle_seconds=a.idle_seconds,
-                   timeout=a.timeout, state_dir=a.state_dir)
+                   timeout=a.timeout, state_dir=a.state_dir, profile_dir=a.profile)
     return opts, a.json
 
 
@@ -820,6 +848,8 @@ async def amain(opts: Options) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     opts, as_json = parse_args(argv)
+    if opts.profile_dir:
+        Path(opts.profile_dir).mkdir(parents=True, exist_ok=True)
     try:
         result = asyncio.run(amain(opts))
     except asyncio.CancelledError:
