@@ -92,6 +92,21 @@ def proc_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, every process of every user (/proc/stat)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return float(sum(fields) - idle), float(sum(fields))
+
+
+def busy_share(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    total = after[1] - before[1]
+    return round((after[0] - before[0]) / total, 3) if total > 0 else None
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     try:
@@ -585,6 +600,7 @@ async def one_round(run: Run, number: int, level: float, price: float) -> dict[s
     v0, fleet0, sites0, nats0 = await asyncio.to_thread(run.varz), run.fleet_cpu(), run.sites_cpu(), run.nats_cpu()
     m0 = await fleet_samples(run)
     polls0 = run.api.polls
+    machine0 = cpu_times()
     progress(f"round {number}: price {price:.2f} USD/MWh, every site to level {level:g}")
     version, t_flip = run.api.flip(price)
 
@@ -606,6 +622,7 @@ async def one_round(run: Run, number: int, level: float, price: float) -> dict[s
     v1, fleet1, sites1, nats1 = await asyncio.to_thread(run.varz), run.fleet_cpu(), run.sites_cpu(), run.nats_cpu()
     m1 = await fleet_samples(run)
     polls1 = run.api.polls
+    machine1 = cpu_times()
     served = run.api.served[version]
 
     device_from_flip, device_from_fetch, site_ack = [], [], []
@@ -667,6 +684,7 @@ async def one_round(run: Run, number: int, level: float, price: float) -> dict[s
         "cpu_s": {"fleet": r3(fleet1 - fleet0), "site_processes": r3(sites1 - sites0),
                   "nats_server": r3(nats1 - nats0) if nats0 is not None and nats1 is not None else None},
         "fleet_cpu_per_round_ms": round(1000 * (fleet1 - fleet0) / rounds, 1) if rounds else None,
+        "machine_busy_share": busy_share(machine0, machine1),
         "site_cpu_per_site_ms": round(1000 * (sites1 - sites0) / len(sites), 2),
     }
 
@@ -788,7 +806,8 @@ def render(result: dict[str, Any]) -> str:
             f"out {r['bus_out_msgs_per_s']:,} msg/s ({r['bus_in_msgs']:,} in, {r['bus_out_msgs']:,} out)",
             f"  CPU: fleet {r['cpu_s']['fleet']} s ({r['fleet_cpu_per_round_ms']} ms per round), site processes "
             f"{r['cpu_s']['site_processes']} s ({r['site_cpu_per_site_ms']} ms per site), nats-server "
-            f"{r['cpu_s']['nats_server']} s",
+            f"{r['cpu_s']['nats_server']} s; the machine's cores were {100 * (r['machine_busy_share'] or 0):.0f} % "
+            f"busy over the window (every process, other users' too)",
         ]
     sm = result.get("summary")
     if sm and sm["device_p99_from_flip_s_worst_round"] is not None:
