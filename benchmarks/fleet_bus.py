@@ -128,6 +128,13 @@ def site_names(n: int) -> list[str]:
     return [f"site-{i:04d}" for i in range(n)]
 
 
+def monitor_url(server: Any) -> str:
+    """nats-server's HTTP monitoring endpoint (the server must have been made with monitor_port)."""
+    if server.monitor_port is None:
+        raise RuntimeError("the nats-server needs its monitoring port (NatsServer(monitor_port=...))")
+    return f"http://127.0.0.1:{server.monitor_port}"
+
+
 def http_json(url: str, timeout: float = 10.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
@@ -380,7 +387,7 @@ class Run:
         return self.worker_of(site).applied.get(site, {}).get(revision)
 
     def varz(self) -> dict[str, Any]:
-        return http_json(self.server.monitor_url + "/varz")
+        return http_json(monitor_url(self.server) + "/varz")
 
     def fleet_cpu(self) -> float | None:
         return proc_cpu_seconds(self.fleet.pid) if self.fleet is not None else None
@@ -691,7 +698,7 @@ async def one_round(run: Run, number: int, level: float, price: float) -> dict[s
 
 async def benchmark(opts: Options, server: Any) -> dict[str, Any]:
     """Run against a started miner.testing.nats.NatsServer made with a user for every site
-    and monitor=True; everything else is started here and stopped before returning."""
+    and a monitor_port; everything else is started here and stopped before returning."""
     opts.markets = max(1, min(opts.markets, opts.sites))
     sites = site_names(opts.sites)
     result: dict[str, Any] = {"options": asdict(opts), "machine": machine()}
@@ -701,7 +708,7 @@ async def benchmark(opts: Options, server: Any) -> dict[str, Any]:
     result["devices_kind"] = ("in-process Device-protocol emulators (fleet_bus_sites.EmulatedDevice): "
                               f"apply {opts.apply_latency * 1000:g} ms, read {opts.read_latency * 1000:g} ms, "
                               f"+-{opts.jitter * 100:g} %")
-    result["nats_server"] = (await asyncio.to_thread(http_json, server.monitor_url + "/varz")).get("version")
+    result["nats_server"] = (await asyncio.to_thread(http_json, monitor_url(server) + "/varz")).get("version")
     with tempfile.TemporaryDirectory(prefix="fleet-bus-bench-") as tmp:
         run = Run(opts, sites, Path(tmp), server=server)
         try:
@@ -856,7 +863,7 @@ async def amain(opts: Options) -> dict[str, Any]:
     task = asyncio.current_task()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
-    server = NatsServer(site_names(opts.sites), monitor=True)
+    server = NatsServer(site_names(opts.sites), monitor_port=free_port())
     progress(f"starting nats-server with {opts.sites} site users")
     try:
         await asyncio.to_thread(server.start)

@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bus", metavar="URL", help="site mode: the fleet bus, nats://HOST:PORT (bus.url; user in "
                      "bus.user, password from GRIDMINER_BUS_PASSWORD)")
     run.add_argument("--pool", metavar="URL[,URL...]",
-                     help="agent/proxy: stratum+tcp://HOST:PORT pools in order of preference (upstream.pools; "
-                          "no default)")
+                     help="agent/proxy (and site, to mine too): stratum+tcp://HOST:PORT pools in order of preference "
+                          "(upstream.pools; no default)")
     run.add_argument("--user", metavar="NAME", help="agent/proxy: worker name, e.g. site.rig (upstream.user); "
                      "the pool password comes from the config or GRIDMINER_POOL_PASSWORD")
     run.add_argument("--api", metavar="HOST:PORT",
@@ -115,11 +115,12 @@ Four modes, one daemon:
          to the level the fleet leader (miner fleet) writes for it on the bus, reports
          what they really do, and follows the site's fail_safe when the bus is gone.
 
-With --sites FILE, any mode also runs the power-price scheduler: it curtails and resumes
-the local workers and the sites' devices (agents, ASICs) when the price crosses
-breakeven. Credentials never come from here: RPC user/password from the config file or
+With --sites FILE, solo, agent and proxy also run the power-price scheduler: it
+curtails and resumes the local workers and the sites' devices (agents, ASICs) when the
+price crosses breakeven. Credentials never come from here: RPC user/password from the config file or
 GRIDMINER_RPC_USER / GRIDMINER_RPC_PASSWORD, the pool password from
-GRIDMINER_POOL_PASSWORD, the agent token from GRIDMINER_AGENT_TOKEN.
+GRIDMINER_POOL_PASSWORD, the agent token from GRIDMINER_AGENT_TOKEN, the bus password
+from GRIDMINER_BUS_PASSWORD.
 """
 
 

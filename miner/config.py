@@ -281,7 +281,7 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"node.{key}: must be > 0 seconds, got {getattr(n, key)}")
     if m.mode not in MODES:
         raise ConfigError(f"mining.mode: expected one of {', '.join(MODES)}, got {m.mode!r}")
-    if m.mode in ("agent", "proxy"):
+    if m.mode in ("agent", "proxy") or (m.mode == "site" and config.upstream.pools):
         if not config.upstream.pools:
             raise ConfigError(f"upstream.pools: {m.mode} mode needs at least one pool (stratum+tcp://HOST:PORT)")
         for i, url in enumerate(config.upstream.pools):

@@ -23,6 +23,7 @@ disable_created_metrics()
 # inconclusive: valid but not on the node's best chain (BIP22), never counted as rejected.
 BLOCK_STAGES = ("found", "submitted", "accepted", "inconclusive", "rejected", "stale")
 UPSTREAM_SHARE_RESULTS = ("accepted", "rejected", "unknown", "stale", "invalid")
+FLEET_BUS_ERRORS = ("write", "read", "lease", "buckets", "report_malformed")
 
 
 class Metrics:
@@ -196,7 +197,7 @@ class Metrics:
                                           ["site"], registry=r)
         self.fleet_bus_errors = Counter("gridminer_fleet_bus_errors_total",
                                         "Fleet bus operations that failed, by kind (write, read, lease, "
-                                        "report_malformed)", ["kind"], registry=r)
+                                        "buckets, report_malformed)", ["kind"], registry=r)
 
         # Site agent on the fleet bus (miner run --mode site)
         self.bus_connected = Gauge("gridminer_bus_connected", "1 while the site agent is connected to the bus",
@@ -222,6 +223,8 @@ class Metrics:
             self.upstream_shares.labels(result)
         for kind in ("unavailable", "auth"):  # the worded kinds; node codes are rpc_<code>
             self.rpc_errors.labels(kind)
+        for kind in FLEET_BUS_ERRORS:
+            self.fleet_bus_errors.labels(kind)
 
         # Build and run
         self.build_info = Gauge("gridminer_build_info", "Always 1; labels say what runs",

@@ -107,6 +107,7 @@ class Bus:
         self.connected = False
         self._stopping = asyncio.Event()
         self._log = LimitedLog(log)
+        self._closing = False
         self.request_timeout = REQUEST_TIMEOUT_SECONDS
         # The server's last complaints ("Permissions Violation for Publish to ..."), newest last.
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
@@ -178,6 +179,7 @@ class Bus:
 
     async def close(self) -> None:
         self._stopping.set()
+        self._closing = True
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await asyncio.wait_for(self.nc.close(), 2.0)
@@ -196,7 +198,7 @@ class Bus:
                 await result
 
     async def _disconnected(self) -> None:
-        if self.connected:
+        if self.connected and not self._closing:
             log.warning("bus disconnected from %s; reconnecting", self.settings.url)
         await self._set_state(False)
 
@@ -313,8 +315,13 @@ def load_signing_key_file(path: str | Path) -> Any:
 
     try:
         data = Path(path).read_bytes()
+        mode = Path(path).stat().st_mode
     except OSError as e:
         raise ValueError(f"[bus] signing_key_file {path}: cannot read: {e.strerror}") from None
+    if mode & 0o077:
+        # Whoever reads it can sign desired states every site obeys.
+        log.warning("[bus] signing_key_file %s is readable by group or others (mode %o); chmod 600 it",
+                    path, mode & 0o777)
     try:
         return load_signing_key(data)
     except ValueError as e:

@@ -88,7 +88,13 @@ def run_fleet(args: argparse.Namespace) -> int:
     from miner.fleet.scheduler import FleetRunner
     from miner.sched.scheduler import fleet_setting_problems
 
+    from miner.sched.scheduler import hashprice_source_for
+
     problems = fleet_setting_problems(fleet, devices=False)
+    try:
+        hashprice_source_for(fleet.economics)
+    except ValueError as e:
+        problems.append(str(e))
     try:
         runner = FleetRunner(config, fleet)
     except ValueError as e:

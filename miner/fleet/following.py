@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-MODES = ("following", "fail_safe", "starting")
-FAIL_SAFES = ("curtail", "hold")
+from miner.sched.sites import FAIL_SAFES   # the sites file's fail_safe values
+
 # Bounded reasons of a fail-safe target (log words; the following mode keeps the record's).
 OWN_PRICE_BELOW = "price_below_breakeven"
 OWN_PRICE_ABOVE = "price_above_breakeven"
@@ -53,7 +53,7 @@ class OwnPrice:
 @dataclass(frozen=True)
 class Target:
     level: float | None        # None: leave the devices as they are
-    mode: str                  # one of MODES
+    mode: str                  # following | fail_safe | starting (miner.fleet.records.MODES)
     reason: str                # the record's reason, or a fail-safe reason
     revision: int | None       # the desired revision followed (following mode only)
     detail: str = ""
@@ -106,13 +106,18 @@ class Follower:
                 return "expired"
             self.desired = record
             return "current"
-        newest = max(self.highest_applied or -1, self.desired.revision if self.desired is not None else -1)
-        if record.revision <= newest:
+        if record.revision <= self.newest_revision:
             return "stale_revision"
         if expires_at(record, self.desired_ttl) <= now:
             return "expired"
         self.desired = record
         return "accepted"
+
+    @property
+    def newest_revision(self) -> int:
+        """The newest revision applied or accepted (-1: none yet)."""
+        return max(self.highest_applied if self.highest_applied is not None else -1,
+                   self.desired.revision if self.desired is not None else -1)
 
     def mark_resynced(self) -> None:
         """The bus answered a resync (with a record or with none): start-up is over."""

@@ -42,7 +42,6 @@ class Lease:
         self.renewed_at: float | None = None
         self.other_holder: str | None = None  # who holds it, as last seen by a standby
         self.other_at: datetime | None = None
-        self._stopping = asyncio.Event()
         self._told = False
 
     @property
@@ -127,18 +126,6 @@ class Lease:
         if holder != self.other_holder:
             log.info("fleet %s: standby; %s leads", self.holder, holder)
         self.other_holder, self.other_at = holder, when
-
-    async def run(self) -> None:
-        """step() every ttl/3 until stop(); the wait ends at once on stop()."""
-        while not self._stopping.is_set():
-            await self.step()
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.interval)
-            except asyncio.TimeoutError:
-                pass
-
-    def stop(self) -> None:
-        self._stopping.set()
 
     async def release(self) -> None:
         """Give the lease up (a clean stop): a standby wins at its next attempt, not after

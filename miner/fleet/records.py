@@ -61,7 +61,7 @@ def canonical_json(obj: Mapping[str, Any]) -> bytes:
 
 
 def format_time(when: datetime) -> str:
-    """'2026-12-07T08:00:00Z' (UTC, whole seconds dropped to the microsecond when present)."""
+    """'2026-12-07T08:00:00Z' in UTC; with .ffffff microseconds only when they are not zero."""
     when = when.astimezone(timezone.utc)
     text = when.strftime("%Y-%m-%dT%H:%M:%S")
     if when.microsecond:

@@ -69,9 +69,8 @@ class BusActuator:
         self.leader_name = leader_name
         self.written: dict[str, _Written] = {}
         self.reports: dict[str, SiteReport] = {}
-        # The KV revision each report in `reports` was decoded from: an unchanged entry is not
-        # decoded again (a 50-device report costs about a millisecond, every site, every step).
-        self._report_revisions: dict[str, int] = {}
+        self._report_seen: dict[str, tuple[int, datetime]] = {}   # site -> (KV revision, first seen)
+        self._ack_seen: dict[str, tuple[tuple[int, datetime], datetime]] = {}
         self._measurements: dict[str, tuple[SiteReport, SiteMeasurement]] = {}   # from which report
         # The hashprice the decisions saw (the scheduler's), written into each desired state.
         self.hashprice_of: Callable[[], float | None] = lambda: None
@@ -145,8 +144,11 @@ class BusActuator:
                 self._log.warning(f"read:{site}", "fleet: report of site %s unreadable: %s", site,
                                   str(e) or type(e).__name__)
                 return self.reports.get(site)
-        if entry.revision is not None and self._report_revisions.get(site) == entry.revision:
-            return self.reports.get(site)
+        seen = self._report_seen.get(site)
+        if seen is not None and seen[0] == entry.revision and site in self.reports:
+            # Unchanged since the last step: not decoded again (a 50-device report costs
+            # about a millisecond, for every site at every step).
+            return self.reports[site]
         try:
             report = decode_report(entry.value, site=site)
         except RecordError as e:
@@ -154,17 +156,31 @@ class BusActuator:
             self._log.warning(f"report:{site}", "fleet: report of site %s refused (%s): %s", site, e.reason, e)
             return self.reports.get(site)
         self.reports[site] = report
-        self._report_revisions[site] = entry.revision
+        # Ages by this process's clock from when a new report or ack was first seen, so a
+        # site whose clock is off is still judged right; the site's own time stamps count
+        # only for what was already there when this process started.
+        now = self.clock()
+        seen = self._report_seen.get(site)
+        if seen is None or seen[0] != entry.revision:
+            self._report_seen[site] = (entry.revision, min(report.at, now) if seen is None else now)
+        if report.ack is not None:
+            ack_key = (report.ack.revision, report.ack.at)
+            acked = self._ack_seen.get(site)
+            if acked is None or acked[0] != ack_key:
+                self._ack_seen[site] = (ack_key, min(report.ack.at, now) if acked is None else now)
         return report
 
     async def measure(self, site: str) -> SiteMeasurement:
         report = await self.read_report(site)
         now = self.clock()
         m = self.metrics
-        fresh = report is not None and (now - report.at).total_seconds() < STALE_REPORTS * self.report_interval
+        seen = self._report_seen.get(site)
+        fresh = report is not None and seen is not None and \
+            (now - seen[1]).total_seconds() < STALE_REPORTS * self.report_interval
         m.fleet_site_reporting.labels(site).set(1 if fresh else 0)
-        if report is not None and report.ack is not None:
-            m.fleet_last_ack_age.labels(site).set(max(0.0, (now - report.ack.at).total_seconds()))
+        acked = self._ack_seen.get(site)
+        if acked is not None:
+            m.fleet_last_ack_age.labels(site).set(max(0.0, (now - acked[1]).total_seconds()))
         if report is None or not fresh:
             if report is not None:
                 self._log.warning(f"stale:{site}", "fleet: site %s not reporting (last report %s)", site,
@@ -232,7 +248,6 @@ class FleetRunner:
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
             if self.lease is not None:
-                self.lease.stop()
                 await self._bounded(self.lease.release(), "releasing the lease")
             await self._bounded(self.bus.close(), "closing the bus")
             self.metrics.fleet_leader.set(0)

@@ -59,6 +59,11 @@ class Applied:
     devices: tuple[DeviceReport, ...]
 
 
+def rate_of(value: float) -> float:
+    """A hash rate for a report: firmware's NaN, infinity or negative is 0 (not hashing)."""
+    return value if math.isfinite(value) and value > 0 else 0.0
+
+
 def obeyed(outcome: DeviceOutcome, level: float) -> bool:
     """The device took the command and its read-back shows it: hashing exactly when level > 0."""
     return outcome.applied and outcome.reading is not None and outcome.hashing == (level > 0)
@@ -69,7 +74,7 @@ def applied_of(level: float | None, measurement: SiteMeasurement) -> Applied:
     devices = tuple(DeviceReport(
         name=o.device, up=o.reading is not None, hashing=o.hashing,
         applied=level is not None and obeyed(o, level),
-        hashrate_hs=max(0.0, o.reading.hashrate_hs) if o.reading is not None else 0.0,
+        hashrate_hs=rate_of(o.reading.hashrate_hs) if o.reading is not None else 0.0,
         power_w=usable_watts(o.reading.power_w) if o.reading is not None else None,
         level=o.reading.level if o.reading is not None and o.reading.level is not None
         and 0.0 <= o.reading.level <= 1.0 else None) for o in measurement.devices)
@@ -206,9 +211,14 @@ class SiteAgent:
                  asyncio.create_task(self._control(), name=f"control:{self.site}")]
         if self._own_price is not None:
             tasks.append(asyncio.create_task(self._watch_own_price(), name=f"own-price:{self.site}"))
+        stopping = asyncio.create_task(self._stopping.wait())
         try:
-            await self._stopping.wait()
+            done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopping and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()   # a bug: the run ends (and its service restarts) loudly
         finally:
+            stopping.cancel()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -232,7 +242,16 @@ class SiteAgent:
             await self.bus.connect()
         except BusStopped:
             return
-        await self.bus.subscribe_desired(self.site, self._on_desired_message)
+        delay = RESYNC_RETRY_FIRST
+        while not self._stopping.is_set():
+            try:
+                await self.bus.subscribe_desired(self.site, self._on_desired_message)
+                break
+            except Exception as e:  # noqa: BLE001 - the link dropped at once: nats-py reconnects
+                log.info("site %s: cannot subscribe yet (%s); retrying in %.1f s", self.site,
+                         str(e) or type(e).__name__, delay)
+                await self._pause(delay)
+                delay = min(delay * 2, RESYNC_RETRY_CAP)
         self._resync.set()
         while not self._stopping.is_set():
             await self._resync.wait()
@@ -283,6 +302,10 @@ class SiteAgent:
         elif verdict == "current":
             self._raw.setdefault(record.revision, bytes(data))
             self._wake.set()
+        elif verdict == "stale_revision":
+            self._reject(verdict, f"revision {record.revision} ({via}) is not newer than "
+                                  f"{self.follower.newest_revision} (a deposed leader's write; if the bus's "
+                                  f"store was wiped, its revisions restart: remove {self.state.path})")
         else:
             self._reject(verdict, f"revision {record.revision} ({via}): {verdict.replace('_', ' ')}")
 
@@ -315,27 +338,18 @@ class SiteAgent:
         self._wake.set()
 
     async def _control(self) -> None:
+        """Apply what the follower says, report, then wait for new input, an expiry or the
+        next report. A failing pass (a bug, a full disk) is logged and the next one comes."""
         loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             self._wake.clear()
-            now = self.clock()
-            target = self.follower.target(now, self._own)
-            self._set_mode(target.mode, target)
-            m = self.metrics
-            d = self.follower.desired
-            m.bus_desired_level.labels(self.site).set(target.level if target.mode == "following" else math.nan)
-            if d is not None:
-                m.bus_desired_age.labels(self.site).set(max(0.0, (now - d.issued_at).total_seconds()))
-            new_revision = target.mode == "following" and self.follower.needs_apply()
-            if target.level is not None and (new_revision or target.level != self._level):
-                await self._apply_target(target, new_revision)
-                self._report_due = 0.0
-            elif loop.time() >= self._report_due:
-                # Report what the devices do; one that drifted from the level in force is told again.
-                self.in_force = await (self.devices.apply(self._level) if self._level is not None
-                                       else self.devices.read())
-            if loop.time() >= self._report_due:
-                await self._report(self.clock())
+            try:
+                await self._control_pass(loop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("site %s: control pass failed; trying again in %.3g s", self.site,
+                              self.report_interval)
                 self._report_due = loop.time() + self.report_interval
             wait = self._report_due - loop.time()
             change = self.follower.next_change(self.clock())
@@ -345,6 +359,26 @@ class SiteAgent:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, wait))
             except asyncio.TimeoutError:
                 pass
+
+    async def _control_pass(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = self.clock()
+        target = self.follower.target(now, self._own)
+        self._set_mode(target.mode, target)
+        d = self.follower.desired
+        self.metrics.bus_desired_level.labels(self.site).set(target.level if target.mode == "following" else math.nan)
+        if d is not None:
+            self.metrics.bus_desired_age.labels(self.site).set(max(0.0, (now - d.issued_at).total_seconds()))
+        new_revision = target.mode == "following" and self.follower.needs_apply()
+        if target.level is not None and (new_revision or target.level != self._level):
+            await self._apply_target(target, new_revision)
+            self._report_due = 0.0
+        elif loop.time() >= self._report_due:
+            # Report what the devices do; one that drifted from the level in force is told again.
+            self.in_force = await (self.devices.apply(self._level) if self._level is not None
+                                   else self.devices.read())
+        if loop.time() >= self._report_due:
+            await self._report(self.clock())
+            self._report_due = loop.time() + self.report_interval
 
     async def _apply_target(self, target: Target, new_revision: bool) -> None:
         level = float(target.level)
@@ -389,7 +423,7 @@ class SiteAgent:
             applied_revision=self.follower.highest_applied,
             desired_level=d.level if self.mode == "following" and d is not None else None,
             level=m.level if m is not None else 0.0, hashing=m.hashing if m is not None else False,
-            hashrate_hs=max(0.0, m.hashrate_hs) if m is not None else 0.0,
+            hashrate_hs=rate_of(m.hashrate_hs) if m is not None else 0.0,
             power_w=usable_watts(m.power_w) if m is not None else None,
             devices=a.devices if a is not None else (), ack=self._ack)
 
@@ -403,14 +437,26 @@ class SiteAgent:
         except BusError as e:
             log.info("site %s: report not stored (%s)", self.site, e)
             return
+        except RecordError as e:   # a device's figures the report cannot carry: a bug to see, not a crash
+            log.error("site %s: report not written: %s", self.site, e)
+            return
         self.reports += 1
 
     # -- own price -------------------------------------------------------------------------
 
     async def _watch_own_price(self) -> None:
+        """The site's own price, read while it may matter: whenever no desired state is in
+        force, and ahead of the one in force expiring (a paid price API is not read every
+        minute at every site for nothing)."""
         while not self._stopping.is_set():
+            now = self.clock()
+            d = self.follower.desired
+            if self.mode == "following" and d is not None and \
+                    (expires_at(d, self.follower.desired_ttl) - now).total_seconds() > 2 * self.own_price_interval:
+                await self._pause(self.own_price_interval)
+                continue
             try:
-                own = await self._own_price(self.clock())
+                own = await self._own_price(now)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - the feed's failures are its own to log
@@ -470,9 +516,11 @@ class OwnThreshold:
 
 # -- wiring from a sites file ----------------------------------------------------------------
 
-def site_setting_problems(fleet: Any, site_name: str, *, environ: Mapping[str, str] | None = None) -> list[str]:
+def site_setting_problems(fleet: Any, site_name: str, *, mines: bool = False,
+                          environ: Mapping[str, str] | None = None) -> list[str]:
     """Everything wrong with one site's devices and own feed (other sites' devices and
-    secrets are not this host's business): empty when build_site_devices will succeed."""
+    secrets are not this host's business): empty when build_site_agent will succeed.
+    `mines`: this run has CPU workers, so a kind "local" device is its own."""
     from miner.devices.drivers import make_device
     from miner.fleet.records import check_site_name
     from miner.sched.feeds import feed_for_site
@@ -488,8 +536,9 @@ def site_setting_problems(fleet: Any, site_name: str, *, environ: Mapping[str, s
     problems = []
     for table in site.devices:
         if isinstance(table, Mapping) and table.get("kind") == "local":
-            problems.append(f"site {site_name!r} device {table.get('name', '?')!r}: kind 'local' is not run by "
-                            "site mode (run the CPU workers as an agent rig: miner run --mode agent)")
+            if not mines:
+                problems.append(f"site {site_name!r} device {table.get('name', '?')!r}: kind 'local' needs this "
+                                "run to mine (give [upstream] pools), or run the CPU workers as an agent rig")
             continue
         try:
             make_device(table, site=site_name, environ=env)
@@ -515,18 +564,28 @@ def own_feed_missing(fleet: Any, site: Any, environ: Mapping[str, str] | None = 
 
 def build_site_agent(fleet: Any, site_name: str, *, bus: Any, public_key: Any,
                      desired_ttl_seconds: float, report_interval_seconds: float, state_dir: Path,
-                     metrics: Metrics, own_price_interval: float = OWN_PRICE_INTERVAL) -> SiteAgent:
+                     metrics: Metrics, own_price_interval: float = OWN_PRICE_INTERVAL,
+                     local_pool: Any = None) -> SiteAgent:
     """The SiteAgent of `site_name` in a loaded sites file: its devices, its fail-safe and
-    (with a [site.feed]) its own price rule. ValueError naming what is wrong."""
+    (with a [site.feed]) its own price rule. `local_pool`: this run's CPU workers, a device
+    of the site (kind "local", or implicitly when it lists none and the pool has threads).
+    ValueError naming what is wrong."""
     from miner.devices.drivers import make_device
     from miner.fleet.records import decode_desired
     from miner.sched.feeds import feed_for_site
 
-    problems = site_setting_problems(fleet, site_name)
+    from miner.sched.scheduler import LOCAL_DEVICE_NAME
+
+    problems = site_setting_problems(fleet, site_name, mines=local_pool is not None)
     if problems:
         raise ValueError("; ".join(problems))
     site = fleet.site(site_name)
-    devices = SiteDevices(site_name, [make_device(t, site=site_name) for t in site.devices], metrics=metrics)
+    drivers = [make_device(t, site=site_name, local_pool=local_pool) for t in site.devices]
+    if local_pool is not None and local_pool.threads > 0 and not any(t.get("kind") == "local" for t in site.devices):
+        from miner.devices.local import LocalWorkers
+
+        drivers.append(LocalWorkers(LOCAL_DEVICE_NAME, local_pool))
+    devices = SiteDevices(site_name, drivers, metrics=metrics)
 
     def decode(data: bytes, now: datetime):
         return decode_desired(data, site=site_name, public_key=public_key, now=now)

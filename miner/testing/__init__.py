@@ -17,6 +17,9 @@
   (Bitcoin Core and bcoin); returns a Reorg with the old and new tips.
 - SignetNode: Bitcoin Core on a private OP_TRUE signet (-signetchallenge=51), for
   mining tests on a chain with real signet rules; connect two of them.
+- NatsServer: a throwaway nats-server with JetStream, a fleet user and a user per site
+  with the fleet bus's permissions (stop/start keep its port and store); NatsUnavailable
+  says what to install.
 - MinerdProcess, find_minerd: pooler's minerd (a stock C stratum miner) mining into a
   pool, its accepted/rejected answers counted; MinerdUnavailable says what to install.
 
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
     from miner.node.regtest import RegtestError, RegtestUnavailable
     from miner.testing.minerd import MinerdError, MinerdProcess, MinerdUnavailable, find_minerd
     from miner.testing.mining import MiningError, MiningTimeout, mine, mine_until
+    from miner.testing.nats import NatsError, NatsServer, NatsUnavailable
     from miner.testing.node import RegtestNode
     from miner.testing.reorgs import Reorg, reorg
     from miner.testing.signet import SignetNode
@@ -57,6 +61,9 @@ _EXPORTS = {
     "MinerdUnavailable": "miner.testing.minerd",
     "MiningError": "miner.testing.mining",
     "MiningTimeout": "miner.testing.mining",
+    "NatsError": "miner.testing.nats",
+    "NatsServer": "miner.testing.nats",
+    "NatsUnavailable": "miner.testing.nats",
     "ReceivedJob": "miner.testing.stratum_miner",
     "RegtestError": "miner.node.regtest",
     "RegtestNode": "miner.testing.node",

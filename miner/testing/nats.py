@@ -101,11 +101,9 @@ def _permissions(perms: dict[str, list[str]]) -> str:
     return f"{{publish: {allow(perms['publish'])}, subscribe: {allow(perms['subscribe'])}}}"
 
 
-def server_config(port: int, store_dir: str | Path, users: dict[str, tuple[str, dict[str, list[str]]]],
-                  monitor_port: int | None = None) -> str:
+def server_config(port: int, store_dir: str | Path, users: dict[str, tuple[str, dict[str, list[str]]]]) -> str:
     """nats-server.conf text: loopback listener, JetStream store, `users` as name ->
-    (password, {"publish": [...], "subscribe": [...]}); with `monitor_port`, the HTTP
-    monitoring endpoint (/varz, /connz) on loopback."""
+    (password, {"publish": [...], "subscribe": [...]})."""
     lines = [f"listen: {_quoted(f'127.0.0.1:{port}')}",
              f"jetstream {{ store_dir: {_quoted(str(store_dir))}, max_memory_store: 64MB, max_file_store: 1GB }}",
              "authorization {", "  users = ["]
@@ -113,21 +111,18 @@ def server_config(port: int, store_dir: str | Path, users: dict[str, tuple[str, 
         lines.append(f"    {{user: {_quoted(name)}, password: {_quoted(password)}, "
                      f"permissions: {_permissions(perms)}}}")
     lines += ["  ]", "}"]
-    if monitor_port is not None:
-        lines.append(f"http: {_quoted(f'127.0.0.1:{monitor_port}')}")
     return "\n".join(lines) + "\n"
 
 
 class NatsServer:
     def __init__(self, sites: Iterable[str] = (), *, port: int | None = None, binary: str | None = None,
                  workdir: str | Path | None = None, config_text: str | None = None,
-                 environ: dict[str, str] | None = None, monitor: bool = False) -> None:
+                 environ: dict[str, str] | None = None, monitor_port: int | None = None) -> None:
         """`config_text`: run this configuration instead of the generated one (it must
         listen on 127.0.0.1:`port` and may use "{store_dir}"); `environ`: the server's
-        environment (variables the configuration reads); `monitor`: serve the HTTP
-        monitoring endpoint on a free loopback port (`monitor_url`)."""
+        environment (variables the configuration reads); `monitor_port`: serve nats-server's
+        HTTP monitoring (/varz: message counts) on 127.0.0.1 there."""
         self.sites = [check_site_name(s) for s in sites]
-        self.monitor_port = free_port() if monitor else None
         self.binary = binary or find_nats_server()
         self.port = port or free_port()
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="gridminer-nats-")
@@ -137,6 +132,7 @@ class NatsServer:
         self.log_path = self.workdir / "nats-server.log"
         self._passwords = {FLEET_USER: secrets.token_hex(16)}
         self._passwords.update({site: secrets.token_hex(16) for site in self.sites})
+        self.monitor_port = monitor_port
         self.proc: subprocess.Popen[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
         self.environ = environ
@@ -152,11 +148,6 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     @property
-    def monitor_url(self) -> str | None:
-        """http://127.0.0.1:PORT of the monitoring endpoint (GET /varz), None without it."""
-        return None if self.monitor_port is None else f"http://127.0.0.1:{self.monitor_port}"
-
-    @property
     def fleet_user(self) -> tuple[str, str]:
         return FLEET_USER, self._passwords[FLEET_USER]
 
@@ -169,7 +160,10 @@ class NatsServer:
         users = {FLEET_USER: (self._passwords[FLEET_USER], FLEET_PERMISSIONS)}
         users.update({site: (self._passwords[site], site_permissions(site)) for site in self.sites})
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(server_config(self.port, self.store_dir, users, self.monitor_port))
+        text = server_config(self.port, self.store_dir, users)
+        if self.monitor_port is not None:
+            text += f"http: {_quoted(f'127.0.0.1:{self.monitor_port}')}\n"
+        self.config_path.write_text(text)
         os.chmod(self.config_path, 0o600)
 
     # -- lifecycle -------------------------------------------------------------------------

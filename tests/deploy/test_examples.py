@@ -21,7 +21,8 @@ from tests.deploy.deployfiles import DEPLOY
 
 EXAMPLES = DEPLOY / "examples"
 SYSTEMD = DEPLOY / "systemd"
-EXAMPLE_MODES = {"solo.toml": "solo", "proxy.toml": "proxy", "agent.toml": "agent", "multisite.toml": "solo"}
+EXAMPLE_MODES = {"solo.toml": "solo", "proxy.toml": "proxy", "agent.toml": "agent", "multisite.toml": "solo",
+                 "multisite-site.toml": "site"}
 FEED_KINDS = {"static", "csv", "http_json", "entsoe", "ercot"}
 DEVICE_KINDS = {"local", "agent", "cgminer", "luxos", "axeos"}
 HARDENING = ("NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
@@ -47,7 +48,9 @@ def unit_settings(path: Path) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("name", sorted(EXAMPLE_MODES))
 def test_every_example_config_loads(name):
-    config = load(EXAMPLES / name, env={})
+    # The site agents' file serves every site: the site comes from --site.
+    overrides = {"bus": {"site": "texas"}} if EXAMPLE_MODES[name] == "site" else None
+    config = load(EXAMPLES / name, overrides, env={})
     assert config.mining.mode == EXAMPLE_MODES[name]
 
 
@@ -60,24 +63,32 @@ def test_example_payout_addresses_are_placeholders_that_refuse_to_mine(name):
 
 
 def test_multisite_example_builds_every_feed_and_device_with_every_kind():
+    """Every site of the multi-site example as its site agent builds it (its devices, its
+    own feed), and the fleet's view of the same file. Kind "local" (a mining run's own CPU
+    workers) is not in it: site agents drive rigs, and the pool daemon hashes nothing."""
     from miner.devices.drivers import make_device
-    from miner.hashing.pool import WorkerPool
+    from miner.fleet.site import has_own_feed, site_setting_problems
     from miner.sched.feeds import feed_for_site
+    from miner.sched.scheduler import fleet_setting_problems
     from miner.sched.sites import load_sites
 
-    config = load(EXAMPLES / "multisite.toml", env={})
-    fleet = load_sites(config.sched.sites)
-    assert config.sched.local_site in {s.name for s in fleet.sites}
+    site_config = load(EXAMPLES / "multisite-site.toml", {"bus": {"site": "texas"}}, env={})
+    fleet_config = load(EXAMPLES / "fleet.toml", env={})
+    assert Path(site_config.sched.sites).resolve() == Path(fleet_config.sched.sites).resolve()
+    assert load(EXAMPLES / "multisite.toml", env={}).sched.sites is None, "the pool daemon schedules nothing"
+    fleet = load_sites(site_config.sched.sites)
     environ = {name: "x" for name in env_example_names()}
-    pool = WorkerPool(config.mining.threads, lambda *args: None)  # built, never started
+    assert fleet_setting_problems(fleet, devices=False, environ=environ) == []
     feeds, devices = set(), set()
     for site in fleet.sites:
+        assert site_setting_problems(fleet, site.name, environ=environ) == [], site.name
+        assert has_own_feed(fleet, site)
         feed_for_site(site, fleet.base_dir)
         feeds.add(site.feed["kind"])
         for table in site.devices:
-            make_device(table, site=site.name, local_pool=pool, environ=environ)
+            make_device(table, site=site.name, environ=environ)
             devices.add(table["kind"])
-    assert feeds == FEED_KINDS and devices == DEVICE_KINDS
+    assert feeds == FEED_KINDS and devices == DEVICE_KINDS - {"local"}
 
 
 def test_secrets_the_examples_name_are_listed_in_the_env_file_example():
@@ -86,7 +97,7 @@ def test_secrets_the_examples_name_are_listed_in_the_env_file_example():
     named |= set(re.findall(r'=\s*"([A-Z][A-Z0-9_]+)"\s*}', text))  # headers_env values
     assert named and named <= env_example_names(), named - env_example_names()
     assert {"GRIDMINER_RPC_USER", "GRIDMINER_RPC_PASSWORD", "GRIDMINER_POOL_PASSWORD",
-            "GRIDMINER_AGENT_TOKEN"} <= env_example_names()
+            "GRIDMINER_AGENT_TOKEN", "GRIDMINER_BUS_PASSWORD", "GRIDMINER_SITE"} <= env_example_names()
 
 
 def test_multisite_example_names_every_missing_setting_at_once_before_starting_anything(tmp_path):
@@ -102,7 +113,8 @@ def test_multisite_example_names_every_missing_setting_at_once_before_starting_a
     proc = subprocess.run([sys.executable, "-m", "miner", "run", "--sites", str(EXAMPLES / "multisite-sites.toml"),
                            "--metrics", "off"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode != 0
-    for var in ("ERCOT_SUBSCRIPTION_KEY", "ERCOT_API_TOKEN", "ENTSOE_TOKEN", "PARIS_RIG01_TOKEN", "UTILITY_API_AUTH"):
+    for var in ("ERCOT_SUBSCRIPTION_KEY", "ERCOT_API_TOKEN", "ENTSOE_TOKEN", "PARIS_RIG01_TOKEN", "UTILITY_API_AUTH",
+                "LAB_RIG_TOKEN"):
         assert var in proc.stderr, (var, proc.stderr)
     assert "nothing was started" in proc.stderr
     assert not (tmp_path / "cache").exists(), "something was installed or started before the check"
@@ -123,9 +135,13 @@ def interpolate(value: str) -> str:
     return value.replace("$$", "$")
 
 
+GRIDMINER_SERVICES = ("gridminer", "fleet", "rig", "site-texas")   # `miner ...` with the image's entrypoint
+
+
 def test_compose_runs_gridminer_with_options_it_accepts():
     services = compose()["services"]
-    assert set(services) == {"bitcoind", "gridminer", "prometheus", "grafana"}
+    assert set(services) == {"bitcoind", "gridminer", "prometheus", "grafana", "nats", "bus-key", "fleet", "rig",
+                             "site-texas"}
     for name, service in services.items():
         image = service.get("image", "")
         assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image version"
@@ -135,10 +151,36 @@ def test_compose_runs_gridminer_with_options_it_accepts():
     args = build_parser().parse_args([interpolate(a) for a in gridminer["command"]])
     assert args.command == "run"
     address_to_script(args.address, "regtest")  # the default payout address is a valid regtest one
-    assert not any("PASSWORD" in a or "password" in a for a in gridminer["command"]), "secrets in argv"
+    for name in GRIDMINER_SERVICES:
+        command = [interpolate(a) for a in services[name]["command"]]
+        build_parser().parse_args(command)   # exits (SystemExit) on an option miner does not take
+        assert not any("PASSWORD" in a or "password" in a or "TOKEN" in a for a in command), f"{name}: secrets in argv"
     assert {"GRIDMINER_RPC_USER", "GRIDMINER_RPC_PASSWORD"} <= set(gridminer["environment"])
     build = gridminer["build"]
     assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == (DEPLOY / "Dockerfile").resolve()
+
+
+def test_compose_fleet_bus_uses_the_shipped_server_config_and_one_password_per_user():
+    """nats runs deploy/nats/nats-server.conf with every variable it reads set; the fleet and
+    the site get the passwords of their own users; the site's sites file and the fleet's
+    are one file, whose site has a user on the server."""
+    import re as _re
+
+    from miner.sched.sites import load_sites
+
+    services = compose()["services"]
+    nats = services["nats"]
+    assert "./nats/nats-server.conf:/etc/nats/gridminer.conf:ro" in nats["volumes"]
+    wanted = set(_re.findall(r"password: \$([A-Z_]+)", (DEPLOY / "nats" / "nats-server.conf").read_text()))
+    assert wanted and wanted <= set(nats["environment"])
+    env = {k: interpolate(v).strip('"') for k, v in nats["environment"].items()}
+    fleet_pw = interpolate(services["fleet"]["environment"]["GRIDMINER_BUS_PASSWORD"])
+    site_pw = interpolate(services["site-texas"]["environment"]["GRIDMINER_BUS_PASSWORD"])
+    assert env["GRIDMINER_NATS_FLEET_PASSWORD"] == fleet_pw and env["GRIDMINER_NATS_TEXAS_PASSWORD"] == site_pw
+    assert fleet_pw != site_pw
+    fleet_config = load(EXAMPLES / "compose-fleet.toml", env={})
+    assert Path(fleet_config.sched.sites).name == "compose-sites.toml"
+    assert [s.name for s in load_sites(EXAMPLES / "compose-sites.toml").sites] == ["texas"]
 
 
 def test_compose_rpcauth_default_matches_the_default_password():
@@ -182,6 +224,20 @@ def test_units_have_a_dedicated_user_environment_file_restart_and_hardening():
     assert re.search(r"^u gridminer ", sysusers, re.M)
     regtest = unit_settings(SYSTEMD / "gridminer-regtest-node.service")
     assert regtest["User"] == ["gridminer"] and regtest["Restart"] == ["on-failure"]
+
+
+def test_fleet_unit_runs_the_fleet_example_with_the_daemons_user_and_hardening():
+    unit = unit_settings(SYSTEMD / "gridminer-fleet.service")
+    assert unit["User"] == ["gridminer"] and unit["EnvironmentFile"] == ["/etc/gridminer/gridminer.env"]
+    [exec_start] = unit["ExecStart"]
+    assert exec_start.split()[1:] == ["fleet", "-c", "/etc/gridminer/fleet.toml"]
+    settings = {f"{k}={v}" for k, values in unit.items() for v in values}
+    for option in HARDENING:
+        assert option in settings, option
+    config = load(EXAMPLES / "fleet.toml", env={})
+    assert config.sched.sites == str(EXAMPLES / "multisite-sites.toml")
+    assert config.bus.user == "fleet" and config.bus.signing_key_file == "/etc/gridminer/fleet.key"
+    assert "GRIDMINER_BUS_PASSWORD" in env_example_names()
 
 
 def test_service_reads_an_example_config_that_loads():

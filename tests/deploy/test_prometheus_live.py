@@ -3,6 +3,8 @@
     regtest node ◄── miner run (solo, 1 CPU thread, stratum, scheduler over two sites) ──► :metrics
                            ▲ stratum                 │ device "rig1" (cgminer API)
                      miner run --mode agent ◄────────┘                                  ──► :metrics
+    nats-server ◄── miner fleet (the same sites, leader) ──► :metrics
+        ▲ the site agent of "lyon" (miner run --mode site) ──► :metrics
     a raw client that misbehaves (malformed line, unknown job, oversized line) ─► stratum
     ZMQ hashblock in bitcoind's framing (bcoin has none) with one sequence gap ─► solo
     a price API that answers nonsense ─► site "lyon" (feed errors, stale, fail-safe)
@@ -46,7 +48,7 @@ GRAFANA_VALUES = {"__rate_interval": "10s", "__range": "5m", "__interval": "1s"}
 READY_TIMEOUT_S = 45.0
 # Series that show the whole scenario has been scraped (what the panels need to exist).
 READY = (
-    'count(up{job="gridminer"} == 1) == 2',
+    'count(up{job="gridminer"} == 1) == 4',
     'gridminer_blocks_total{stage="accepted"} > 0',
     "gridminer_upstream_up == 1",
     'gridminer_stratum_worker_share_difficulty_total{worker="home.rig1"} > 0',
@@ -58,9 +60,16 @@ READY = (
     'gridminer_sched_decisions_total{site="home"}',
     'gridminer_feed_errors_total{site="lyon"}',
     'gridminer_site_energy_cost_usd_total{site="home"}',
+    'gridminer_fleet_leader == 1',
+    'gridminer_fleet_reported_level{site="lyon"}',
+    'gridminer_fleet_last_ack_age_seconds{site="lyon"}',
+    'gridminer_bus_connected{site="lyon"} == 1',
+    'gridminer_bus_applied_revision{site="lyon"} > 0',
+    'gridminer_bus_desired_age_seconds{site="lyon"}',
     'gridminer_site_revenue_usd_total{site="home"}',
     "gridminer_agent_api_requests_total",
     "gridminer_device_actuations_total",
+    'gridminer_fleet_desired_revision{site="home"}',
 )
 
 
@@ -276,9 +285,29 @@ def fill_variables(api: PrometheusAPI, dashboard: dict) -> dict[str, str]:
     return filled
 
 
-def test_every_dashboard_query_returns_data_and_every_alert_is_valid(prometheus_tools, regtest_node, tmp_path):
+def write_bus_configs(tmp_path: Path, server) -> tuple[Path, Path]:
+    """The fleet bus part of the fleet: `miner fleet` over the same sites file, and a site
+    agent for "lyon" (no devices: a modelled site), with the leader's key."""
+    from miner.fleet.records import new_signing_key, public_key_hex, signing_key_pem
+
+    key = new_signing_key()
+    (tmp_path / "fleet.key").write_bytes(signing_key_pem(key))
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('[sched]\nsites = "sites.toml"\ninterval_seconds = 1\n[bus]\nuser = "fleet"\n'
+                     'signing_key_file = "fleet.key"\nreport_interval_seconds = 1\n')
+    site = tmp_path / "site.toml"
+    site.write_text(f'[mining]\nmode = "site"\n[sched]\nsites = "sites.toml"\ninterval_seconds = 1\n[bus]\n'
+                    f'site = "lyon"\nleader_public_key = "{public_key_hex(key)}"\nstate_dir = "bus-state"\n'
+                    f'report_interval_seconds = 1\n')
+    return fleet, site
+
+
+def test_every_dashboard_query_returns_data_and_every_alert_is_valid(prometheus_tools, regtest_node, nats_server,
+                                                                      tmp_path):
     node = regtest_node
-    ports = {name: free_port() for name in ("stratum", "metrics", "agent_metrics", "agent_api", "prometheus")}
+    ports = {name: free_port() for name in ("stratum", "metrics", "agent_metrics", "agent_api", "prometheus",
+                                            "fleet_metrics", "site_metrics")}
+    bus = nats_server(["home", "lyon"])
     price_api = NonsensePriceAPI()
     publisher = TipPublisher(node) if node.zmq_url is None else None
     config = write_configs(tmp_path, zmq_url=node.zmq_url or publisher.url, price_url=price_api.url,
@@ -295,21 +324,31 @@ def test_every_dashboard_query_returns_data_and_every_alert_is_valid(prometheus_
                  "--pool", f"stratum+tcp://127.0.0.1:{ports['stratum']}", "--user", "home.rig1",
                  "--api", f"127.0.0.1:{ports['agent_api']}", "--stratum", "off",
                  "--metrics", f"127.0.0.1:{ports['agent_metrics']}"]
+    fleet_config, site_config = write_bus_configs(tmp_path, bus)
+    fleet_cmd = [sys.executable, "-m", "miner", "fleet", "-c", str(fleet_config), "--bus", bus.url,
+                 "--metrics", f"127.0.0.1:{ports['fleet_metrics']}"]
+    site_cmd = [sys.executable, "-m", "miner", "run", "-c", str(site_config), "--bus", bus.url,
+                "--metrics", f"127.0.0.1:{ports['site_metrics']}"]
+    scraped = [ports[p] for p in ("metrics", "agent_metrics", "fleet_metrics", "site_metrics")]
     prom_cmd = [prometheus_tools.prometheus,
-                f"--config.file={prometheus_config(tmp_path, [ports['metrics'], ports['agent_metrics']])}",
+                f"--config.file={prometheus_config(tmp_path, scraped)}",
                 f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
                 f"--web.listen-address=127.0.0.1:{ports['prometheus']}", "--log.level=warn"]
-    logs = {name: tmp_path / f"{name}.log" for name in ("solo", "agent", "prometheus")}
+    logs = {name: tmp_path / f"{name}.log" for name in ("solo", "agent", "fleet", "site", "prometheus")}
     procs: dict[str, subprocess.Popen] = {}
+    bus_passwords = {"fleet": bus.fleet_user[1], "site": bus.site_user("lyon")[1]}
 
     def start(name: str, cmd: list[str]) -> subprocess.Popen:
         with open(logs[name], "wb") as log:
-            procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                           env=dict(env, GRIDMINER_BUS_PASSWORD=bus_passwords.get(name, "")))
         return procs[name]
 
     try:
         wait_port(ports["stratum"], proc=start("solo", solo_cmd), log=logs["solo"])
         start("agent", agent_cmd)
+        start("fleet", fleet_cmd)
+        start("site", site_cmd)
         start("prometheus", prom_cmd)
         misbehave(ports["stratum"])
         api = PrometheusAPI(ports["prometheus"])

@@ -166,3 +166,21 @@ def test_a_password_only_comes_from_the_environment():
     with pytest.raises(ConfigError, match="no credentials") as e:
         validate_bus(BusConfig(url="nats://alpha:pw@host:4222"))
     assert "pw" not in str(e.value)
+
+
+def test_a_signing_key_readable_by_others_is_loaded_with_a_warning(tmp_path, caplog):
+    from miner.fleet.records import new_signing_key, public_key_hex, signing_key_pem
+
+    key = new_signing_key()
+    path = tmp_path / "fleet.key"
+    path.write_bytes(signing_key_pem(key))
+    path.chmod(0o600)
+    assert public_key_hex(busmod.load_signing_key_file(path)) == public_key_hex(key)
+    assert "readable by group or others" not in caplog.text
+    path.chmod(0o644)
+    busmod.load_signing_key_file(path)
+    assert "readable by group or others (mode 644)" in caplog.text
+    path.write_text("not a key at all")
+    with pytest.raises(ValueError, match="signing_key_file") as e:
+        busmod.load_signing_key_file(path)
+    assert "not a key at all" not in str(e.value)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from miner.node.regtest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "fleet_bus.py"
 
@@ -31,7 +33,7 @@ def load_bench():
 def test_every_device_of_every_site_is_applied_and_acked_in_each_round(nats_server):
     bench = load_bench()
     opts = bench.Options(sites=3, devices=2, processes=1, rounds=2, interval=0.5, idle_seconds=1.0, timeout=180)
-    server = nats_server(sites=bench.site_names(opts.sites), monitor=True)
+    server = nats_server(sites=bench.site_names(opts.sites), monitor_port=free_port())
     result = asyncio.run(bench.benchmark(opts, server))
 
     assert [r["level"] for r in result["rounds"]] == [0.0, 1.0]

@@ -243,3 +243,44 @@ def test_without_a_signing_key_the_fleet_refuses_to_start(tmp_path):
                            "--metrics", "off"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert "miner fleet keygen" in done.stderr
+
+
+def test_sigterm_stops_a_fleet_that_never_reached_its_bus_within_5_s(tmp_path):
+    sites, _ = write_files(tmp_path, "http://127.0.0.1:9/price")
+    config = fleet_config(tmp_path, "fleet-a")
+    port = free_port()   # nothing listens there
+    env = dict(os.environ, GRIDMINER_BUS_PASSWORD="never-shown-4711", PYTHONUNBUFFERED="1")
+    fleet = Process([sys.executable, "-m", "miner", "fleet", "-c", str(config), "--sites", str(sites),
+                     "--bus", f"nats://127.0.0.1:{port}"], env=env)
+    try:
+        fleet.wait_for_line(rf"(?i)bus nats://127\.0\.0\.1:{port}: .*(refused|connect)", 120)
+        started = time.monotonic()
+        assert fleet.stop(timeout=5) == 0, fleet.tail()
+        assert time.monotonic() - started < 5
+    finally:
+        fleet.stop(timeout=10)
+    assert "never-shown-4711" not in fleet.log()
+
+
+def test_a_fleet_survives_a_bus_outage_longer_than_its_lease_and_leads_again(nats_server, tmp_path):
+    server = nats_server(sites=["texas", "paris"])
+    with PriceAPI(20.0) as prices:
+        sites, key_path = write_files(tmp_path, prices.url)
+        view = SiteView(server, public_key_hex(load_signing_key(key_path.read_bytes())))
+        config = fleet_config(tmp_path, "fleet-a")
+        a = start_fleet(server, config, sites)
+        try:
+            first = wait_desired(view, lambda s: s.level == 1.0, 120, "the first write", a)
+            server.stop()
+            a.wait_for_line(r"fleet-a: leadership lost", LEASE_TTL * 10)
+            assert scrape(metric_url(config))["gridminer_fleet_leader"] == 0
+            prices.price = 300.0
+            # The fleet decides while the bus is away; nothing can be written until it is back.
+            a.wait_for_line(r"site texas: curtail \(price_above_breakeven", 30)
+            server.start()
+            second = wait_desired(view, lambda s: s.level == 0.0, 60, "the change written after the outage", a)
+            assert second.epoch > first.epoch
+            assert scrape(metric_url(config))["gridminer_fleet_leader"] == 1
+        finally:
+            a.stop(timeout=10)
+    assert a.proc.returncode == 0, a.tail()

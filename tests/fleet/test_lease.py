@@ -75,3 +75,16 @@ def test_a_released_lease_goes_to_the_standby_at_its_next_try(nats_server):
         await bus_b.close()
 
     asyncio.run(scenario())
+
+
+def test_a_fleet_with_another_lease_ttl_sets_the_buckets_max_age_to_its_own(nats_server):
+    server = nats_server()
+
+    async def scenario():
+        bus, _ = await fleet_bus(server)          # made with TTL
+        await bus.fleet_buckets(lease_ttl_seconds=7.0)
+        info = await bus.js.stream_info("KV_gridminer_lease")
+        await bus.close()
+        return info.config.max_age
+
+    assert asyncio.run(scenario()) == 7.0

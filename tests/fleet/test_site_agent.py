@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from miner.devices.actuator import RetryPolicy
 from miner.devices.model import DeviceReading
@@ -253,3 +256,43 @@ def test_a_restarted_agent_never_applies_an_older_revision(tmp_path, nats_server
             await fleet.close()
 
     asyncio.run(scenario())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode)
+       | st.fixed_dictionaries({"highest_applied_revision": st.one_of(st.integers(), st.text(), st.none(),
+                                                                      st.booleans()),
+                                "record": st.one_of(st.text(), st.none(), st.integers())}).map(
+           lambda d: json.dumps(d).encode()))
+def test_a_damaged_state_file_never_stops_a_start(content):
+    """Whatever a crash or a disk left in the state file, load() answers (revision, record)
+    with a real int or nothing, never an exception."""
+    import tempfile
+
+    from miner.fleet.site import StateFile
+
+    with tempfile.TemporaryDirectory() as d:
+        state = StateFile(Path(d), "texas")
+        state.path.write_bytes(content)
+        revision, record = state.load()
+        assert revision is None or (isinstance(revision, int) and not isinstance(revision, bool))
+        assert record is None or isinstance(record, bytes)
+        state.save(12884901889, b'{"x":1}')
+        assert state.load() == (12884901889, b'{"x":1}')
+
+
+def test_a_device_reporting_nonsense_figures_still_gets_a_valid_report():
+    """Firmware that says infinite H/s, -5 W and level 7: the report carries 0 H/s, no watts
+    and no level for it, and still encodes (the fleet reads it)."""
+    from miner.devices.actuator import DeviceOutcome, site_measurement
+    from miner.fleet.site import applied_of, rate_of
+
+    reading = DeviceReading(True, float("inf"), -5.0, 7.0)
+    m = site_measurement(1.0, 0.0, [DeviceOutcome("odd", True, reading, True)])
+    applied = applied_of(1.0, m)
+    [device] = applied.devices
+    assert (device.hashrate_hs, device.power_w, device.level, device.applied) == (0.0, None, None, True)
+    assert rate_of(m.hashrate_hs) == 0.0 and rate_of(float("nan")) == 0.0 and rate_of(2.5) == 2.5
+    report = records.SiteReport("texas", datetime.now(timezone.utc), True, "following", 1 << 32 | 1, 1.0,
+                                m.level, m.hashing, rate_of(m.hashrate_hs), None, applied.devices)
+    assert records.decode_report(records.encode_report(report)).devices == applied.devices

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ import pytest
 
 from miner.fleet import records
 from miner.node.regtest import free_port
-from tests.fleet.site_helpers import bus_as, fleet_buckets
+from tests.fleet.site_helpers import fleet_buckets
 from tests.miner_run import node_credentials
 from tests.test_sched_run import Process, agent_devs, scrape
 
@@ -297,7 +298,9 @@ def test_site_agents_follow_refuse_fail_safe_and_resync(regtest_node, nats_serve
             p.stop()
         leader.close()
     print(f"\nfigures: {figures}")
-    assert "Traceback" not in "".join(p.log() for p in procs)
+    logs = "".join(p.log() for p in procs)
+    assert "Traceback" not in logs
+    assert not any(server.site_user(s)[1] in logs for s in ("texas", "paris")), "a bus password showed in a log"
 
 
 # --- the whole chain: price feed -> miner fleet (leader + standby) -> site agents -> rigs ----
@@ -424,3 +427,106 @@ def test_miner_fleet_drives_site_agents_by_price_and_a_standby_takes_over(regtes
     print(f"\nfigures: {figures}")
     assert "Traceback" not in "".join(p.log() for p in procs)
     assert server.fleet_user[1] not in "".join(p.log() for p in procs), "a bus password showed in a log"
+
+
+@pytest.mark.parametrize("site, env, expected", [
+    ("new york", {"GRIDMINER_BUS_PASSWORD": "x"}, "'new york' cannot be used on the bus"),
+    ("denver", {"GRIDMINER_BUS_PASSWORD": "x"}, "'denver' is not in the sites file"),
+    ("texas", {}, "GRIDMINER_BUS_PASSWORD"),
+    ("texas", {"GRIDMINER_BUS_PASSWORD": "x"}, "token_env 'RIG_TOKEN': that environment variable is not set"),
+])
+def test_site_mode_refuses_a_bad_setting_before_starting(tmp_path, site, env, expected):
+    """A wrong site, a missing password or a device token: exit 2 naming it, nothing started."""
+    import subprocess
+
+    sites = write_sites(tmp_path, {"rig1": 1, "rig2": 2, "rig3": 3})
+    config = site_config(tmp_path, "texas", records.public_key_hex(records.new_signing_key()))
+    clean = {k: v for k, v in os.environ.items() if k not in ("GRIDMINER_BUS_PASSWORD", "RIG_TOKEN", "WRONG_TOKEN")}
+    if not expected.startswith("token_env"):
+        clean.update(RIG_TOKEN="t", WRONG_TOKEN="w")
+    done = subprocess.run([sys.executable, "-m", "miner", "run", "--mode", "site", "--site", site, "--sites",
+                           str(sites), "-c", str(config), "--bus", "nats://127.0.0.1:1", "--metrics", "off"],
+                          capture_output=True, text=True, env=dict(clean, **env), timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert expected in done.stderr, done.stderr
+    assert not (tmp_path / "state").exists(), "nothing was started"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_site_mode_stops_within_5_s_with_the_bus_down_and_a_device_that_hangs(tmp_path, sig):
+    """The bus never answers, the fail-safe is applying to a rig whose API accepts the
+    connection and says nothing: a stop still ends the run within 5 s, exit 0."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)   # accepts, never answers
+    try:
+        port = silent.getsockname()[1]
+        sites = write_sites(tmp_path, {"rig1": port, "rig2": port, "rig3": port})
+        config = site_config(tmp_path, "texas", records.public_key_hex(records.new_signing_key()))
+        config.write_text(config.read_text().replace(f"desired_ttl_seconds = {TTL}", "desired_ttl_seconds = 0.5"))
+        env = dict(os.environ, GRIDMINER_BUS_PASSWORD="x", RIG_TOKEN="t", WRONG_TOKEN="w")
+        proc = Process([sys.executable, "-m", "miner", "run", "--mode", "site", "--site", "texas", "--sites",
+                        str(sites), "-c", str(config), "--bus", f"nats://127.0.0.1:{free_port()}", "--metrics",
+                        "off", "--log-level", "info"], env)
+        try:
+            proc.wait_for_line(r"fail_safe, level 0\.00", 60)   # the apply to the silent rig is under way
+            t0 = time.monotonic()
+            proc.proc.send_signal(sig)
+            code = proc.proc.wait(30)
+            took = time.monotonic() - t0
+        finally:
+            proc.stop()
+    finally:
+        silent.close()
+    assert code == 0, proc.tail()
+    assert took < 5, f"took {took:.1f} s:\n{proc.tail()}"
+
+
+def test_a_site_agent_that_mines_curtails_its_own_workers(regtest_node, nats_server, tmp_path):
+    """`miner run --mode site --pool ...`: the run's CPU workers mine our regtest pool and
+    are the site's implicit "local" device; the leader's level 0 stops their hashing."""
+    node = regtest_node
+    server = nats_server(["texas"])
+    key = records.new_signing_key()
+    leader = Leader(server, key)
+    sites = tmp_path / "sites.toml"
+    sites.write_text('[economics]\nhashprice_usd_per_th_day = 0.05\n[[site]]\nname = "texas"\ncapacity_mw = 0.001\n'
+                     'efficiency_j_per_th = 20.0\nprices = "unused.csv"\n')
+    env = dict(os.environ)
+    credentials, node_auth = node_credentials(node)
+    env.update(credentials)
+    procs: list[Process] = []
+    try:
+        pool = Process([sys.executable, "-m", "miner", "run", "--node", node.rpc_url, "--address",
+                        node.new_address("bech32"), "--threads", "0", "--journal", str(tmp_path / "j.jsonl"),
+                        "--stratum", "127.0.0.1:0", "--metrics", "off", "--log-level", "warning", *node_auth], env)
+        procs.append(pool)
+        stratum = pool.wait_for_line(r"stratum server for ASICs and rigs at (stratum\+tcp://\S+)", 120).group(1)
+        leader.put("texas", 1.0)
+        site = Process([sys.executable, "-m", "miner", "run", "--mode", "site", "--site", "texas", "--sites",
+                        str(sites), "--bus", server.url, "-c", str(site_config(tmp_path, "texas", records.public_key_hex(key))),
+                        "--pool", stratum, "--user", "texas.site", "--threads", "1", "--metrics", "127.0.0.1:0",
+                        "--log-level", "info"], dict(env, GRIDMINER_BUS_PASSWORD=server.site_user("texas")[1]))
+        procs.append(site)
+        metrics = site.wait_for_line(r"metrics at (http://\S+/metrics)", 60).group(1)
+        site.wait_for_line(r"site agent texas: 1 device\(s\)", 60)
+        hashes = 'gridminer_hashes_total{site="texas",worker_group="agent"}'
+        wait(lambda: scrape(metrics).get(hashes, 0) > 0, 120, "the site's workers hashing", *procs)
+        leader.put("texas", 0.0)
+        report = wait(lambda: (r := leader.report("texas")) and r["desired_level"] == 0.0 and r["ack"]
+                      and r["ack"]["outcome"] == "applied" and r, 60, "the curtail acknowledged", *procs)
+        assert [(d["name"], d["hashing"]) for d in report["devices"]] == [("local", False)], report
+        before = scrape(metrics)[hashes]
+        time.sleep(1.5)   # running kernel chunks end; then nothing more may be counted
+        settled = scrape(metrics)[hashes]
+        time.sleep(1.5)
+        assert scrape(metrics)[hashes] == settled >= before, "curtailed workers must not hash"
+        leader.put("texas", 1.0)
+        wait(lambda: scrape(metrics)[hashes] > settled, 60, "hashing again", *procs)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        leader.close()
+    assert "Traceback" not in "".join(p.log() for p in procs)

@@ -1,4 +1,4 @@
-"""The back-test on a real week of prices (ERCOT and DE-LU, August 2023): figures,
+"""The back-test on a week of prices (real ERCOT, synthetic DE-LU; August 2023): figures,
 zero violations, no look-ahead, live `decide` == back-test `run`, and the CLI contract."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ min_power_fraction = 0.5
 def sites_file(tmp_path: Path, fleet: str = "", min_on: int = 1) -> Path:
     p = tmp_path / "sites.toml"
     p.write_text(SITES.format(fleet=fleet, ercot=PRICES / "US-TEX-ERCO_2023_week33.csv",
-                              delu=PRICES / "DE-LU_2023_week33.csv", min_on=min_on))
+                              delu=PRICES / "DE-LU_2023_week33_synthetic.csv", min_on=min_on))
     return p
 
 

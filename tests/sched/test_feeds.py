@@ -233,7 +233,7 @@ def test_replay_feed_shows_day_ahead_prices_only_after_publication():
 
 
 def test_replay_feed_shifts_a_past_period_to_now():
-    ivs = load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin")
+    ivs = load_price_csv(DATA / "DE-LU_2023_synthetic.csv", timezone="Europe/Berlin")
     now = utc(2026, 2, 10, 12, 20)
     feed = ReplayFeed(ivs, replay_from=utc(2023, 7, 2))
     got = run(feed.fetch(now))
@@ -480,7 +480,7 @@ SITE_EUR = SiteSpec(name="berlin", capacity_mw=5, efficiency_j_per_th=20, curren
 
 
 def test_make_feed_builds_each_kind(tmp_path):
-    shutil.copy(DATA / "DE-LU_2023_excerpt.csv", tmp_path / "de.csv")
+    shutil.copy(DATA / "DE-LU_2023_synthetic.csv", tmp_path / "de.csv")
     made = {
         "static": make_feed({"kind": "static", "price": 30}, base_dir=tmp_path, site=SITE_USD),
         "csv": make_feed({"kind": "csv", "path": "de.csv", "timezone": "Europe/Berlin",
@@ -548,7 +548,7 @@ def test_entsoe_area_must_be_an_eic_code(tmp_path):
 
 
 def test_csv_feed_currency_must_match_the_site(tmp_path):
-    shutil.copy(DATA / "DE-LU_2023_excerpt.csv", tmp_path / "de.csv")
+    shutil.copy(DATA / "DE-LU_2023_synthetic.csv", tmp_path / "de.csv")
     with pytest.raises(ValueError, match="EUR"):
         make_feed({"kind": "csv", "path": "de.csv", "timezone": "Europe/Berlin"},
                   base_dir=tmp_path, site=SITE_USD)

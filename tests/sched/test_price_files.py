@@ -36,50 +36,50 @@ def rows(intervals):
 
 
 def test_entsoe_spring_dst_empty_row_is_skipped_and_hours_stay_contiguous():
-    ivs = load_price_csv(DATA / "SE3_2023_entsoe_excerpt.csv")
+    ivs = load_price_csv(DATA / "SE3_2023_entsoe_synthetic.csv")
     spring = [r for r in rows(ivs) if r[0] < utc(2023, 3, 26, 6)]
     # 25.03 22:00 CET = 21:00Z ... 26.03 01:00 CET = 00:00Z; the empty "02:00" row does
     # not exist; 03:00 CEST = 01:00Z follows without a gap.
     assert spring == [
-        (utc(2023, 3, 25, 21), utc(2023, 3, 25, 22), 38.91),
-        (utc(2023, 3, 25, 22), utc(2023, 3, 25, 23), 33.36),
-        (utc(2023, 3, 25, 23), utc(2023, 3, 26, 0), 39.66),
-        (utc(2023, 3, 26, 0), utc(2023, 3, 26, 1), 39.23),
-        (utc(2023, 3, 26, 1), utc(2023, 3, 26, 2), 40.12),
-        (utc(2023, 3, 26, 2), utc(2023, 3, 26, 3), 40.88),
-        (utc(2023, 3, 26, 3), utc(2023, 3, 26, 4), 40.43),
-        (utc(2023, 3, 26, 4), utc(2023, 3, 26, 5), 41.00),
+        (utc(2023, 3, 25, 21), utc(2023, 3, 25, 22), 48.18),
+        (utc(2023, 3, 25, 22), utc(2023, 3, 25, 23), 38.58),
+        (utc(2023, 3, 25, 23), utc(2023, 3, 26, 0), 35.53),
+        (utc(2023, 3, 26, 0), utc(2023, 3, 26, 1), 34.56),
+        (utc(2023, 3, 26, 1), utc(2023, 3, 26, 2), 25.58),
+        (utc(2023, 3, 26, 2), utc(2023, 3, 26, 3), 29.76),
+        (utc(2023, 3, 26, 3), utc(2023, 3, 26, 4), 35.02),
+        (utc(2023, 3, 26, 4), utc(2023, 3, 26, 5), 38.38),
     ]
     assert all(iv.currency == "EUR" and iv.resolution == H for iv in ivs)
 
 
 def test_entsoe_autumn_repeated_hour_gives_two_prices_summer_time_first():
-    ivs = load_price_csv(DATA / "SE3_2023_entsoe_excerpt.csv")
+    ivs = load_price_csv(DATA / "SE3_2023_entsoe_synthetic.csv")
     autumn = [r for r in rows(ivs) if utc(2023, 10, 28, 20) <= r[0] < utc(2023, 10, 29, 4)]
     assert autumn == [
-        (utc(2023, 10, 28, 20), utc(2023, 10, 28, 21), 58.54),
-        (utc(2023, 10, 28, 21), utc(2023, 10, 28, 22), 46.34),
-        (utc(2023, 10, 28, 22), utc(2023, 10, 28, 23), 34.33),
-        (utc(2023, 10, 28, 23), utc(2023, 10, 29, 0), 27.19),
-        (utc(2023, 10, 29, 0), utc(2023, 10, 29, 1), 25.34),   # 02:00 CEST
-        (utc(2023, 10, 29, 1), utc(2023, 10, 29, 2), 22.35),   # 02:00 CET
-        (utc(2023, 10, 29, 2), utc(2023, 10, 29, 3), 21.15),
-        (utc(2023, 10, 29, 3), utc(2023, 10, 29, 4), 21.95),
+        (utc(2023, 10, 28, 20), utc(2023, 10, 28, 21), 40.93),
+        (utc(2023, 10, 28, 21), utc(2023, 10, 28, 22), 36.24),
+        (utc(2023, 10, 28, 22), utc(2023, 10, 28, 23), 37.56),
+        (utc(2023, 10, 28, 23), utc(2023, 10, 29, 0), 26.25),
+        (utc(2023, 10, 29, 0), utc(2023, 10, 29, 1), 27.73),   # 02:00 CEST
+        (utc(2023, 10, 29, 1), utc(2023, 10, 29, 2), 21.85),   # 02:00 CET
+        (utc(2023, 10, 29, 2), utc(2023, 10, 29, 3), 23.27),
+        (utc(2023, 10, 29, 3), utc(2023, 10, 29, 4), 29.40),
     ]
 
 
 def test_negative_prices_are_kept():
-    ivs = load_price_csv(DATA / "SE3_2023_entsoe_excerpt.csv")
+    ivs = load_price_csv(DATA / "SE3_2023_entsoe_synthetic.csv")
     # 30.04.2023 13:00 and 14:00 CEST = 11:00Z and 12:00Z
-    assert price_at(ivs, utc(2023, 4, 30, 11, 30)).price == -0.08
-    assert price_at(ivs, utc(2023, 4, 30, 12, 0)).price == -0.92
+    assert price_at(ivs, utc(2023, 4, 30, 11, 30)).price == -0.76
+    assert price_at(ivs, utc(2023, 4, 30, 12, 0)).price == -0.43
 
 
 def test_entsoe_n_e_rows_are_missing_not_zero():
-    ivs = load_price_csv(DATA / "SE3_2024_entsoe_excerpt.csv")
+    ivs = load_price_csv(DATA / "SE3_2024_entsoe_synthetic.csv")
     assert len(ivs) == 6
     assert ivs[-1].end == utc(2024, 10, 4, 22)      # 05.10.2024 00:00 CEST, then "n/e"
-    assert ivs[-1].price == 19.17
+    assert ivs[-1].price == 50.50
     assert 0.0 not in [iv.price for iv in ivs]
     assert price_at(ivs, utc(2024, 10, 5, 1)) is None
 
@@ -125,16 +125,16 @@ def test_merge_keeps_the_first_series_on_overlap():
 
 def test_naive_file_without_timezone_is_refused():
     with pytest.raises(ValueError, match="timezone"):
-        load_price_csv(DATA / "DE-LU_2023_excerpt.csv")
+        load_price_csv(DATA / "DE-LU_2023_synthetic.csv")
 
 
 def test_naive_local_file_drops_the_nonexistent_spring_row_and_keeps_the_autumn_gap(caplog):
     with caplog.at_level(logging.INFO, logger="miner.sched.price_files"):
-        ivs = load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin")
+        ivs = load_price_csv(DATA / "DE-LU_2023_synthetic.csv", timezone="Europe/Berlin")
     assert "does not exist" in caplog.text
     by_start = {iv.start: iv.price for iv in ivs}
     # Spring: 01:00 CET = 00:00Z, the "02:00" row is dropped, 03:00 CEST = 01:00Z.
-    assert [by_start[utc(2023, 3, 26, h)] for h in (0, 1, 2)] == [39.23, 40.12, 40.88]
+    assert [by_start[utc(2023, 3, 26, h)] for h in (0, 1, 2)] == [35.73, 25.89, 30.41]
     assert sum(1 for s in by_start if s.date() == date(2023, 3, 26) and s.hour < 6) == 5
     # Autumn: 02:00 is read as summer time (00:00Z); the winter 02:00 (01:00Z) is a gap.
     assert by_start[utc(2023, 10, 29, 0)] == 0.015
@@ -146,7 +146,7 @@ def test_naive_local_file_drops_the_nonexistent_spring_row_and_keeps_the_autumn_
 def test_currency_comes_from_the_header_and_a_conflict_is_an_error():
     assert load_price_csv(DATA / "US-CAL-CISO_2024_head.csv", timezone="UTC")[0].currency == "USD"
     with pytest.raises(ValueError, match="EUR"):
-        load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin", currency="USD")
+        load_price_csv(DATA / "DE-LU_2023_synthetic.csv", timezone="Europe/Berlin", currency="USD")
 
 
 def test_bad_files_give_clear_errors(tmp_path):
@@ -178,7 +178,7 @@ def test_missing_price_cells_are_skipped(tmp_path):
 
 
 def test_day_ahead_publication_times():
-    se3 = load_price_csv(DATA / "SE3_2023_entsoe_excerpt.csv", publication="day_ahead")
+    se3 = load_price_csv(DATA / "SE3_2023_entsoe_synthetic.csv", publication="day_ahead")
     winter_0200 = next(iv for iv in se3 if iv.start == utc(2023, 10, 29, 1))
     assert winter_0200.published == utc(2023, 10, 28, 11)       # 13:00 CEST the day before
     ercot = load_price_csv(DATA / "US-TEX-ERCO_2023_excerpt.csv", timezone="America/Chicago",
@@ -220,16 +220,16 @@ def test_day_ahead_on_a_utc_clock_is_stamped_in_the_market_zone():
 
 
 def test_market_zone_defaults_to_a_local_file_clock_and_can_be_overridden():
-    local = load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin", publication="day_ahead")
-    same = load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin", publication="day_ahead",
+    local = load_price_csv(DATA / "DE-LU_2023_synthetic.csv", timezone="Europe/Berlin", publication="day_ahead")
+    same = load_price_csv(DATA / "DE-LU_2023_synthetic.csv", timezone="Europe/Berlin", publication="day_ahead",
                           market_timezone="Europe/Berlin")
     assert [iv.published for iv in local] == [iv.published for iv in same]
     # a market zone given wins over the file's clock (13:00 CET -> 13:30 Eastern)
-    ny = load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin", publication="day_ahead",
+    ny = load_price_csv(DATA / "DE-LU_2023_synthetic.csv", timezone="Europe/Berlin", publication="day_ahead",
                         market_timezone="America/New_York")
     assert {iv.start: iv.published for iv in ny}[utc(2023, 10, 29, 5)] == utc(2023, 10, 28, 17, 30)
     with pytest.raises(ValueError, match="unknown time zone"):
-        load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin", publication="day_ahead",
+        load_price_csv(DATA / "DE-LU_2023_synthetic.csv", timezone="Europe/Berlin", publication="day_ahead",
                        market_timezone="Mars/Olympus")
 
 
@@ -253,11 +253,11 @@ def test_price_at_respects_publication():
 
 
 def test_hourly_array_aligns_on_utc_hours_with_nan_gaps():
-    ivs = load_price_csv(DATA / "DE-LU_2023_excerpt.csv", timezone="Europe/Berlin",
+    ivs = load_price_csv(DATA / "DE-LU_2023_synthetic.csv", timezone="Europe/Berlin",
                          publication="day_ahead")
     prices, published = hourly_array(ivs, utc(2023, 10, 28, 22), 6)
     assert np.isnan(prices[3]) and np.isnan(published[3])        # 01:00Z: the lost hour
-    assert list(prices[[0, 1, 2, 4]]) == [14.05, 0.96, 0.015, -0.24]
+    assert list(prices[[0, 1, 2, 4]]) == [14.04, 0.96, 0.015, -0.24]
     # 22:00Z on the 28th is already the 29th in Berlin: published 13:00 CEST on the 28th.
     assert published[0] == published[2] == utc(2023, 10, 28, 11).timestamp()
 
@@ -284,7 +284,7 @@ def test_excerpts_are_in_the_repository_and_attributed():
     for f in csvs:
         assert f"`{f.name}`" in readme
         assert f.stat().st_size < 16384                 # excerpts (a week at most), not the files
-    assert "green-dcc" in readme and "punnoose-1620" in readme
+    assert "green-dcc" in readme and "punnoose-1620" in readme and "make_synthetic.py" in readme
 
 
 # ---------------------------------------------------------------------------

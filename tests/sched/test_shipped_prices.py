@@ -64,8 +64,8 @@ def test_only_the_three_republishable_markets_ship_for_2023_and_2024_and_are_sma
 
 
 def test_gzip_file_reads_like_the_plain_file(tmp_path):
-    plain = TEST_PRICES / "SE3_2023_entsoe_excerpt.csv"
-    gz = tmp_path / "SE3_2023_entsoe_excerpt.csv.gz"
+    plain = TEST_PRICES / "SE3_2023_entsoe_synthetic.csv"
+    gz = tmp_path / "SE3_2023_entsoe_synthetic.csv.gz"
     gz.write_bytes(gzip.compress(plain.read_bytes()))
     assert load_price_csv(gz, publication="day_ahead") == load_price_csv(plain, publication="day_ahead")
 
