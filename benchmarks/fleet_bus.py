@@ -1,8 +1,8 @@
 """Fleet bus at scale: a price change -> every device of every site applied, end to end.
 
     .venv/bin/python benchmarks/fleet_bus.py [--sites 1000] [--devices 50] [--processes 4]
-        [--rounds 2] [--policy threshold] [--interval 1] [--apply-latency 0.05]
-        [--read-latency 0.02] [--json]
+        [--markets 25] [--rounds 2] [--policy threshold] [--interval 1] [--apply-latency 0.05]
+        [--read-latency 0.02] [--json] [--profile DIR]
 
 Everything is real except the devices:
 
@@ -30,7 +30,11 @@ Per round it prints device and site latencies (p50/p99/max), where the time goes
 (poll delay, fleet, delivery, apply, ack), the fleet round (feeds, policy decision from
 the fleet's gridminer_sched_step_seconds, publication), bus messages per second from
 nats-server's /varz, and CPU seconds of the fleet (per decision round, idle and with a
-change), the site processes and nats-server, from /proc. Not a pass/fail test.
+change), the site processes and nats-server, from /proc, and how busy the whole machine
+was. Not a pass/fail test. Ctrl-C (or SIGTERM) stops every process it started. The
+agents' state files go to tmpfs when there is one (--state-dir to choose): here many
+agents share one disk and one event loop for their fsyncs, where real sites each have
+their own.
 """
 
 from __future__ import annotations
