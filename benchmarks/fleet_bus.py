@@ -225,8 +225,11 @@ class BusWatch:
     async def start(self, url: str, user: str, password: str) -> None:
         import nats
 
+        async def quiet(error: Exception) -> None:
+            pass    # a stopping nats-server (Ctrl-C reaches it too) is not this benchmark's news
+
         self.nc = await nats.connect(url, user=user, password=password, name="fleet-bus-bench-watch",
-                                     max_reconnect_attempts=-1, pending_size=256 * 1024 * 1024)
+                                     max_reconnect_attempts=-1, pending_size=256 * 1024 * 1024, error_cb=quiet)
         await self.nc.subscribe("$KV.gridminer_desired.*", cb=self._desired, pending_msgs_limit=1_000_000,
                                 pending_bytes_limit=1 << 30)
         await self.nc.subscribe("$KV.gridminer_reported.*", cb=self._reported, pending_msgs_limit=1_000_000,
@@ -807,7 +810,7 @@ def render(result: dict[str, Any]) -> str:
             f"    fleet (fetched -> desired state on the bus)     {fmt(b['fleet'])}",
             f"    delivery (on the bus -> agent decoded it)       {fmt(b['delivery'])}",
             f"    apply (decoded -> last device applied)          {fmt(b['apply'])}",
-            f"    ack (last device -> report on the bus)          {fmt(b['ack'])}",
+            f"    ack (last device -> read back, report on bus)   {fmt(b['ack'])}",
             f"  fleet round: the new price fetched from every market over {f['feeds_fetched_first_to_last_s']} s "
             f"(first->last); desired states published over {f['publication_first_to_last_s']} s (first->last)",
             f"  fleet step phases (mean over {f['rounds_in_window']} rounds, fleet's gridminer_sched_step_seconds): "
@@ -859,13 +862,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, bool]:
     return opts, a.json
 
 
+# Set by SIGINT/SIGTERM: a child that stopped on the same Ctrl-C is not the failure to report.
+INTERRUPTED: list[bool] = []
+
+
 async def amain(opts: Options) -> dict[str, Any]:
     from miner.testing.nats import NatsServer
 
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
+
+    def interrupt() -> None:
+        INTERRUPTED.append(True)
+        task.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, interrupt)
     server = NatsServer(site_names(opts.sites), monitor_port=free_port())
     progress(f"starting nats-server with {opts.sites} site users")
     try:
@@ -881,10 +893,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(opts.profile_dir).mkdir(parents=True, exist_ok=True)
     try:
         result = asyncio.run(amain(opts))
-    except asyncio.CancelledError:
-        print("fleet_bus: interrupted; every process it started is stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as e:
+    except (asyncio.CancelledError, RuntimeError) as e:
+        if INTERRUPTED or isinstance(e, asyncio.CancelledError):
+            print("fleet_bus: interrupted; every process it started is stopped", file=sys.stderr)
+            return 130
         print(f"fleet_bus: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1) if as_json else render(result))
