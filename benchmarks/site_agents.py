@@ -10,7 +10,7 @@ flips 1 -> 0 -> 1 ..., as a price crossing breakeven everywhere would make it) a
 watches gridminer_reported for each site's ack with every device applied. It prints, per
 round, from the first write to each site's ack: p50, p99, max; bus messages and bytes in
 and out of the server (nats-server /varz), and the worker processes' CPU seconds. The
-fleet scheduler's own step (prices, policy, writes) is benchmarks/fleet_bus.py's.
+fleet scheduler's own step (prices, policy, writes) is benchmarks/fleet_rounds.py's.
 """
 
 from __future__ import annotations

@@ -166,6 +166,11 @@ class Metrics:
                                   "read_failed)", ["site", "device", "result"], registry=r)
         self.device_up = Gauge("gridminer_device_up", "1 while the device answers its control API",
                                ["site", "device"], registry=r)
+        self.sched_step_seconds = Histogram(
+            "gridminer_sched_step_seconds",
+            "Seconds of each phase of a scheduler step: prices (feeds fetched), hashprice, decide (the "
+            "policy), actuate (devices driven, or desired states written and reports read)", ["phase"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r)
         self.sched_errors = Counter("gridminer_sched_errors_total",
                                     "Scheduler failures that the loop survived, by kind (step, "
                                     "hashprice_unavailable, hashprice_error, hashprice_invalid)", ["kind"],

@@ -161,7 +161,8 @@ class DeviceActuator:
         while True:
             attempt += 1
             try:
-                await asyncio.wait_for(device.apply(level), self.retry.timeout_seconds)
+                async with asyncio.timeout(self.retry.timeout_seconds):
+                    await device.apply(level)
                 self.metrics.actuations.labels(site, device.name, "ok").inc()
                 if self._log.healed(f"device:{site}:{device.name}"):
                     log.info("site %s: device %s answers again", site, device.name)
@@ -187,7 +188,8 @@ class DeviceActuator:
 
     async def read(self, site: str, device: Device) -> DeviceReading | None:
         try:
-            reading = await asyncio.wait_for(device.read(), self.retry.timeout_seconds)
+            async with asyncio.timeout(self.retry.timeout_seconds):
+                reading = await device.read()
         except asyncio.CancelledError:
             raise
         except Exception as e:

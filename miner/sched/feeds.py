@@ -60,7 +60,7 @@ __all__ = [
     "ERCOT_ZONE", "ERCOT_BASE_URL", "ERCOT_ENDPOINTS", "RT_INTERVAL", "parse_ercot_spp",
     "ErcotFeed", "carry_latest",
     "GRIDSTATUS_PRICE_COLUMNS", "intervals_from_records", "GridstatusFeed",
-    "FEED_KEYS", "make_feed", "feed_for_site", "csv_market_timezone",
+    "FEED_KEYS", "make_feed", "feed_for_site", "feeds_for_sites", "SHAREABLE_FEEDS", "csv_market_timezone",
 ]
 
 log = logging.getLogger(__name__)
@@ -879,3 +879,22 @@ def feed_for_site(site: SiteSpec, base_dir: Path) -> PriceFeed:
     if not site.feed:
         raise ValueError(f"site {site.name!r}: no price feed ([site.feed] table or prices = \"file.csv\")")
     return make_feed(site.feed, base_dir=base_dir, site=site)
+
+
+# Feeds whose fetch is a request to a market's API: sites whose feeds make the same request
+# (several sites in one market or zone) share one object, fetched once per step.
+SHAREABLE_FEEDS = (HTTPJSONFeed, EntsoeFeed, ErcotFeed)
+
+
+def feeds_for_sites(sites: Iterable[SiteSpec], base_dir: Path) -> dict[str, PriceFeed]:
+    """Each site's feed (feed_for_site); sites whose network feeds have the same kind and
+    settings get the same object."""
+    feeds: dict[str, PriceFeed] = {}
+    built: dict[tuple[str, str], PriceFeed] = {}
+    for site in sites:
+        feed = feed_for_site(site, base_dir)
+        if isinstance(feed, SHAREABLE_FEEDS):
+            key = (type(feed).__name__, repr(sorted(vars(feed).items())))
+            feed = built.setdefault(key, feed)
+        feeds[site.name] = feed
+    return feeds

@@ -279,18 +279,23 @@ class Scheduler:
         self.steps += 1
         if self.steps == 1:
             await self._take_over()
-        prices = await self._fetch_prices(now)
-        hashprice = await self._current_hashprice(now)
+        phase = self.metrics.sched_step_seconds
+        with phase.labels("prices").time():
+            prices = await self._fetch_prices(now)
+        with phase.labels("hashprice").time():
+            hashprice = await self._current_hashprice(now)
         if hashprice is None:
             # No revenue figure, no breakeven: every site follows its fail-safe.
             prices, hashprice = {name: [] for name in self.sites}, 0.0
         # Off the event loop: a coupled fleet's MILP may take a second or more, and the
         # loop carries new-tip jobs, stratum and found blocks.
-        plan = await asyncio.to_thread(self.policy.decide, dict(self.states), prices, now, hashprice)
+        with phase.labels("decide").time():
+            plan = await asyncio.to_thread(self.policy.decide, dict(self.states), prices, now, hashprice)
         self._record_plan(plan)
         sites = [name for name in self.sites if name in plan.decisions]
-        measured = await asyncio.gather(*(self.actuator.actuate(name, plan.decisions[name],
-                                                                 self.states[name].level) for name in sites))
+        with phase.labels("actuate").time():
+            measured = await asyncio.gather(*(self.actuator.actuate(name, plan.decisions[name],
+                                                                     self.states[name].level) for name in sites))
         for name, site_measured in zip(sites, measured):
             try:  # one site's bad figures must not stall the others' bookkeeping
                 self._integrate(name, now)
@@ -319,7 +324,10 @@ class Scheduler:
 
     async def _fetch_prices(self, now: datetime) -> dict[str, list[PriceInterval]]:
         """The intervals per site for the policy; a stale site maps to [] (its fail-safe)."""
-        await asyncio.gather(*(self._fetch_one(name, now) for name in self.feeds))
+        sharing: dict[int, list[str]] = {}   # one fetch per feed object, however many sites share it
+        for name, feed in self.feeds.items():
+            sharing.setdefault(id(feed), []).append(name)
+        await asyncio.gather(*(self._fetch_one(names, now) for names in sharing.values()))
         prices: dict[str, list[PriceInterval]] = {}
         for name, site in self.sites.items():
             fetched = self.fetched_at.get(name)
@@ -339,28 +347,33 @@ class Scheduler:
             prices[name] = [] if stale else list(self.intervals[name])
         return prices
 
-    async def _fetch_one(self, name: str, now: datetime) -> None:
-        feed = self.feeds[name]
+    async def _fetch_one(self, names: list[str], now: datetime) -> None:
+        """Fetch the feed the sites `names` share, once; each site's prices and errors kept apart."""
+        feed = self.feeds[names[0]]
         try:
             got = await asyncio.wait_for(feed.fetch(now), self.feed_timeout)
             fresh = merge_intervals(got)
         except FeedError as e:
-            self._feed_failed(name, e.kind, str(e))
+            for name in names:
+                self._feed_failed(name, e.kind, str(e))
             return
         except asyncio.TimeoutError:
-            self._feed_failed(name, "unreachable", f"no answer within {self.feed_timeout:g} s")
+            for name in names:
+                self._feed_failed(name, "unreachable", f"no answer within {self.feed_timeout:g} s")
             return
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a feed bug must not take the loop down
-            log.exception("site %s: price feed failed unexpectedly", name)
-            self._feed_failed(name, "error", repr(e), logged=True)
+            log.exception("site %s: price feed failed unexpectedly", ", ".join(names))
+            for name in names:
+                self._feed_failed(name, "error", repr(e), logged=True)
             return
         horizon = now - timedelta(seconds=HISTORY_SECONDS)
-        self.intervals[name] = [iv for iv in merge_intervals(fresh, self.intervals[name]) if iv.end > horizon]
-        self.fetched_at[name] = now
-        if self._error_logged.pop(f"feed:{name}", None) is not None:
-            log.info("site %s: price feed restored", name)
+        for name in names:
+            self.intervals[name] = [iv for iv in merge_intervals(fresh, self.intervals[name]) if iv.end > horizon]
+            self.fetched_at[name] = now
+            if self._error_logged.pop(f"feed:{name}", None) is not None:
+                log.info("site %s: price feed restored", name)
 
     def _feed_failed(self, name: str, kind: str, message: str, *, logged: bool = False) -> None:
         self.metrics.feed_errors.labels(name, kind).inc()
@@ -565,10 +578,10 @@ def build_scheduler(fleet: Any, *, metrics: Metrics, interval_seconds: float = 6
     hashprice source. The local pool is a device of `local_site` (implicitly when the site
     lists no kind "local" device and the pool has threads). ValueError naming what is wrong."""
     from miner.devices.drivers import make_device
-    from miner.sched.feeds import feed_for_site
+    from miner.sched.feeds import feeds_for_sites
     from miner.sched.policy import make_policy
 
-    feeds = {site.name: feed_for_site(site, fleet.base_dir) for site in fleet.sites}
+    feeds = feeds_for_sites(fleet.sites, fleet.base_dir)
     devices: dict[str, list[Device]] = {}
     for site in fleet.sites:
         pool = local_pool if site.name == local_site else None

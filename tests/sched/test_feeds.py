@@ -6,6 +6,7 @@ The price-file loader is tested in test_price_files."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 import http.server
 import json
 import shutil
@@ -570,3 +571,21 @@ def test_csv_feed_stamps_day_ahead_in_the_sites_market_zone(tmp_path):
         assert not first_of_dec31.known_at(before) and first_of_dec31.known_at(after)
     with pytest.raises(ValueError, match="market_timezone"):
         make_feed(table, base_dir=tmp_path, site=SiteSpec(name="ca", capacity_mw=1, efficiency_j_per_th=20))
+
+
+def test_sites_with_the_same_market_request_share_one_feed_object():
+    from miner.sched.feeds import feeds_for_sites
+    from miner.sched.sites import parse_sites
+
+    def site(name: str, feed: dict) -> dict:
+        return {"name": name, "capacity_mw": 1.0, "efficiency_j_per_th": 20.0, "feed": feed}
+
+    api = {"kind": "http_json", "url": "http://prices.example/ercot/hb_north", "price_path": "price"}
+    fleet = parse_sites({"economics": {"hashprice_usd_per_th_day": 0.05}, "site": [
+        site("a", api), site("b", dict(api)), site("c", dict(api, url="http://prices.example/ercot/hb_west")),
+        site("d", dict(api, price_path="data.price")), site("e", {"kind": "static", "price": 40.0}),
+        site("f", {"kind": "static", "price": 40.0})]}, base_dir=Path("."))
+    feeds = feeds_for_sites(fleet.sites, Path("."))
+    assert feeds["a"] is feeds["b"]
+    assert len({id(feeds[n]) for n in "acd"}) == 3            # another URL, another path: their own
+    assert feeds["e"] is not feeds["f"]                       # nothing to fetch: nothing to share

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -161,6 +162,24 @@ def test_price_across_breakeven_curtails_and_resumes_with_reasons_in_the_log(cap
     assert sample(metrics, "gridminer_device_actuations_total", site="texas", device="rig1", result="ok") == 3
 
 
+def test_each_phase_of_a_step_is_timed_the_policy_apart_from_the_rest():
+    fleet = fleet_of({"name": "texas"})
+    sched, policy, metrics = make(fleet, {"texas": SettableFeed(30.0)}, {"texas": [Rig("rig1")]})
+    slow = 0.05
+
+    class SlowPolicy:
+        def decide(self, *args):
+            time.sleep(slow)   # runs off the loop (to_thread), as a MILP does
+            return policy.decide(*args)
+
+    sched.policy = SlowPolicy()
+    asyncio.run(sched.step(at(0)))
+    asyncio.run(sched.step(at(60)))
+    for phase in ("prices", "hashprice", "decide", "actuate"):
+        assert sample(metrics, "gridminer_sched_step_seconds_count", phase=phase) == 2, phase
+    assert sample(metrics, "gridminer_sched_step_seconds_sum", phase="decide") >= 2 * slow
+
+
 def test_stale_feed_applies_the_fail_safe_and_a_fresh_price_lifts_it(caplog):
     fleet = fleet_of({"name": "texas", "price_ttl_seconds": 600},
                      {"name": "paris", "price_ttl_seconds": 600, "fail_safe": "hold"})
@@ -228,6 +247,22 @@ def test_feed_errors_of_every_kind_are_counted_and_the_other_sites_go_on(caplog)
     assert sample(metrics, "gridminer_feed_errors_total", site="c", kind="error") == 1
     assert sample(metrics, "gridminer_feed_errors_total", site="d", kind="unreachable") == 1
     assert "a bug in a feed" in caplog.text
+
+
+def test_sites_that_share_a_feed_fetch_it_once_per_step_and_keep_their_errors_apart():
+    fleet = fleet_of({"name": "a"}, {"name": "b"}, {"name": "c"})
+    market, own = SettableFeed(30.0), SettableFeed(200.0)
+    sched, _, metrics = make(fleet, {"a": market, "b": market, "c": own}, {})
+    plan = asyncio.run(sched.step(at(0)))
+    assert market.calls == 1 and own.calls == 1
+    assert plan.decisions["a"].level == plan.decisions["b"].level == 1.0 and plan.decisions["c"].level == 0.0
+    assert sched.intervals["a"] == sched.intervals["b"] and sched.intervals["a"] is not sched.intervals["b"]
+    market.failure = FeedError("HTTP 503", "error")
+    asyncio.run(sched.step(at(60)))
+    assert market.calls == 2
+    assert sample(metrics, "gridminer_feed_errors_total", site="a", kind="error") == 1
+    assert sample(metrics, "gridminer_feed_errors_total", site="b", kind="error") == 1
+    assert sample(metrics, "gridminer_feed_errors_total", site="c", kind="error") is None
 
 
 def test_the_newest_answer_wins_over_what_it_overlaps():
