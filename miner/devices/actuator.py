@@ -277,7 +277,7 @@ class DeviceActuator:
     async def apply_with_retry(self, site: str, device: Device, level: float,
                                key: tuple[str, str] | None = None) -> bool:
         key = key or (site, device.name)
-        delays = self.retry.delays()
+        delays: Iterator[float] | None = None     # made on the first failure
         attempt = 0
         while True:
             attempt += 1
@@ -294,6 +294,8 @@ class DeviceActuator:
                 error = e
                 if not isinstance(e, (DeviceError, asyncio.TimeoutError, OSError)):
                     log.exception("site %s: device %s failed unexpectedly", site, device.name)
+            if delays is None:
+                delays = self.retry.delays()
             delay = next(delays, None)
             if delay is None:
                 break

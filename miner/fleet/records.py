@@ -367,6 +367,16 @@ def _report_of(obj: dict[str, Any], *, site: str | None) -> SiteReport:
 
 
 def _device_report(obj: Any) -> DeviceReport:
+    # The common case, a well-formed entry of plain values, in one pass (a report carries
+    # every device of its site); anything else goes through the field-by-field checks.
+    if type(obj) is dict and obj.keys() == DEVICE_FIELDS:
+        name, rate, power, level = obj["name"], obj["hashrate_hs"], obj["power_w"], obj["level"]
+        if (type(name) is str and 0 < len(name) <= 256 and type(obj["up"]) is bool
+                and type(obj["hashing"]) is bool and type(obj["applied"]) is bool
+                and type(rate) is float and 0.0 <= rate < math.inf
+                and (power is None or (type(power) is float and 0.0 <= power < math.inf))
+                and (level is None or (type(level) is float and 0.0 <= level <= 1.0))):
+            return DeviceReport(name, obj["up"], obj["hashing"], obj["applied"], rate, power, level)
     if not isinstance(obj, dict):
         raise RecordError("malformed", "devices: each entry is an object")
     _exact_fields(obj, DEVICE_FIELDS, "device")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -237,3 +238,25 @@ def test_encode_report_refuses_exactly_what_decode_report_would(rep):
             encode_report(rep)
     else:
         assert encode_report(rep) == data
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(sorted(records.DEVICE_FIELDS)),
+       any_json_number | st.just("rig-1") | st.just(-1e-300) | st.just(1.0000001) | st.just(""))
+def test_a_device_entry_is_either_refused_or_holds_only_valid_values(field, value):
+    """Each device of a report is checked (the plain, common entries on a shorter path):
+    whatever is not refused holds only values a report may carry."""
+    entry = dict(DeviceReport("rig-1", True, False, True, 1.0e14, 3250.0, 0.5).body(), **{field: value})
+    if any(isinstance(v, float) and not math.isfinite(v) for v in entry.values()):
+        return                     # not writable as JSON at all
+    data = records.canonical_json(dict(json.loads(encode_report(report(devices=()))), devices=[entry]))
+    try:
+        [device] = decode_report(data).devices
+    except RecordError:
+        return
+    assert isinstance(device.name, str) and 0 < len(device.name) <= 256
+    assert all(isinstance(v, bool) for v in (device.up, device.hashing, device.applied))
+    for v in (device.hashrate_hs, device.power_w):
+        assert v is None or (type(v) is float and 0 <= v < math.inf)
+    assert (device.power_w is None) == (entry["power_w"] is None)
+    assert device.level is None or (type(device.level) is float and 0 <= device.level <= 1)
