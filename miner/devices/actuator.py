@@ -13,10 +13,10 @@ that takes its level from the bus. Clocks and sleeps are injected for tests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
-import collections
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence
 
@@ -107,10 +107,14 @@ class CommandDeadlines:
     def __init__(self) -> None:
         self._queue: collections.deque[_Deadline] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_when = math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def timeout(self, seconds: float) -> Any:
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Commands left by a loop that ended without finishing them: not this loop's.
+            self._queue.clear()
+            self._timer, self._loop = None, loop
         when = loop.time() + seconds
         if self._queue and when < self._queue[-1].when:
             return asyncio.timeout(seconds)
@@ -133,16 +137,15 @@ class CommandDeadlines:
             queue.popleft()
         if not queue and self._timer is not None:
             self._timer.cancel()
-            self._timer, self._timer_when = None, math.inf
+            self._timer = None
 
     def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         self._timer = loop.call_at(when, self._expire, loop, when)
-        self._timer_when = when
 
     def _expire(self, loop: asyncio.AbstractEventLoop, fired_for: float) -> None:
         """The timer fired: cancel every pending command whose deadline has come, then
         wait for the next one."""
-        self._timer, self._timer_when = None, math.inf
+        self._timer = None
         now = max(loop.time(), fired_for)
         queue = self._queue
         while queue and (queue[0].done or queue[0].when <= now):

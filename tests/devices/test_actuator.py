@@ -217,3 +217,33 @@ def test_many_devices_share_one_timer_and_answer_within_their_timeouts():
     sample = metrics.registry.get_sample_value
     assert sample("gridminer_device_actuations_total", {"site": "texas", "device": "rig-07", "result": "ok"}) == 2
     assert sample("gridminer_device_up", {"site": "texas", "device": "rig-07"}) == 1
+
+
+def test_shared_deadlines_work_in_a_new_loop_after_one_ended_mid_command():
+    """A loop closed while a command waited (its task never finished) leaves nothing that
+    keeps the next loop's commands from timing out."""
+    from miner.devices.actuator import CommandDeadlines
+
+    deadlines = CommandDeadlines()
+
+    async def hung(seconds: float) -> str:
+        try:
+            async with deadlines.timeout(seconds):
+                await asyncio.Event().wait()
+        except TimeoutError:
+            return "timeout"
+        return "answered"
+
+    old = asyncio.new_event_loop()
+    try:
+        old.create_task(hung(0.3))
+        old.run_until_complete(asyncio.sleep(0.01))
+    finally:
+        old.close()
+
+    async def main():
+        # A deadline after the dead loop's (so it queues behind it); the outer bound only
+        # keeps a broken implementation from hanging the test.
+        return await asyncio.wait_for(hung(0.6), 20.0)
+
+    assert asyncio.run(main()) == "timeout"
