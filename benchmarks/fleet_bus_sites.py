@@ -12,7 +12,10 @@ SPEC.json (written 0600 by fleet_bus.py; the site passwords are in it, never in 
 
 Emulated device: the miner.devices.model.Device protocol in memory; apply(level) and
 read() each sleep their latency (uniform within +-jitter of it, as a LAN round trip to
-a rig's control API varies) and apply records time.time() when the level took.
+a rig's control API varies) and apply records time.time() when the level took. The
+sleeps of all of a process's devices end on a shared millisecond grid (LatencyWheel:
+one loop timer per millisecond, not one per command), so the emulators cost this
+process little beside the site agents they stand in for.
 
 stdout, one JSON object a line:
     {"event": "ready", "sites": N, "seconds": S}          every agent connected and resynced
@@ -31,6 +34,7 @@ import asyncio
 import gc
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -55,26 +59,58 @@ POWER_W = 3250.0
 READY_TIMEOUT_S = 600.0
 
 
+class LatencyWheel:
+    """Waits for many emulated round trips, rounded up to the next `resolution` seconds
+    and woken together: one loop timer per slot instead of one per command (thousands of
+    timers in the loop's heap would cost this process more than the agents it measures)."""
+
+    def __init__(self, resolution: float = 0.001) -> None:
+        self.resolution = resolution
+        self._slots: dict[int, list[asyncio.Future]] = {}
+
+    def sleep(self, seconds: float) -> asyncio.Future:
+        """A future done `seconds` from now (up to one resolution later); cancel it to stop waiting."""
+        loop = asyncio.get_running_loop()
+        slot = math.ceil((loop.time() + seconds) / self.resolution)
+        future = loop.create_future()
+        waiting = self._slots.get(slot)
+        if waiting is None:
+            waiting = self._slots[slot] = []
+            loop.call_at(slot * self.resolution, self._wake, slot)
+        waiting.append(future)
+        return future
+
+    def _wake(self, slot: int) -> None:
+        for future in self._slots.pop(slot, ()):
+            if not future.done():
+                future.set_result(None)
+
+
 class EmulatedDevice:
     """A rig behind its control API: a level, and a round trip per command."""
 
     def __init__(self, name: str, *, apply_latency: float, read_latency: float, jitter: float,
-                 rng: random.Random) -> None:
+                 rng: random.Random, wheel: LatencyWheel | None = None) -> None:
         self.name = name
         self.apply_latency, self.read_latency, self.jitter, self.rng = apply_latency, read_latency, jitter, rng
+        self.wheel = wheel if wheel is not None else LatencyWheel()
         self.level = 0.0
         self.applied_at: float | None = None
 
     def _delay(self, base: float) -> float:
         return base * (1.0 + self.jitter * (2.0 * self.rng.random() - 1.0)) if base > 0 else 0.0
 
+    async def _round_trip(self, base: float) -> None:
+        delay = self._delay(base)
+        await (self.wheel.sleep(delay) if delay > 0 else asyncio.sleep(0))
+
     async def apply(self, level: float) -> None:
-        await asyncio.sleep(self._delay(self.apply_latency))
+        await self._round_trip(self.apply_latency)
         self.level = level
         self.applied_at = time.time()
 
     async def read(self) -> DeviceReading:
-        await asyncio.sleep(self._delay(self.read_latency))
+        await self._round_trip(self.read_latency)
         return DeviceReading(self.level > 0, HASHRATE_HS * self.level, POWER_W * self.level if self.level > 0 else 15.0,
                              self.level)
 
@@ -88,10 +124,11 @@ class BenchSite:
     """One site: its agent, its emulated devices, and what it saw when."""
 
     def __init__(self, site: str, password: str, spec: dict[str, Any], public_key: Any, metrics: Metrics,
-                 state_dir: Path, rng: random.Random) -> None:
+                 state_dir: Path, rng: random.Random, wheel: LatencyWheel) -> None:
         self.site = site
         self.emulators = [EmulatedDevice(f"rig-{i:03d}", apply_latency=spec["apply_latency_s"],
-                                         read_latency=spec["read_latency_s"], jitter=spec["jitter"], rng=rng)
+                                         read_latency=spec["read_latency_s"], jitter=spec["jitter"], rng=rng,
+                                         wheel=wheel)
                           for i in range(spec["devices"])]
         self.received: dict[int, float] = {}     # revision -> when its record first arrived
         self.last_emitted: int | None = None
@@ -135,7 +172,9 @@ async def run(spec: dict[str, Any]) -> None:
     metrics = Metrics()
     state_dir = Path(spec["state_dir"])
     rng = random.Random(spec.get("seed", 1))
-    sites = [BenchSite(name, password, spec, public_key, metrics, state_dir, rng) for name, password in spec["sites"]]
+    wheel = LatencyWheel()
+    sites = [BenchSite(name, password, spec, public_key, metrics, state_dir, rng, wheel)
+             for name, password in spec["sites"]]
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)

@@ -13,6 +13,7 @@ that takes its level from the bus. Clocks and sleeps are injected for tests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -67,10 +68,114 @@ class LimitedLog:
     def healed(self, key: str) -> bool:
         return self._last.pop(key, None) is not None
 
+    @property
+    def warned(self) -> bool:
+        """Some key warned and has not healed (callers skip building keys when not)."""
+        return bool(self._last)
+
 
 def error_text(error: BaseException) -> str:
     """An exception for the log: its message, or its class name when it has none (timeouts)."""
     return str(error) or type(error).__name__
+
+
+class _Deadline:
+    """One command under a CommandDeadlines timeout (asyncio.timeout's states, by hand)."""
+
+    __slots__ = ("task", "when", "cancelling", "expired", "done")
+
+    def __init__(self, task: asyncio.Task, when: float) -> None:
+        self.task, self.when = task, when
+        self.cancelling = task.cancelling()
+        self.expired = False
+        self.done = False
+
+
+class CommandDeadlines:
+    """Per-command timeouts that share one timer: `async with deadlines.timeout(seconds):`
+    behaves as `async with asyncio.timeout(seconds):` (the command's task is cancelled at
+    its deadline and the cancellation leaves as TimeoutError; any other cancellation,
+    a stop, stays a CancelledError).
+
+    asyncio.timeout puts a timer per command in the loop's heap and cancels it a few
+    milliseconds later; a site driving thousands of device commands at once (every device
+    apply, then read) pays for that heap on every command. Here the deadlines of one
+    timeout length only grow (loop time is monotonic), so they wait in a FIFO and a single
+    timer, armed for the oldest pending one, expires them in order. A command given a
+    deadline earlier than one already queued (another length) uses asyncio.timeout."""
+
+    def __init__(self) -> None:
+        self._queue: collections.deque[_Deadline] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def timeout(self, seconds: float) -> Any:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # Commands left by a loop that ended without finishing them: not this loop's.
+            self._queue.clear()
+            self._timer, self._loop = None, loop
+        when = loop.time() + seconds
+        if self._queue and when < self._queue[-1].when:
+            return asyncio.timeout(seconds)
+        return _DeadlineScope(self, loop, when)
+
+    def _enter(self, loop: asyncio.AbstractEventLoop, when: float) -> _Deadline:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("CommandDeadlines.timeout() should be used inside a task")
+        entry = _Deadline(task, when)
+        self._queue.append(entry)
+        if self._timer is None:
+            self._arm(loop, when)
+        return entry
+
+    def _exit(self, entry: _Deadline) -> None:
+        entry.done = True
+        queue = self._queue
+        while queue and queue[0].done:
+            queue.popleft()
+        if not queue and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._timer = loop.call_at(when, self._expire, loop, when)
+
+    def _expire(self, loop: asyncio.AbstractEventLoop, fired_for: float) -> None:
+        """The timer fired: cancel every pending command whose deadline has come, then
+        wait for the next one."""
+        self._timer = None
+        now = max(loop.time(), fired_for)
+        queue = self._queue
+        while queue and (queue[0].done or queue[0].when <= now):
+            entry = queue.popleft()
+            if not entry.done:
+                entry.expired = True
+                entry.task.cancel()
+        if queue:
+            self._arm(loop, queue[0].when)
+
+
+class _DeadlineScope:
+    __slots__ = ("_owner", "_loop", "_when", "_entry")
+
+    def __init__(self, owner: CommandDeadlines, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._owner, self._loop, self._when = owner, loop, when
+        self._entry: _Deadline | None = None
+
+    async def __aenter__(self) -> None:
+        self._entry = self._owner._enter(self._loop, self._when)
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        entry = self._entry
+        self._owner._exit(entry)
+        if entry.expired:
+            # As asyncio.timeout: our cancel becomes TimeoutError unless someone else
+            # cancelled the task too (then their CancelledError goes on).
+            if entry.task.uncancel() <= entry.cancelling and exc_type is asyncio.CancelledError:
+                raise TimeoutError from exc
+        return None
 
 
 @dataclass(frozen=True)
@@ -130,6 +235,23 @@ class DeviceActuator:
         self.metrics, self.retry, self._sleep = metrics, retry, sleep
         self._in_force: dict[tuple[str, str], float] = {}   # (site, device) -> level in force
         self._log = LimitedLog(log)
+        self._deadlines = CommandDeadlines()
+        # (site, device) -> its gridminer_device_up child and its actuations{result="ok"}
+        # child: found once, not with labels() on every command.
+        self._up: dict[tuple[str, str], Any] = {}
+        self._ok: dict[tuple[str, str], Any] = {}
+
+    def _up_gauge(self, key: tuple[str, str]) -> Any:
+        child = self._up.get(key)
+        if child is None:
+            child = self._up[key] = self.metrics.device_up.labels(*key)
+        return child
+
+    def _ok_counter(self, key: tuple[str, str]) -> Any:
+        child = self._ok.get(key)
+        if child is None:
+            child = self._ok[key] = self.metrics.actuations.labels(*key, "ok")
+        return child
 
     async def apply(self, site: str, level: float) -> list[DeviceOutcome]:
         return list(await asyncio.gather(*(self.actuate_device(site, dev, level)
@@ -142,29 +264,31 @@ class DeviceActuator:
         key = (site, device.name)
         applied = True
         if self._in_force.get(key) != level:
-            applied = await self.apply_with_retry(site, device, level)
+            applied = await self.apply_with_retry(site, device, level, key)
             if applied:
                 self._in_force[key] = level
             else:
                 self._in_force.pop(key, None)
         reading = await self.read(site, device)
-        self.metrics.device_up.labels(site, device.name).set(1 if reading is not None else 0)
+        self._up_gauge(key).set(1 if reading is not None else 0)
         # A device that did not take a level > 0 did not wake: never count it as hashing.
         hashing = reading is not None and reading.hashing and (applied or level <= 0)
         if reading is not None and reading.hashing != (level > 0):
             self._in_force.pop(key, None)  # it does not do what it was told: tell it again next time
         return DeviceOutcome(device.name, applied, reading, hashing)
 
-    async def apply_with_retry(self, site: str, device: Device, level: float) -> bool:
-        delays = self.retry.delays()
+    async def apply_with_retry(self, site: str, device: Device, level: float,
+                               key: tuple[str, str] | None = None) -> bool:
+        key = key or (site, device.name)
+        delays: Iterator[float] | None = None     # made on the first failure
         attempt = 0
         while True:
             attempt += 1
             try:
-                async with asyncio.timeout(self.retry.timeout_seconds):
+                async with self._deadlines.timeout(self.retry.timeout_seconds):
                     await device.apply(level)
-                self.metrics.actuations.labels(site, device.name, "ok").inc()
-                if self._log.healed(f"device:{site}:{device.name}"):
+                self._ok_counter(key).inc()
+                if self._log.warned and self._log.healed(f"device:{site}:{device.name}"):
                     log.info("site %s: device %s answers again", site, device.name)
                 return True
             except asyncio.CancelledError:
@@ -173,6 +297,8 @@ class DeviceActuator:
                 error = e
                 if not isinstance(e, (DeviceError, asyncio.TimeoutError, OSError)):
                     log.exception("site %s: device %s failed unexpectedly", site, device.name)
+            if delays is None:
+                delays = self.retry.delays()
             delay = next(delays, None)
             if delay is None:
                 break
@@ -188,7 +314,7 @@ class DeviceActuator:
 
     async def read(self, site: str, device: Device) -> DeviceReading | None:
         try:
-            async with asyncio.timeout(self.retry.timeout_seconds):
+            async with self._deadlines.timeout(self.retry.timeout_seconds):
                 reading = await device.read()
         except asyncio.CancelledError:
             raise
@@ -199,7 +325,7 @@ class DeviceActuator:
             self._log.warning(f"read:{site}:{device.name}", "site %s: device %s does not answer: %s",
                               site, device.name, error_text(e))
             return None
-        if self._log.healed(f"read:{site}:{device.name}"):
+        if self._log.warned and self._log.healed(f"read:{site}:{device.name}"):
             log.info("site %s: device %s answers again", site, device.name)
         return reading
 

@@ -325,14 +325,22 @@ ACK_FIELDS = frozenset({"revision", "outcome", "detail", "at"})
 
 
 def encode_report(report: SiteReport) -> bytes:
-    data = canonical_json(report.body())
-    decode_report(data, site=report.site)   # one validation for both directions
+    body = report.body()
+    data = canonical_json(body)
+    # One validation for both directions: the body is checked as decode_report checks
+    # what it parses from these bytes (JSON gives back exactly these values, so the
+    # bytes need not be parsed again).
+    _check_size(data)
+    _report_of(body, site=report.site)
     return data
 
 
 def decode_report(data: bytes, *, site: str | None = None) -> SiteReport:
     """A site's report, validated (RecordError "malformed" or "wrong_site" otherwise)."""
-    obj = _json_object(data)
+    return _report_of(_json_object(data), site=site)
+
+
+def _report_of(obj: dict[str, Any], *, site: str | None) -> SiteReport:
     _exact_fields(obj, REPORT_FIELDS, "report")
     if obj["v"] != VERSION or isinstance(obj["v"], bool):
         raise RecordError("malformed", f"version {obj['v']!r}, expected {VERSION}")
@@ -359,6 +367,16 @@ def decode_report(data: bytes, *, site: str | None = None) -> SiteReport:
 
 
 def _device_report(obj: Any) -> DeviceReport:
+    # The common case, a well-formed entry of plain values, in one pass (a report carries
+    # every device of its site); anything else goes through the field-by-field checks.
+    if type(obj) is dict and obj.keys() == DEVICE_FIELDS:
+        name, rate, power, level = obj["name"], obj["hashrate_hs"], obj["power_w"], obj["level"]
+        if (type(name) is str and 0 < len(name) <= 256 and type(obj["up"]) is bool
+                and type(obj["hashing"]) is bool and type(obj["applied"]) is bool
+                and type(rate) is float and 0.0 <= rate < math.inf
+                and (power is None or (type(power) is float and 0.0 <= power < math.inf))
+                and (level is None or (type(level) is float and 0.0 <= level <= 1.0))):
+            return DeviceReport(name, obj["up"], obj["hashing"], obj["applied"], rate, power, level)
     if not isinstance(obj, dict):
         raise RecordError("malformed", "devices: each entry is an object")
     _exact_fields(obj, DEVICE_FIELDS, "device")
@@ -389,8 +407,7 @@ def _ack(obj: Any) -> Ack:
 def _json_object(data: Any) -> dict[str, Any]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise RecordError("malformed", f"expected bytes, got {type(data).__name__}")
-    if len(data) > MAX_RECORD_BYTES:
-        raise RecordError("malformed", f"{len(data)} bytes > {MAX_RECORD_BYTES}")
+    _check_size(data)
     try:
         obj = json.loads(bytes(data).decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -398,6 +415,11 @@ def _json_object(data: Any) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise RecordError("malformed", f"expected a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def _check_size(data: bytes | bytearray | memoryview) -> None:
+    if len(data) > MAX_RECORD_BYTES:
+        raise RecordError("malformed", f"{len(data)} bytes > {MAX_RECORD_BYTES}")
 
 
 def _no_constant(name: str) -> None:
@@ -415,7 +437,16 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite JSON number (an integer too large for a float is not one: its float()
+    would raise OverflowError)."""
+    if type(value) is float:           # the common case, first
+        return math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _bool(obj: Mapping[str, Any], name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -192,3 +193,70 @@ def test_report_checks():
     for bad in (report(level=2.0), report(mode="asleep"), report(hashrate_hs=-1.0)):
         with pytest.raises(RecordError):
             encode_report(bad)
+
+
+def test_an_integer_too_large_for_a_float_is_refused_not_a_crash():
+    """A report (or desired state) carrying 1e400 spelled as an integer: JSON gives a
+    Python int that float() cannot hold; the record is malformed, never an OverflowError
+    out of the fleet's report reading."""
+    huge = "1" + "0" * 400
+    data = encode_report(report()).replace(b'"hashrate_hs":120000000000000.0,"level":0.5,"mode"',
+                                           b'"hashrate_hs":' + huge.encode() + b',"level":0.5,"mode"')
+    assert huge.encode() in data
+    with pytest.raises(RecordError) as e:
+        decode_report(data, site="texas")
+    assert e.value.reason == "malformed"
+    obj = json.loads(encode_desired(desired(), KEY))
+    obj["level"] = int(huge)
+    with pytest.raises(RecordError):
+        decode_desired(records.canonical_json(obj), site="texas", public_key=PUBLIC)
+
+
+any_json_number = (st.floats() | st.integers() | st.integers(10 ** 308, 10 ** 400) | st.booleans() | st.none()
+                   | st.text(max_size=3))
+
+
+@settings(max_examples=300)
+@given(st.builds(report, level=any_json_number, hashrate_hs=any_json_number, power_w=any_json_number,
+                 desired_level=any_json_number,
+                 devices=st.lists(st.builds(DeviceReport, st.text(max_size=3), st.booleans() | st.none(),
+                                            st.booleans(), st.booleans(), any_json_number, any_json_number,
+                                            any_json_number), max_size=3).map(tuple)))
+def test_encode_report_refuses_exactly_what_decode_report_would(rep):
+    """encode_report checks the report without parsing its bytes again: it accepts and
+    refuses exactly as decode_report does on those bytes."""
+    try:
+        data = records.canonical_json(rep.body())
+    except ValueError:                 # NaN or infinity: not even writable as JSON
+        with pytest.raises(ValueError):
+            encode_report(rep)
+        return
+    try:
+        decode_report(data, site=rep.site)
+    except RecordError:
+        with pytest.raises(RecordError):
+            encode_report(rep)
+    else:
+        assert encode_report(rep) == data
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(sorted(records.DEVICE_FIELDS)),
+       any_json_number | st.just("rig-1") | st.just(-1e-300) | st.just(1.0000001) | st.just(""))
+def test_a_device_entry_is_either_refused_or_holds_only_valid_values(field, value):
+    """Each device of a report is checked (the plain, common entries on a shorter path):
+    whatever is not refused holds only values a report may carry."""
+    entry = dict(DeviceReport("rig-1", True, False, True, 1.0e14, 3250.0, 0.5).body(), **{field: value})
+    if any(isinstance(v, float) and not math.isfinite(v) for v in entry.values()):
+        return                     # not writable as JSON at all
+    data = records.canonical_json(dict(json.loads(encode_report(report(devices=()))), devices=[entry]))
+    try:
+        [device] = decode_report(data).devices
+    except RecordError:
+        return
+    assert isinstance(device.name, str) and 0 < len(device.name) <= 256
+    assert all(isinstance(v, bool) for v in (device.up, device.hashing, device.applied))
+    for v in (device.hashrate_hs, device.power_w):
+        assert v is None or (type(v) is float and 0 <= v < math.inf)
+    assert (device.power_w is None) == (entry["power_w"] is None)
+    assert device.level is None or (type(device.level) is float and 0 <= device.level <= 1)
