@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from miner.config import BUS_PASSWORD_ENV, BusConfig
-from miner.devices.actuator import LimitedLog
+# Errors are logged with error_text: nats-py never puts the password in its messages, and the
+# URL we log is the configured one (credentials belong in [bus] user, not the URL).
+from miner.devices.actuator import LimitedLog, error_text
 from miner.fleet.records import check_site_name
 
 log = logging.getLogger(__name__)
@@ -162,7 +164,7 @@ class Bus:
                 self.nc = attempt.result()
             except Exception as e:
                 self._log.warning("connect", "bus %s: cannot connect (%s); retrying every %.0f s",
-                                  self.settings.url, _safe_error(e), RECONNECT_WAIT_SECONDS)
+                                  self.settings.url, error_text(e), RECONNECT_WAIT_SECONDS)
                 try:
                     await asyncio.wait_for(self._stopping.wait(), RECONNECT_WAIT_SECONDS)
                 except asyncio.TimeoutError:
@@ -184,7 +186,7 @@ class Bus:
             try:
                 await asyncio.wait_for(self.nc.close(), 2.0)
             except (asyncio.TimeoutError, Exception) as e:  # closing a dead link must not hang a stop
-                log.debug("bus close: %s", _safe_error(e))
+                log.debug("bus close: %s", error_text(e))
         if self.connected:
             await self._set_state(False)
 
@@ -209,8 +211,8 @@ class Bus:
     async def _error(self, error: Exception) -> None:
         # Connection refused while the server is away, an authorization violation, a
         # permission error on a subject: one warning a minute per kind of error.
-        self.errors.append(_safe_error(error))
-        self._log.warning(f"error:{type(error).__name__}", "bus %s: %s", self.settings.url, _safe_error(error))
+        self.errors.append(error_text(error))
+        self._log.warning(f"error:{type(error).__name__}", "bus %s: %s", self.settings.url, error_text(error))
 
     async def _closed(self) -> None:
         await self._set_state(False)
@@ -258,7 +260,7 @@ class Bus:
             raise BusError(f"direct get of {DESIRED_BUCKET}/{site}: no answer within "
                            f"{self.request_timeout:g} s") from None
         except Exception as e:  # nats.errors.NoRespondersError, permission errors
-            raise BusError(f"direct get of {DESIRED_BUCKET}/{site}: {_safe_error(e)}") from None
+            raise BusError(f"direct get of {DESIRED_BUCKET}/{site}: {error_text(e)}") from None
         headers = msg.headers or {}
         status = headers.get("Status")
         if status == "404":
@@ -288,7 +290,7 @@ class Bus:
         except asyncio.TimeoutError:
             raise BusError(f"report of {site}: no PubAck within {self.request_timeout:g} s") from None
         except Exception as e:
-            raise BusError(f"report of {site}: {_safe_error(e)}") from None
+            raise BusError(f"report of {site}: {error_text(e)}") from None
         try:
             ack = json.loads(msg.data)
         except ValueError:
@@ -301,12 +303,6 @@ class Bus:
 def _with_max_age(config: Any, seconds: float) -> Any:
     config.max_age = seconds
     return config
-
-
-def _safe_error(error: BaseException) -> str:
-    """An error for the log; nats-py never puts the password in its messages, and the
-    URL we log is the configured one (credentials belong in [bus] user, not the URL)."""
-    return str(error) or type(error).__name__
 
 
 def load_signing_key_file(path: str | Path) -> Any:

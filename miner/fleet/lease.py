@@ -22,6 +22,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from miner.devices.actuator import error_text
 from miner.fleet.bus import LEASE_KEY
 from miner.fleet.records import format_time
 
@@ -93,9 +94,9 @@ class Lease:
             raise
         except Exception as e:  # the bus is away or slow: a leader keeps its lease until it runs out
             log.debug("fleet %s: lease %s failed: %s", self.holder,
-                      "renewal" if self.epoch is not None else "attempt", str(e) or type(e).__name__)
+                      "renewal" if self.epoch is not None else "attempt", error_text(e))
             if self.epoch is not None and not self.leading:
-                self._lose(f"no renewal succeeded within the lease ttl ({str(e) or type(e).__name__})")
+                self._lose(f"no renewal succeeded within the lease ttl ({error_text(e)})")
         return self._tell(self.leading)
 
     def _tell(self, leading: bool) -> bool:
@@ -140,4 +141,4 @@ class Lease:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            log.info("fleet %s: lease not released (%s); it ends by its ttl", self.holder, str(e) or type(e).__name__)
+            log.info("fleet %s: lease not released (%s); it ends by its ttl", self.holder, error_text(e))

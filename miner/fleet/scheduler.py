@@ -20,18 +20,18 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable, Sequence
 
 from miner.config import Config
-from miner.devices.actuator import DeviceOutcome, LimitedLog, SiteMeasurement
+from miner.devices.actuator import DeviceOutcome, LimitedLog, SiteMeasurement, error_text
 from miner.devices.model import DeviceReading
 from miner.fleet.bus import Bus, BusStopped, instance_name, load_signing_key_file
 from miner.fleet.lease import Lease
 from miner.fleet.records import (RecordError, SiteReport, check_site_name, decode_report, encode_desired,
                                  make_desired, public_key_hex)
 from miner.metrics import Metrics
-from miner.sched.model import SiteDecision
+from miner.sched.model import SiteDecision, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,6 @@ STALE_REPORTS = 3
 READ_CONCURRENCY = 64
 # Seconds a stop may spend on releasing the lease and closing the bus (SIGTERM: 5 s in all).
 STOP_STEP_SECONDS = 1.5
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 @dataclass
@@ -119,7 +115,7 @@ class BusActuator:
         except Exception as e:
             self.metrics.fleet_bus_errors.labels("write").inc()
             self._log.warning(f"write:{site}", "fleet: desired state of site %s not written: %s", site,
-                              str(e) or type(e).__name__)
+                              error_text(e))
             return
         self.written[site] = _Written(epoch, state.seq, decision.level, decision.reason, state.issued_at)
         self.metrics.fleet_desired_level.labels(site).set(decision.level)
@@ -142,7 +138,7 @@ class BusActuator:
             except Exception as e:
                 self.metrics.fleet_bus_errors.labels("read").inc()
                 self._log.warning(f"read:{site}", "fleet: report of site %s unreadable: %s", site,
-                                  str(e) or type(e).__name__)
+                                  error_text(e))
                 return self.reports.get(site)
         seen = self._report_seen.get(site)
         if seen is not None and seen[0] == entry.revision and site in self.reports:
@@ -312,7 +308,7 @@ class FleetRunner:
                 raise
             except Exception as e:
                 self.metrics.fleet_bus_errors.labels("buckets").inc()
-                log.warning("fleet %s: buckets unavailable (%s); retrying", self.name, str(e) or type(e).__name__)
+                log.warning("fleet %s: buckets unavailable (%s); retrying", self.name, error_text(e))
                 await asyncio.sleep(2.0)
 
     async def _lease_loop(self) -> None:

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 from miner.devices.actuator import DeviceActuator, DeviceOutcome, RetryPolicy, SiteMeasurement, \
-    site_measurement, usable_watts
+    error_text, site_measurement, usable_watts
 from miner.devices.model import Device
 from miner.fleet.following import Follower, OwnPrice, Target, expires_at
 from miner.fleet.records import (MODES, REJECT_REASONS, Ack, DeviceReport, RecordError, SiteReport, encode_report,
                                  format_time)
 from miner.metrics import Metrics
-from miner.sched.model import UTC
+from miner.sched.model import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,6 @@ RESYNC_RETRY_FIRST, RESYNC_RETRY_CAP = 0.5, 5.0
 FEED_TIMEOUT = 10.0
 # How often the site's own price feed is read (seconds; site mode uses [sched] interval_seconds).
 OWN_PRICE_INTERVAL = 60.0
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -249,7 +245,7 @@ class SiteAgent:
                 break
             except Exception as e:  # noqa: BLE001 - the link dropped at once: nats-py reconnects
                 log.info("site %s: cannot subscribe yet (%s); retrying in %.1f s", self.site,
-                         str(e) or type(e).__name__, delay)
+                         error_text(e), delay)
                 await self._pause(delay)
                 delay = min(delay * 2, RESYNC_RETRY_CAP)
         self._resync.set()
@@ -509,7 +505,7 @@ class OwnThreshold:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - FeedError, timeouts: the last prices hold up to their TTL
-            log.info("site %s: own price feed: %s", self.site.name, str(e) or type(e).__name__)
+            log.info("site %s: own price feed: %s", self.site.name, error_text(e))
         iv = live_price(self.intervals, now, self.site.price_ttl_seconds)
         return OwnPrice(self.site.usd_per_mwh(iv.price) if iv is not None else None, breakeven)
 

@@ -15,6 +15,10 @@ from typing import Mapping, Protocol, Sequence
 UTC = timezone.utc
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass(frozen=True)
 class PriceInterval:
     """One published price for the delivery interval [start, end), both UTC."""

@@ -33,7 +33,8 @@ from miner.devices.model import Device
 from miner.metrics import Metrics
 from miner.sched.economics import HashpriceSeries, hashprice_usd_per_th_day
 from miner.sched.feeds import merge_intervals, price_at
-from miner.sched.model import UTC, FeedError, Plan, Policy, PriceFeed, PriceInterval, SiteDecision, SiteSpec, SiteState
+from miner.sched.model import (FeedError, Plan, Policy, PriceFeed, PriceInterval, SiteDecision, SiteSpec, SiteState,
+                               utc_now)
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,6 @@ HISTORY_SECONDS = 2 * 86_400
 # A failing feed or device is logged at most this often (seconds); "restored" when it heals.
 ERROR_LOG_INTERVAL = 60.0
 SATS_PER_BTC = 100_000_000
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 # -- hashprice sources -----------------------------------------------------------------------
