@@ -176,6 +176,13 @@ class BusConfig:
     site: str | None = None  # site mode: the site of the sites file this agent runs (user defaults to it)
 
 
+def data_dir() -> Path:
+    """Where gridminer keeps its state by default: $XDG_DATA_HOME/gridminer, else
+    ~/.local/share/gridminer."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "gridminer"
+
+
 @dataclass(frozen=True)
 class Config:
     node: NodeConfig = NodeConfig()
@@ -191,8 +198,7 @@ class Config:
     def default_journal_path(self, chain: str) -> Path:
         """One journal per network and chain (chain: "regtest-<block 1 hash prefix>", from
         miner.work.submit.node_chain_name): old entries of another chain never slow a start."""
-        base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-        return Path(base) / "gridminer" / f"found-blocks-{chain}.jsonl"
+        return data_dir() / f"found-blocks-{chain}.jsonl"
 
 
 _SECTIONS = {"node": NodeConfig, "mining": MiningConfig, "upstream": UpstreamConfig, "agent": AgentConfig,

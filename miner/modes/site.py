@@ -12,15 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from miner.config import Config, ConfigError
+from miner.config import Config, ConfigError, data_dir
 from miner.metrics import Metrics
 from miner.modes.agent import AgentMiner
 
 
 def default_state_dir() -> Path:
     """Next to the found-block journals: ~/.local/share/gridminer/bus."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(base) / "gridminer" / "bus"
+    return data_dir() / "bus"
 
 
 def site_bus(settings: Any, site: str):
