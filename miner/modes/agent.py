@@ -128,11 +128,7 @@ class AgentMiner(UpstreamRun):
             self._print(f"cgminer-compatible API at {host}:{api.port}"
                         f"{'' if self.config.agent.token else ' (read-only: no agent.token)'}")
         self._print(f"agent: {threads} CPU thread(s) on {', '.join(up.pools)} as {up.user}")
-        tasks = [asyncio.create_task(source.run(), name="upstream"),
-                 asyncio.create_task(self._start_pool_when_warm(), name="kernel"),
-                 asyncio.create_task(self._feed(), name="feed"),
-                 asyncio.create_task(self._status(), name="status"),
-                 *self._scheduler_tasks()]
+        tasks = self._upstream_tasks(source)
         try:
             await self._until_stopped(tasks)
         finally:

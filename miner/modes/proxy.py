@@ -58,11 +58,7 @@ class ProxyMiner(UpstreamRun):
             raise ConfigError(f"stratum.listen: cannot listen on {self.config.stratum.listen}: {e}") from None
         self.stratum_port = server.port
         self._print(f"proxy: rigs at stratum+tcp://{host}:{server.port} -> {', '.join(up.pools)} as {up.user}")
-        tasks = [asyncio.create_task(source.run(), name="upstream"),
-                 asyncio.create_task(self._start_pool_when_warm(), name="kernel"),
-                 asyncio.create_task(self._feed(), name="feed"),
-                 asyncio.create_task(self._status(), name="status"),
-                 *self._scheduler_tasks()]
+        tasks = self._upstream_tasks(source)
         try:
             await self._until_stopped(tasks)
         finally:

@@ -3,6 +3,7 @@ counted by the pool's answer."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import TextIO
 
@@ -33,6 +34,15 @@ class UpstreamRun(Run):
         return PoolFailover(up.pools, up.user, up.password or "x", silent_after=up.silent_after,
                             probe_interval=up.probe_interval, follow_reconnect=up.follow_reconnect,
                             metrics=self.metrics)
+
+    def _upstream_tasks(self, source) -> list[asyncio.Task]:
+        """What an upstream run runs until stopped: the pool connection, the kernel's
+        warm-up, jobs to the workers, the status line and the scheduler."""
+        return [asyncio.create_task(source.run(), name="upstream"),
+                asyncio.create_task(self._start_pool_when_warm(), name="kernel"),
+                asyncio.create_task(self._feed(), name="feed"),
+                asyncio.create_task(self._status(), name="status"),
+                *self._scheduler_tasks()]
 
     def _count_answer(self, job: Job, answer) -> None:
         """Count a share by the pool's real answer, never by what we hoped it would say."""
