@@ -123,7 +123,7 @@ class SoloMiner(Run):
             raise ConfigError(f"node: {e}") from None
 
     async def _mine(self, rpc: NodeRPC, address: str, zmq_url: str | None) -> int:
-        n, m = self.config.node, self.config.mining
+        m = self.config.mining
         payout_script = await self._payout_script(rpc, address)
         if m.journal:
             journal_path = Path(m.journal).expanduser()
