@@ -261,6 +261,14 @@ class Run:
                     self._print(f"... {time.monotonic() - t0:.0f} s")
         await ready
 
+    async def _listen(self, server) -> None:
+        """Start our stratum server on stratum.listen; a port it cannot take is a ConfigError."""
+        try:
+            await server.start()
+        except OSError as e:
+            raise ConfigError(f"stratum.listen: cannot listen on {self.config.stratum.listen}: {e}") from None
+        self.stratum_port = server.port
+
     def _print(self, text: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} {text}", file=self.out, flush=True)
 

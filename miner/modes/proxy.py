@@ -52,11 +52,7 @@ class ProxyMiner(UpstreamRun):
         self.server = server = StratumServer(lambda job, solution: None, host=host, port=port, metrics=self.metrics,
                                              session_extranonce1_size=PROXY_SESSION_EXTRANONCE1_SIZE,
                                              on_share=self._forward, **stratum_policy(self.config))
-        try:
-            await server.start()
-        except OSError as e:
-            raise ConfigError(f"stratum.listen: cannot listen on {self.config.stratum.listen}: {e}") from None
-        self.stratum_port = server.port
+        await self._listen(server)
         self._print(f"proxy: rigs at stratum+tcp://{host}:{server.port} -> {', '.join(up.pools)} as {up.user}")
         tasks = self._upstream_tasks(source)
         try:

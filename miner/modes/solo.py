@@ -230,11 +230,7 @@ class SoloMiner(Run):
         host, port = parse_listen(self.config.stratum.listen, "stratum.listen")
         server = StratumServer(on_block, host=host, port=port, extranonce2_size=self.config.stratum.extranonce2_size,
                                metrics=self.metrics, **stratum_policy(self.config))
-        try:
-            await server.start()
-        except OSError as e:
-            raise ConfigError(f"stratum.listen: cannot listen on {self.config.stratum.listen}: {e}") from None
-        self.stratum_port = server.port
+        await self._listen(server)
         self._print(f"stratum server for ASICs and rigs at stratum+tcp://{host}:{server.port}")
         return server
 
