@@ -114,13 +114,15 @@ def address_to_script(address: str, network: Network | str) -> bytes:
     net = _as_network(network)
     if not isinstance(address, str) or not address:
         raise AddressError(f"address must be a non-empty string, got {address!r}")
-    # Base58 strings may contain '1' too, so take the bech32 path only for one of our
-    # HRPs in the two spellings bech32 allows (all lower or all upper case).
-    if any(address.startswith((hrp + "1", hrp.upper() + "1")) for hrp in _known_hrps()):
-        return _segwit_to_script(address, net)
+    # Base58 strings may contain '1' too and may begin like an upper-case HRP
+    # ("RB1..." on bcoin regtest), so a string with a valid base58check checksum is
+    # base58; otherwise one of our HRPs in the two spellings bech32 allows (all lower
+    # or all upper case) takes the bech32 path and its diagnosis.
     try:
         payload = base58check_decode(address)
     except Base58Error as b58_err:
+        if any(address.startswith((hrp + "1", hrp.upper() + "1")) for hrp in _known_hrps()):
+            return _segwit_to_script(address, net)
         try:
             hrp, _, _ = bech32_decode(address)
         except Bech32Error as b32_err:

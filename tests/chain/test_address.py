@@ -198,3 +198,12 @@ def test_mixed_case_known_hrp_gets_bech32_diagnosis():
     with pytest.raises(AddressError, match="mixes upper and lower case"):
         address_to_script(mixed, "mainnet")
 
+
+
+def test_base58_address_that_starts_like_an_upper_case_hrp_is_base58():
+    # Seen in CI: bcoin's regtest wallet handed out this P2PKH address (version 60,
+    # "R..."); its first three characters read as the upper-case spelling of bcoin
+    # regtest's bech32 prefix "rb", and it was refused as a bech32 string.
+    address = "RB1uy2yn28BQF9pSWFrqQrwj88bwH6RDK2"
+    script = address_to_script(address, "bcoin-regtest")
+    assert script_to_address(script, "bcoin-regtest") == address
