@@ -1,4 +1,4 @@
-"""Optimal site schedules over a horizon of whole hours (slots): scipy's HiGHS MILP for
+"""Optimal site schedules over a horizon of whole hours (slots): a HiGHS MILP (highspy) for
 fleets, and an exact per-site dynamic programme for sites that need no MILP.
 
 One model serves both the rolling-horizon policy (known prices plus a forecast) and the
@@ -43,6 +43,20 @@ LONG_AGO_SLOTS = 1 << 20               # "status began long ago": every minimum 
 # solve so one hard window cannot stall a back-test or the live loop.
 DEFAULT_MIP_REL_GAP = 1e-6
 DEFAULT_TIME_LIMIT_S = 20.0
+# Every solve of ours ends at the root node, where HiGHS' default primal heuristics
+# (feasibility jump, RINS, RENS, the reduced-cost sub-MIP) and symmetry detection cost
+# more than they find: without them the same optima (to 1e-10) took 40 instead of 100 ms
+# of CPU on the ten-site budget fleet's 24 h plans, 167 instead of ~400 ms on its 72 h
+# hindsight windows (benchmarks/README.md). One thread: a back-test already runs its
+# policies in parallel processes, and a second HiGHS thread costs more CPU than it saves
+# wall time. Presolve off: on these small, already tight models it costs more than it
+# saves (~35 % slower with it on 10 sites x 216 slots).
+HIGHS_OPTIONS = {
+    "output_flag": False, "threads": 1, "presolve": "off",
+    "mip_heuristic_run_feasibility_jump": False, "mip_heuristic_run_rins": False,
+    "mip_heuristic_run_rens": False, "mip_heuristic_run_root_reduced_cost": False,
+    "mip_heuristic_effort": 0.0, "mip_detect_symmetry": False,
+}
 
 
 def slots_of_hours(hours: float) -> int:
@@ -365,11 +379,11 @@ def solve_coupled(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_
 
 
 # ---------------------------------------------------------------------------
-# MILP (HiGHS through scipy.optimize.milp)
+# MILP (HiGHS through highspy)
 
 
 class _Model:
-    """Variables and sparse rows for scipy.optimize.milp, built a block at a time.
+    """Variables and sparse rows for HiGHS, built a block at a time.
 
     A term whose column is -1 is dropped: callers move constants (the initial status, the
     power before slot 0) to the row bounds and mark the term absent."""
@@ -391,9 +405,9 @@ class _Model:
             integer: bool = False) -> np.ndarray:
         idx = self.n + np.arange(size)
         self.n += size
-        self._c.append(np.broadcast_to(np.asarray(cost, float), (size,)).copy())
-        self._lb.append(np.broadcast_to(np.asarray(lb, float), (size,)).copy())
-        self._ub.append(np.broadcast_to(np.asarray(ub, float), (size,)).copy())
+        self._c.append(_filled(cost, size))
+        self._lb.append(_filled(lb, size))
+        self._ub.append(_filled(ub, size))
         self._int.append(np.full(size, 1 if integer else 0))
         return idx
 
@@ -405,42 +419,88 @@ class _Model:
         r = self.m + np.arange(size)
         for col, val in terms:
             col = np.asarray(col, np.int64)
-            val = np.broadcast_to(np.asarray(val, float), (size,))
+            val = _filled(val, size)
             keep = col >= 0
             self._r.append(r[keep])
             self._col.append(col[keep])
             self._val.append(val[keep])
-        self._lo.append(np.broadcast_to(np.asarray(lo, float), (size,)).copy())
-        self._hi.append(np.broadcast_to(np.asarray(hi, float), (size,)).copy())
+        self._lo.append(_filled(lo, size))
+        self._hi.append(_filled(hi, size))
         self.m += size
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return np.concatenate(self._lb), np.concatenate(self._ub)
 
-    def integers(self) -> np.ndarray:
-        return np.flatnonzero(np.concatenate(self._int))
+    def solve(self, *, relax: bool, time_limit_s: float, mip_rel_gap: float) -> "_Result":
+        # highspy is imported here, not at module level: every `miner` command builds the
+        # parser that imports this module, and most never solve a model.
+        import highspy  # noqa: PLC0415
 
-    def solve(self, *, relax: bool, time_limit_s: float, mip_rel_gap: float,
-              lb: np.ndarray | None = None, ub: np.ndarray | None = None):
-        # scipy is imported here, not at module level: it costs ~0.5 s, and every `miner`
-        # command builds the parser that imports this module.
-        from scipy.optimize import Bounds, LinearConstraint, milp  # noqa: PLC0415
-        from scipy.sparse import csr_array  # noqa: PLC0415
-
-        c = np.concatenate(self._c)
-        if lb is None or ub is None:
-            lb, ub = self.bounds()
-        integrality = np.zeros(self.n) if relax else np.concatenate(self._int)
-        cons = None
+        inf = highspy.kHighsInf
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = self.n, self.m
+        lp.col_cost_ = np.concatenate(self._c)
+        lb, ub = self.bounds()
+        lp.col_lower_ = np.nan_to_num(lb, neginf=-inf)
+        lp.col_upper_ = np.nan_to_num(ub, posinf=inf)
+        lp.row_lower_ = np.nan_to_num(np.concatenate(self._lo), neginf=-inf) if self.m else np.zeros(0)
+        lp.row_upper_ = np.nan_to_num(np.concatenate(self._hi), posinf=inf) if self.m else np.zeros(0)
         if self.m:
-            a = csr_array((np.concatenate(self._val), (np.concatenate(self._r), np.concatenate(self._col))),
-                          shape=(self.m, self.n))
-            cons = LinearConstraint(a, np.concatenate(self._lo), np.concatenate(self._hi))
-        # Presolve off: on these small, already tight models HiGHS' presolve costs more
-        # time than it saves (measured ~35% slower with it on 10 sites x 216 slots).
-        return milp(c, integrality=integrality, bounds=Bounds(lb, ub), constraints=cons,
-                    options={"time_limit": time_limit_s, "mip_rel_gap": mip_rel_gap,
-                             "presolve": False, "disp": False})
+            start, index, value = _columnwise(np.concatenate(self._r), np.concatenate(self._col),
+                                              np.concatenate(self._val), self.n, self.m)
+            lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+            lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = start, index, value
+        if not relax:
+            kinds = (highspy.HighsVarType.kContinuous, highspy.HighsVarType.kInteger)
+            lp.integrality_ = [kinds[k] for k in np.concatenate(self._int)]
+        # The binding's core class: highspy.Highs registers a log callback when made,
+        # which prints HiGHS' banner on stdout before output_flag can be switched off
+        # (and `miner backtest --json` must print the JSON alone).
+        h = highspy._Highs()
+        for name, v in {**HIGHS_OPTIONS, "time_limit": float(time_limit_s), "mip_rel_gap": mip_rel_gap}.items():
+            if h.setOptionValue(name, v) != highspy.HighsStatus.kOk:
+                raise RuntimeError(f"HiGHS refused option {name}={v!r} (highspy {highspy.__version__})")
+        h.passModel(lp)
+        h.run()
+        status = h.getModelStatus()
+        info = h.getInfo()
+        solution = h.getSolution()
+        # a time limit may end a MILP with an incumbent: it is still a schedule
+        feasible = solution.value_valid and (status == highspy.HighsModelStatus.kOptimal
+                                             or info.primal_solution_status == 2)
+        return _Result(x=np.array(solution.col_value) if feasible else None,
+                       fun=info.objective_function_value if feasible else None,
+                       time_limit=status == highspy.HighsModelStatus.kTimeLimit,
+                       mip_gap=0.0 if relax else float(info.mip_gap),
+                       message=h.modelStatusToString(status))
+
+
+class _Result(NamedTuple):
+    x: np.ndarray | None
+    fun: float | None
+    time_limit: bool
+    mip_gap: float
+    message: str
+
+
+def _filled(x: float | np.ndarray, size: int) -> np.ndarray:
+    """A new float array of `size`: x's values, or the scalar x repeated."""
+    a = np.asarray(x, float)
+    if a.shape == (size,):
+        return a.copy()
+    return np.full(size, a, float) if a.ndim == 0 else np.broadcast_to(a, (size,)).copy()
+
+
+def _columnwise(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int, m: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Column-wise sparse matrix (start, index, value) from triplets, duplicates summed."""
+    key = cols.astype(np.int64) * m + rows
+    order = np.argsort(key, kind="stable")
+    key, vals = key[order], vals[order]
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    key, vals = key[first], np.add.reduceat(vals, first)
+    start = np.searchsorted(key // m, np.arange(n + 1)).astype(np.int32)
+    return start, (key % m).astype(np.int32), vals
 
 
 def _shift(idx: np.ndarray, d: int) -> np.ndarray:
@@ -594,7 +654,7 @@ def solve_milp(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     if relax and res.fun is not None:
         # the relaxation's own optimum (fractional starts are paid fractionally)
         sched.profit_usd = -float(res.fun)
-    if res.status == 1:
+    if res.time_limit:
         sched.notes.append(f"time limit {time_limit_s:g}s reached; gap {gap:.2e}")
     return sched
 

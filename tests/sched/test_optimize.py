@@ -4,6 +4,9 @@ constraint checker, and the windowed solve for long periods."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,6 +128,20 @@ def test_budget_binds_by_merit():
     s = solve_milp(p)
     assert s.level[:, 0].tolist() == [1.0, 0.0, 0.5]
     assert s.excess_mw.tolist() == [0.0]
+
+
+def test_solver_prints_nothing_on_stdout():
+    # `miner backtest --json` prints the JSON alone: HiGHS' banner must not reach stdout
+    code = ("import numpy as np\n"
+            "from miner.sched.optimize import Problem, Unit, UnitState, solve_milp\n"
+            "u = Unit(10.0, 0.5, 2, 2, None, 250.0, 5e4)\n"
+            "p = Problem([u] * 5, [UnitState()] * 5, np.full((5, 6), 40.0), budget_mw=27.0)\n"
+            "s = solve_milp(p)\n"
+            "assert s.method == 'milp' and abs(s.level.sum(axis=0) * 10 - 27).max() < 1e-6\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""
 
 
 def test_target_met_at_least_cost_and_shortfall_reported():
