@@ -45,12 +45,12 @@ DEFAULT_MIP_REL_GAP = 1e-6
 DEFAULT_TIME_LIMIT_S = 20.0
 # Every solve of ours ends at the root node, where HiGHS' default primal heuristics
 # (feasibility jump, RINS, RENS, the reduced-cost sub-MIP) and symmetry detection cost
-# more than they find: without them the same optima (to 1e-10) took 40 instead of 100 ms
-# of CPU on the ten-site budget fleet's 24 h plans, 167 instead of ~400 ms on its 72 h
-# hindsight windows (benchmarks/README.md). One thread: a back-test already runs its
-# policies in parallel processes, and a second HiGHS thread costs more CPU than it saves
-# wall time. Presolve off: on these small, already tight models it costs more than it
-# saves (~35 % slower with it on 10 sites x 216 slots).
+# more than they find. Without them, same optima (to 1e-10), one thread: 40 ms per 24 h
+# plan of the ten-site budget fleet against ~70 ms through scipy's HiGHS and 84 ms with
+# highspy's defaults (two threads), 167 ms per 72 h hindsight window against 307 ms
+# (benchmarks/README.md). One thread: a back-test already runs its policies in parallel
+# processes (a second HiGHS thread made the whole back-test slower). Presolve off: on
+# these small, already tight models it costs more than it saves.
 HIGHS_OPTIONS = {
     "output_flag": False, "threads": 1, "presolve": "off",
     "mip_heuristic_run_feasibility_jump": False, "mip_heuristic_run_rins": False,
