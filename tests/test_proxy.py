@@ -13,6 +13,7 @@ import time
 from miner.config import Config, LogConfig, MetricsConfig, MiningConfig, StratumConfig, UpstreamConfig
 from miner.modes.proxy import ProxyMiner
 from miner.metrics import Metrics
+from tests.stratum.test_client import make_job, start_server, url
 from tests.stratum.test_server import Miner
 from miner.node.regtest import free_port
 from tests.waiting import wait_port, wait_until
@@ -129,3 +130,42 @@ def test_proxy_forwards_shares_and_fails_over_and_back(regtest_node_factory, tmp
     assert sample("gridminer_upstream_failovers_total") >= 2  # to the second pool and back (at least)
     assert sample("gridminer_upstream_shares_total", {"result": "accepted"}) == 3
     assert sample("gridminer_upstream_pool_index") == 0
+
+
+def test_a_pools_new_version_mask_reaches_the_rigs_and_their_shares_are_accepted():
+    """BIP310 across the proxy: the pool (our own server, in process) changes the mask
+    mid-connection with mining.set_version_mask; the proxy tells its rolling rig at once,
+    and the rig's share rolled in a bit of the new mask is accepted by the pool."""
+    async def scenario():
+        pool, blocks = await start_server(make_job("tpl1"))
+        config = Config(mining=MiningConfig(mode="proxy", threads=0),
+                        upstream=UpstreamConfig(pools=[url(pool.port)], user="site1.proxy"),
+                        stratum=StratumConfig(listen="127.0.0.1:0"), metrics=MetricsConfig(listen="off"),
+                        log=LogConfig(status_interval=60))
+        proxy = ProxyMiner(config, metrics=Metrics(), out=open(os.devnull, "w"))
+        task = asyncio.create_task(proxy.run())
+        try:
+            await wait_until(lambda: proxy.stratum_port is not None and proxy.server.current_job is not None
+                             or task.done(), 30, "the proxy serving the pool's job")
+            assert not task.done()
+            rig = await Miner.connect(proxy.stratum_port)
+            await rig.handshake()
+            pool.set_upstream(pool.extranonce1_prefix, pool.extranonce2_size, 0x00FFE000)  # fewer bits
+            told = await rig.wait(lambda m: m.get("method") == "mining.set_version_mask")
+            job_id, job = rig.jobs[-1]
+            en2 = (1).to_bytes(rig.extranonce2_size, "big")
+            nonce, version = await asyncio.to_thread(rig.find_share, job_id, job, en2, 0x4000)
+            reply = await rig.submit(job_id, en2, job.ntime, nonce, 0x4000)
+            assert proxy.source.info(proxy.source.current).version_mask == 0x00FFE000
+            return told["params"], reply, proxy.failover.client.malformed, blocks.items
+        finally:
+            proxy.stop()
+            await asyncio.wait_for(task, 30)
+            await pool.stop()
+
+    told, reply, malformed, found = asyncio.run(scenario())
+    assert told == ["00ffe000"]
+    assert reply["result"] is True, reply
+    assert malformed == 0
+    assert len(found) == 1 and found[0][1].version & 0x1FFFE000 == 0x4000  # regtest: the share is a block
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from miner.config import Config, ConfigError, parse_listen
 from miner.metrics import Metrics
@@ -13,6 +13,9 @@ from miner.modes.base import format_rate, stratum_policy
 from miner.modes.upstream import MAX_UNANSWERED_SHARES, UpstreamRun
 from miner.stratum.server import StratumServer
 from miner.work.job import Job, Solution
+
+if TYPE_CHECKING:
+    from miner.stratum.client import ClientJob
 
 # Proxy mode: bytes of the pool's extranonce2 that name a downstream connection (65,535
 # connections; part 0 is the local CPU workers').
@@ -39,6 +42,7 @@ class ProxyMiner(UpstreamRun):
         self.failover = self._failover()
         self.source = source = UpstreamWorkSource(self.failover, extranonce_prefix_size=PROXY_SESSION_EXTRANONCE1_SIZE,
                                                   metrics=self.metrics)
+        source.on_version_mask = self._tell_rigs
         threads = 0 if m.threads is None else m.threads  # a proxy hashes locally only when asked
         loop = asyncio.get_running_loop()
 
@@ -69,12 +73,19 @@ class ProxyMiner(UpstreamRun):
             info = self.source.info(job)
             if info is None:
                 continue
-            self.server.set_upstream(info.extranonce1,
-                                     info.extranonce2_size - PROXY_SESSION_EXTRANONCE1_SIZE, info.version_mask)
+            self._tell_rigs(info)
             self.server.difficulty_floor = info.difficulty
             self.server.broadcast(job)
             local_prefix = info.extranonce1 + bytes(PROXY_SESSION_EXTRANONCE1_SIZE)
             self.pool.set_job(job, share_target=info.share_target, extranonce_prefix=local_prefix)
+
+    def _tell_rigs(self, info: ClientJob) -> None:
+        """The rigs' extranonce space and version mask follow the pool's (set_extranonce,
+        set_version_mask or client.reconnect, as each rig negotiated)."""
+        if self.server is None:
+            return  # not listening yet: the first job tells them
+        self.server.set_upstream(info.extranonce1, info.extranonce2_size - PROXY_SESSION_EXTRANONCE1_SIZE,
+                                 info.version_mask)
 
     async def _forward(self, job: Job, solution: Solution):
         """A rig's share, accepted by our checks: the pool's answer becomes the rig's."""

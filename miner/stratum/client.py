@@ -22,7 +22,7 @@ import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -144,6 +144,7 @@ class ClientJob:
 
 
 OnJob = Callable[[ClientJob], None]
+OnVersionMask = Callable[[int, int], None]  # (connection epoch, new agreed mask)
 
 
 class StratumClient:
@@ -167,6 +168,7 @@ class StratumClient:
         self.user_agent = user_agent
         self.metrics = metrics if metrics is not None else Metrics()
         self.on_job = on_job
+        self.on_version_mask: OnVersionMask | None = None
         self.max_line_bytes = max_line_bytes
         # Where we are connected now (client.reconnect may move us off self.url).
         self.host, self.port = self.url.host, self.url.port
@@ -467,6 +469,26 @@ class StratumClient:
     def _on_set_extranonce(self, params: list) -> None:
         self.extranonce1, self.extranonce2_size = p.parse_subscribe_result([None, *params[:2]])
 
+    def _on_set_version_mask(self, params: list) -> None:
+        """BIP310: the pool changed the version-rolling mask, valid at once: every job we
+        hold is rolled (and its shares checked and sent) with the new mask from now on."""
+        mask = p.parse_set_version_mask(params)
+        if not self.version_rolling:
+            raise ValueError("we did not offer version rolling")
+        mask &= p.BIP320_VERSION_MASK  # never bits beyond those we asked for in mining.configure
+        if mask == self.version_mask:
+            return
+        log.info("pool %s:%d: version mask %08x -> %08x", self.host, self.port, self.version_mask, mask)
+        self.version_mask = mask
+        self.jobs = {job_id: replace(cj, version_mask=mask) for job_id, cj in self.jobs.items()}
+        if self.latest is not None:
+            self.latest = replace(self.latest, version_mask=mask)
+        if self.on_version_mask is not None:
+            try:
+                self.on_version_mask(self.epoch, mask)
+            except Exception:
+                log.exception("version mask callback failed")
+
     def _on_reconnect(self, params: list) -> None:
         host = params[0] if params and isinstance(params[0], str) and params[0] else self.host
         port = params[1] if len(params) > 1 and params[1] not in (None, "") else self.port
@@ -527,6 +549,7 @@ class StratumClient:
         "mining.notify": _on_notify,
         "mining.set_difficulty": _on_set_difficulty,
         "mining.set_extranonce": _on_set_extranonce,
+        "mining.set_version_mask": _on_set_version_mask,
         "client.reconnect": _on_reconnect,
         "mining.ping": _on_ping,
         "client.get_version": _on_get_version,
@@ -572,6 +595,7 @@ class PoolFailover:
                                    user_agent=user_agent, follow_reconnect=follow_reconnect)
         self.metrics = metrics if metrics is not None else Metrics()
         self.on_job = on_job
+        self.on_version_mask: OnVersionMask | None = None  # the active pool's mining.set_version_mask
         self.client: StratumClient | None = None
         self.index: int | None = None
         self.failovers = 0
@@ -624,12 +648,17 @@ class PoolFailover:
         self.metrics.upstream_pool_index.set(index)
         self.metrics.upstream_up.set(1)
         client.on_job = self._forward
+        client.on_version_mask = self._forward_version_mask
         if client.latest is not None:
             self._forward(client.latest)
 
     def _forward(self, cj: ClientJob) -> None:
         if self.on_job is not None:
             self.on_job(cj)
+
+    def _forward_version_mask(self, epoch: int, mask: int) -> None:
+        if self.on_version_mask is not None:
+            self.on_version_mask(epoch, mask)
 
     async def run(self) -> None:
         """Forever: find a working pool, mine on it until it fails, move on."""

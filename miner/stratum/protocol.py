@@ -476,6 +476,16 @@ def set_version_mask(mask: int) -> Notification:
     return Notification("mining.set_version_mask", [hex8(mask)])
 
 
+def parse_set_version_mask(params: Any) -> int:
+    """A pool's mining.set_version_mask `[mask]` (8 hex digits); ProtocolError otherwise."""
+    if not isinstance(params, list) or not params:
+        raise ProtocolError("set_version_mask: params must be [mask]")
+    try:
+        return u32_from_hex8(params[0])
+    except ValueError as e:
+        raise ProtocolError(f"set_version_mask: {e}") from None
+
+
 def reconnect(host: str, port: int, wait_seconds: int = 0) -> Notification:
     return Notification("client.reconnect", [host, port, wait_seconds])
 

@@ -17,6 +17,7 @@ import logging
 import time
 from collections import Counter, OrderedDict
 from dataclasses import replace
+from typing import Callable
 
 from miner.metrics import Metrics
 from miner.stratum.client import ClientJob, PoolFailover, SubmitAnswer
@@ -53,7 +54,10 @@ class UpstreamWorkSource:
         self.unusable_jobs = 0  # pool jobs whose extranonce2 is too small for us
         self._issued: OrderedDict[int, tuple[Job, ClientJob]] = OrderedDict()
         self._last_epoch: int | None = None
+        # Called with the current job's ClientJob when the pool's version mask changes.
+        self.on_version_mask: Callable[[ClientJob], None] | None = None
         failover.on_job = self._on_job
+        failover.on_version_mask = self._on_version_mask
 
     # -- WorkSource interface -------------------------------------------------------------
 
@@ -87,6 +91,17 @@ class UpstreamWorkSource:
         await self.failover.run()
 
     # -- jobs ----------------------------------------------------------------------------------
+
+    def _on_version_mask(self, epoch: int, mask: int) -> None:
+        """BIP310 mining.set_version_mask: valid at once, also for the jobs already issued on
+        that connection (their shares are checked and sent with the new mask)."""
+        for key, (job, cj) in self._issued.items():
+            if cj.epoch == epoch:
+                self._issued[key] = (job, replace(cj, version_mask=mask))
+        if self.current_info is not None and self.current_info.epoch == epoch:
+            self.current_info = replace(self.current_info, version_mask=mask)
+            if self.on_version_mask is not None:
+                self.on_version_mask(self.current_info)
 
     def _on_job(self, cj: ClientJob) -> None:
         if cj.extranonce2_size < self.extranonce_prefix_size + MIN_FREE_EXTRANONCE2:

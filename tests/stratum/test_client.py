@@ -265,6 +265,48 @@ def test_difficulty_applies_from_the_next_notify_and_the_pools_other_messages():
     asyncio.run(scenario())
 
 
+def test_set_version_mask_from_the_pool_applies_at_once():
+    # BIP310: the pool may change the version-rolling mask at any time, valid at once (also
+    # for jobs already sent). We keep only bits we asked for; garbage is counted, not applied.
+    async def scenario():
+        fake = await FakePool(configure={"version-rolling": True, "version-rolling.mask": "1fffe000"}).start()
+        got, told = [], []
+        client = StratumClient(url(fake.port), USER, on_job=got.append)
+        client.on_version_mask = lambda epoch, mask: told.append((epoch, mask))
+        plain_fake = await FakePool().start()
+        plain = StratumClient(url(plain_fake.port), USER, version_rolling=False)
+        try:
+            await client.connect()
+            await plain.connect()
+            fake.send(notify_msg(make_job("x"), "a", clean=True))
+            await wait_until(lambda: got, what="a job")
+            fake.send({"id": None, "method": "mining.set_version_mask", "params": ["00ffe000"]})
+            await wait_until(lambda: told, what="the new mask")
+            assert told == [(client.epoch, 0x00FFE000)] and client.version_mask == 0x00FFE000
+            assert client.latest.version_mask == 0x00FFE000 and client.jobs["a"].version_mask == 0x00FFE000
+            fake.send({"id": None, "method": "mining.set_version_mask", "params": ["ffffffff"]})
+            await wait_until(lambda: len(told) == 2)
+            assert client.version_mask == p.BIP320_VERSION_MASK  # not the consensus bits outside BIP320
+            fake.send({"id": None, "method": "mining.set_version_mask", "params": ["xyz"]})
+            fake.send({"id": None, "method": "mining.set_version_mask", "params": []})
+            await wait_until(lambda: client.malformed == 2, what="two malformed masks")
+            assert client.version_mask == p.BIP320_VERSION_MASK and len(told) == 2
+            # A share goes out with the bits of the mask in force when it is sent.
+            answer = await client.submit("a", bytes(4), 1_700_000_000, 7, 0x4000)
+            assert answer.accepted and fake.got("mining.submit")[0]["params"][-1] == "00004000"
+            # A client that did not offer version rolling refuses a mask (counted).
+            plain_fake.send({"id": None, "method": "mining.set_version_mask", "params": ["00ffe000"]})
+            await wait_until(lambda: plain.malformed == 1, what="the refused mask")
+            assert plain.version_mask == 0
+        finally:
+            for c in (client, plain):
+                await c.close()
+            await fake.stop()
+            await plain_fake.stop()
+
+    asyncio.run(scenario())
+
+
 def test_client_reconnect_moves_the_client_to_the_given_pool():
     async def scenario():
         first, second = await FakePool().start(), await FakePool().start()

@@ -15,8 +15,9 @@ from miner.stratum.protocol import (
     StratumError, Submit, configure_result, encode, header_from_share,
     internal_from_stratum_prevhash, negotiate_version_rolling, notify, notify_params,
     parse_authorize, parse_configure, parse_extranonce_subscribe, parse_message, parse_notify,
-    parse_submit, parse_subscribe, parse_subscribe_result, parse_suggest_difficulty, ping,
-    pool_job_to_job, reconnect, set_difficulty, set_extranonce, show_message,
+    parse_set_version_mask, parse_submit, parse_subscribe, parse_subscribe_result, parse_suggest_difficulty,
+    ping,
+    pool_job_to_job, reconnect, set_difficulty, set_extranonce, set_version_mask, show_message,
     solution_from_share, stratum_prevhash_from_internal, submit_params, subscribe_result,
 )
 
@@ -260,6 +261,12 @@ def test_garbage_bytes_only_protocol_error(line):
         pass
 
 
+@given(u32)
+def test_set_version_mask_round_trip(mask):
+    msg = parse_message(encode(set_version_mask(mask)))
+    assert msg.method == "mining.set_version_mask" and parse_set_version_mask(msg.params) == mask
+
+
 @settings(max_examples=300)
 @given(json_values)
 def test_garbage_params_only_defined_errors(params):
@@ -269,7 +276,7 @@ def test_garbage_params_only_defined_errors(params):
             parser(params)
         except StratumError as e:
             assert e.code == 20 and e.message
-    for parser in (parse_notify, parse_subscribe_result, StratumError.from_json):
+    for parser in (parse_notify, parse_subscribe_result, parse_set_version_mask, StratumError.from_json):
         try:
             parser(params)
         except ProtocolError:
