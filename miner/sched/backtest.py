@@ -28,9 +28,10 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -41,8 +42,8 @@ import numpy as np
 from miner.sched.economics import HashpriceError, breakeven_usd_per_mwh
 from miner.sched.model import UTC, PriceInterval, SiteSpec
 from miner.sched.price_files import source_of_file, utc_datetime
-from miner.sched.optimize import (Problem, Unit, UnitState, VIOLATION_KINDS, fleet_slack, site_violations,
-                                  solve, solve_milp)
+from miner.sched.optimize import (Problem, Schedule, Unit, UnitState, VIOLATION_KINDS, fleet_slack,
+                                  site_violations, solve, solve_milp)
 from miner.sched.policy import (HOUR_S, LOOKBACK_H, MAX_HORIZON_H, POLICY_NAMES, PriceBook, current_price,
                                 make_policy)
 from miner.sched.sites import FleetSpec, SitesError, load_sites
@@ -271,13 +272,19 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
         jobs.append(("policy", (fleet, "gridminer", book, hashprice, init, j0, j1)))
     if "hindsight" in policies:
         jobs.append(("hindsight", (problem, hindsight_window_h, hindsight_overlap_h)))
+        if bound:
+            jobs.append(("bound", (problem,)))
     for name in policies:
         if name not in ("gridminer", "hindsight"):
             jobs.append(("policy", (fleet, name, book, hashprice, init, j0, j1)))
     results: dict[str, PolicyResult] = {}
     notes: list[str] = []
-    for result in _run_jobs(jobs, workers):
-        results[result.name] = result
+    lp: Schedule | None = None
+    for (kind, _), out in zip(jobs, _run_jobs(jobs, workers)):
+        if kind == "bound":
+            lp = out
+        else:
+            results[out.name] = out
     results = {name: results[name] for name in policies}
     if "hindsight" in results:
         notes += results["hindsight"].notes
@@ -287,8 +294,7 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
                          "overlap: feasible, not proven optimal (benchmarks/README.md gives the gap)")
 
     lp_bound = None
-    if bound and "hindsight" in results:
-        lp = solve_milp(problem, relax=True, time_limit_s=600.0)
+    if lp is not None:
         short, excess = fleet_slack(problem, lp.level)
         tol = 1e-6 * max(problem.target_ths or 1.0, 1.0)
         if not lp.notes and np.all(short <= tol) and np.all(excess <= 1e-6):
@@ -341,19 +347,41 @@ def _hindsight_job(problem: Problem, window: int, overlap: int) -> PolicyResult:
                         seconds=time.perf_counter() - t0, method=sched.method, notes=list(sched.notes))
 
 
-def _run_jobs(jobs: list[tuple[str, tuple]], workers: int | None) -> list[PolicyResult]:
-    """Run the jobs, in worker processes when more than one may run at once."""
-    funcs = {"policy": _policy_job, "hindsight": _hindsight_job}
+def _bound_job(problem: Problem) -> Schedule:
+    return solve_milp(problem, relax=True, time_limit_s=600.0)
+
+
+def _run_jobs(jobs: list[tuple[str, tuple]], workers: int | None) -> list:
+    """Each job's result, in order. workers=1: all in this process (for a profiler).
+    Otherwise in forked worker processes (up to 2, the CPUs this process may use), even on
+    one CPU: this process only waits, so SIGINT or SIGTERM (see run_cli) reaches it at once
+    and the workers are terminated, never left computing (a HiGHS call cannot be
+    interrupted from Python)."""
+    funcs = {"policy": _policy_job, "hindsight": _hindsight_job, "bound": _bound_job}
+    if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [funcs[kind](*args) for kind, args in jobs]
     if workers is None:
         workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     workers = max(1, min(workers, len(jobs)))
-    if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return [funcs[kind](*args) for kind, args in jobs]
-    # fork: the children inherit the loaded prices and imported modules; nothing has run
+    # fork: the workers inherit the loaded prices and imported modules; nothing has run
     # HiGHS (or any thread) in this process yet
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = [pool.submit(funcs[kind], *args) for kind, args in jobs]
-        return [f.result() for f in futures]
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
+    try:
+        pending = [pool.apply_async(funcs[kind], args) for kind, args in jobs]
+        out = [p.get() for p in pending]
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
+    return out
+
+
+def _worker_signals() -> None:
+    """A worker leaves SIGINT to the parent (which terminates it) and dies at SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def fleet_power_mw(result: BacktestResult, policy: str) -> np.ndarray:
@@ -520,8 +548,36 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(args)
 
 
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    """Run a parsed `miner backtest` command line; 0 ok, 2 bad input."""
+    """Run a parsed `miner backtest` command line; 0 ok, 2 bad input, 128 + the signal's
+    number when SIGINT or SIGTERM stops it (at once: the work runs in worker processes,
+    which are terminated)."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:    # a background job keeps ignoring SIGINT
+                previous[sig] = signal.signal(sig, stop)
+    try:
+        return _run_cli(args)
+    except _Stopped as stopped:
+        print(f"miner backtest: stopped by {stopped}", file=sys.stderr)
+        return 128 + stopped.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
     policies = []
     for p in args.policies:
         policies += [x for x in p.split(",") if x]

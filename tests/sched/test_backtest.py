@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -343,3 +345,56 @@ def test_cli_bad_plot_window(tmp_path):
                              env=env, timeout=120)
     assert outside.returncode == 2 and "outside the back-test period" in outside.stderr
     assert "Traceback" not in bad.stderr + outside.stderr
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to see the worker processes")
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_the_backtest_and_its_workers_within_5_s(tmp_path, sig):
+    # Reproduces what was seen: the policies ran on in their worker processes after a stop
+    # (SIGINT: the parent waited for them, ~50 s; SIGTERM: they were left orphaned).
+    # Eight coupled sites of the shipped prices for two years: HiGHS plans all the way.
+    shipped = REPO / "deploy" / "examples" / "prices" / "green-dcc"
+    sites = ["[economics]\nhashprice_usd_per_th_day = 0.08\n[fleet]\npower_budget_mw = 40.0\n"]
+    for i in range(8):
+        market = ("US-TEX-ERCO", "US-CAL-CISO", "US-NY-NYIS")[i % 3]
+        sites.append(f'[[site]]\nname = "s{i}"\nprices = "{shipped / (market + "_2023.csv.gz")}"\n'
+                     f"capacity_mw = {8 + i}.0\nefficiency_j_per_th = 20.0\nmin_on_hours = 2\n"
+                     "min_off_hours = 2\nstart_cost_usd = 200.0\nmin_power_fraction = 0.5\n")
+    path = tmp_path / "eight.toml"
+    path.write_text("\n".join(sites))
+    proc = subprocess.Popen([sys.executable, "-m", "miner", "backtest", str(path)], cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(workers := _children(proc.pid)) < 2:   # both policy workers busy
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no worker processes appeared: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        for pid in [proc.pid] + workers:     # left running, they would hold the pipes open
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.communicate()
+        pytest.fail(f"still running 30 s after {signal.Signals(sig).name}")
+    took = time.monotonic() - sent
+    assert proc.returncode == 128 + sig, err
+    assert took < 5, took
+    assert f"stopped by {signal.Signals(sig).name}" in err and "Traceback" not in err
+    assert out == ""
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), pid
