@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 from kernels import paths
 from kernels import scan as kscan
+from miner.stopping import run_stoppable
 
 # CPU flags worth reporting: the vector and SHA extensions the kernels can use.
 INTERESTING_FLAGS = ("sse4_1", "avx", "avx2", "avx512f", "avx512bw", "avx512vl", "sha_ni", "bmi2")
@@ -136,9 +137,21 @@ def processes_rate(n: int, seconds: float, kernel: str) -> float:
     nothing shared, the ceiling for `n` threads of one process."""
     start = time.time() + PROCESS_START_DELAY
     env = dict(os.environ, **{paths.ENV_VAR: kernel})
-    procs = [subprocess.Popen([sys.executable, "-c", _PROCESS_PROBE, kernel, str(start), str(seconds)], env=env,
-                              stdout=subprocess.PIPE, text=True) for _ in range(n)]
-    return sum(float(p.communicate()[0].strip().splitlines()[-1]) for p in procs)
+    procs: list[subprocess.Popen] = []
+    try:
+        for _ in range(n):
+            procs.append(subprocess.Popen([sys.executable, "-c", _PROCESS_PROBE, kernel, str(start), str(seconds)],
+                                          env=env, stdout=subprocess.PIPE, text=True))
+        return sum(float(p.communicate()[0].strip().splitlines()[-1]) for p in procs)
+    finally:
+        _kill_all(procs)  # stopped (or failed) before they finished: none is left hashing
+
+
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def parse_minerd(output: str) -> list[float]:
@@ -162,6 +175,8 @@ def minerd_rate(seconds: float = MINERD_SECONDS) -> tuple[float | None, str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, _ = proc.communicate()
+    finally:
+        _kill_all([proc])
     rates = parse_minerd(out)
     if len(rates) < 2:
         return None, f"minerd printed {len(rates)} rate reports in {seconds:.0f} s; need 2"
@@ -269,6 +284,11 @@ def format_asm_stats(stats: dict) -> str:
 
 
 def main(args) -> int:
+    """`miner bench`; SIGINT or SIGTERM stops it and every process it started (128 + signal)."""
+    return run_stoppable("miner bench", lambda: _main(args))
+
+
+def _main(args) -> int:
     try:
         kscan.chosen_kernel()
     except paths.KernelUnavailable as e:

@@ -2,8 +2,12 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +52,41 @@ def test_bench_json_reports_every_figure():
     assert result["minerd_mhs_per_thread"] is None and result["minerd_note"] == "skipped"
     # Each long phase is announced on stderr as it starts (stdout stays the JSON alone).
     assert "cold compile and cached load" in out.stderr and "rates:" in out.stderr, out.stderr
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to see the child processes")
+def test_sigterm_stops_bench_and_the_processes_it_started():
+    # Seen: SIGTERM killed `miner bench` and left its probe processes hashing (or compiling,
+    # up to a minute) on their own.
+    proc = subprocess.Popen([sys.executable, "-m", "miner", "bench", "--seconds", "4", "--no-compile", "--no-minerd"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    children: list[int] = []
+    deadline = time.monotonic() + 600
+    while not children:      # the phase of two hashing processes at once
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"never reached the processes phase: {lines[-5:]}")
+        if any("single-thread processes" in line for line in lines):
+            children = [int(x) for x in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    took = time.monotonic() - sent
+    reader.join(5)
+    still = [pid for pid in children if Path(f"/proc/{pid}").exists()
+             and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    for pid in still:
+        os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM and took < 5, (proc.returncode, took)
+    assert still == []
+    assert "miner bench: stopped by SIGTERM" in "".join(lines) and "Traceback" not in "".join(lines)
 
 
 def test_minerd_reports_are_parsed():

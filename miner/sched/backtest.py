@@ -30,7 +30,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -47,6 +46,7 @@ from miner.sched.optimize import (Problem, Schedule, Unit, UnitState, VIOLATION_
 from miner.sched.policy import (HOUR_S, LOOKBACK_H, MAX_HORIZON_H, POLICY_NAMES, PriceBook, current_price,
                                 make_policy)
 from miner.sched.sites import FleetSpec, SitesError, load_sites
+from miner.stopping import run_stoppable
 
 ALL_POLICIES = POLICY_NAMES + ("hindsight",)
 # Violation kinds that are constraint breaches in the issue's sense; the others
@@ -354,7 +354,7 @@ def _bound_job(problem: Problem) -> Schedule:
 def _run_jobs(jobs: list[tuple[str, tuple]], workers: int | None) -> list:
     """Each job's result, in order. workers=1: all in this process (for a profiler).
     Otherwise in forked worker processes (up to 2, the CPUs this process may use), even on
-    one CPU: this process only waits, so SIGINT or SIGTERM (see run_cli) reaches it at once
+    one CPU: this process only waits, so SIGINT or SIGTERM (miner.stopping) reaches it at once
     and the workers are terminated, never left computing (a HiGHS call cannot be
     interrupted from Python)."""
     funcs = {"policy": _policy_job, "hindsight": _hindsight_job, "bound": _bound_job}
@@ -548,33 +548,11 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(args)
 
 
-class _Stopped(Exception):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 def run_cli(args: argparse.Namespace) -> int:
     """Run a parsed `miner backtest` command line; 0 ok, 2 bad input, 128 + the signal's
     number when SIGINT or SIGTERM stops it (at once: the work runs in worker processes,
     which are terminated)."""
-
-    def stop(signum: int, frame: object) -> None:
-        raise _Stopped(signum)
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is not signal.SIG_IGN:    # a background job keeps ignoring SIGINT
-                previous[sig] = signal.signal(sig, stop)
-    try:
-        return _run_cli(args)
-    except _Stopped as stopped:
-        print(f"miner backtest: stopped by {stopped}", file=sys.stderr)
-        return 128 + stopped.signum
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_stoppable("miner backtest", lambda: _run_cli(args))
 
 
 def _run_cli(args: argparse.Namespace) -> int:
