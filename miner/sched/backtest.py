@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -54,6 +54,10 @@ ALL_POLICIES = POLICY_NAMES + ("hindsight",)
 # Hindsight windows for coupled fleets and ramp-limited sites (the rest: one exact DP per
 # site): each solve covers window + overlap hours and keeps the first `window`. On the
 # 10-site year, 48 + 24 is within 0.001 % of 168 + 48 and 25 % faster.
+# `miner backtest` tells how far its jobs are this long after the start, then this often.
+PROGRESS_FIRST_S = 2.0
+PROGRESS_EVERY_S = 5.0
+ProgressFn = Callable[[float], None]
 HINDSIGHT_WINDOW_H = 48
 HINDSIGHT_OVERLAP_H = 24
 
@@ -211,13 +215,15 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
                  prices: Mapping[str, Sequence[PriceInterval]] | None = None,
                  hindsight_window_h: int = HINDSIGHT_WINDOW_H,
                  hindsight_overlap_h: int = HINDSIGHT_OVERLAP_H, workers: int | None = None,
-                 bound: bool = False) -> BacktestResult:
+                 bound: bool = False, progress: Callable[[str], None] | None = None) -> BacktestResult:
     """Simulate `policies` over [start, end) (default: the span every price file covers).
     `prices`: the sites' intervals, if already loaded (else from their price files).
     `workers`: processes for the policies and the hindsight bound (default: up to 2, the
     CPUs this process may use; 1 runs everything here). The results do not depend on it.
     `bound`: also solve the LP relaxation of the whole period (a proven upper bound on the
-    hindsight optimum: how far a windowed hindsight can be from exact; seconds to minutes)."""
+    hindsight optimum: how far a windowed hindsight can be from exact; seconds to minutes).
+    `progress`: called with a line saying how far each policy is, every few seconds while
+    they run in worker processes."""
     t_begin = time.perf_counter()
     unknown = [p for p in policies if p not in ALL_POLICIES]
     if unknown:
@@ -280,7 +286,15 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
     results: dict[str, PolicyResult] = {}
     notes: list[str] = []
     lp: Schedule | None = None
-    for (kind, _), out in zip(jobs, _run_jobs(jobs, workers)):
+    labels = [args[1] if kind == "policy" else "hindsight" if kind == "hindsight" else "LP bound"
+              for kind, args in jobs]
+
+    def report(shares: list[float | None]) -> None:
+        progress("back-test: " + ", ".join(
+            f"{label} {'queued' if x is None else 'done' if x >= 1.0 else 'running' if kind == 'bound' else f'{x:.0%}'}"
+            for label, (kind, _), x in zip(labels, jobs, shares)))
+
+    for (kind, _), out in zip(jobs, _run_jobs(jobs, workers, report if progress is not None else None)):
         if kind == "bound":
             lp = out
         else:
@@ -333,41 +347,66 @@ def seen_prices(book: PriceBook, sites: Sequence[SiteSpec], j0: int, j1: int) ->
 
 
 def _policy_job(fleet: FleetSpec, name: str, book: PriceBook, hashprice: np.ndarray, init, j0: int,
-                j1: int) -> PolicyResult:
+                j1: int, *, on_progress: ProgressFn | None = None) -> PolicyResult:
     t0 = time.perf_counter()
-    run = make_policy(fleet, name).run(book, hashprice, init, j0, j1)
+    run = make_policy(fleet, name).run(book, hashprice, init, j0, j1, on_progress=on_progress)
     return PolicyResult(name=name, levels=run.levels, sites=[], fleet={}, seconds=time.perf_counter() - t0,
                         replans=run.replans)
 
 
-def _hindsight_job(problem: Problem, window: int, overlap: int) -> PolicyResult:
+def _hindsight_job(problem: Problem, window: int, overlap: int, *,
+                   on_progress: ProgressFn | None = None) -> PolicyResult:
     t0 = time.perf_counter()
-    sched = solve(problem, window=window, overlap=overlap)
+    sched = solve(problem, window=window, overlap=overlap, on_progress=on_progress)
     return PolicyResult(name="hindsight", levels=sched.level, sites=[], fleet={},
                         seconds=time.perf_counter() - t0, method=sched.method, notes=list(sched.notes))
 
 
-def _bound_job(problem: Problem) -> Schedule:
-    return solve_milp(problem, relax=True, time_limit_s=600.0)
+def _bound_job(problem: Problem, *, on_progress: ProgressFn | None = None) -> Schedule:
+    return solve_milp(problem, relax=True, time_limit_s=600.0)   # one HiGHS call: no progress to tell
 
 
-def _run_jobs(jobs: list[tuple[str, tuple]], workers: int | None) -> list:
+_JOBS = {"policy": _policy_job, "hindsight": _hindsight_job, "bound": _bound_job}
+# Share of each job done, written by the workers (set in each by _worker_init).
+_done_shares = None
+
+
+def _job(kind: str, index: int, args: tuple):
+    def on_progress(share: float) -> None:
+        _done_shares[index] = share
+
+    on_progress(0.0)   # started
+    return _JOBS[kind](*args, on_progress=on_progress)
+
+
+def _run_jobs(jobs: list[tuple[str, tuple]], workers: int | None,
+              progress: Callable[[list[float | None]], None] | None = None) -> list:
     """Each job's result, in order. workers=1: all in this process (for a profiler).
     Otherwise in forked worker processes (up to 2, the CPUs this process may use), even on
     one CPU: this process only waits, so SIGINT or SIGTERM (miner.stopping) reaches it at once
     and the workers are terminated, never left computing (a HiGHS call cannot be
-    interrupted from Python)."""
-    funcs = {"policy": _policy_job, "hindsight": _hindsight_job, "bound": _bound_job}
+    interrupted from Python). `progress` gets each job's share done (1.0 when finished,
+    None when not started) PROGRESS_FIRST_S after the start, then every PROGRESS_EVERY_S."""
     if workers == 1 or "fork" not in multiprocessing.get_all_start_methods():
-        return [funcs[kind](*args) for kind, args in jobs]
+        return [_JOBS[kind](*args) for kind, args in jobs]
     if workers is None:
         workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     workers = max(1, min(workers, len(jobs)))
+    ctx = multiprocessing.get_context("fork")
+    shares = ctx.RawArray("d", [-1.0] * len(jobs))
     # fork: the workers inherit the loaded prices and imported modules; nothing has run
     # HiGHS (or any thread) in this process yet
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
+    pool = ctx.Pool(workers, initializer=_worker_init, initargs=(shares,))
     try:
-        pending = [pool.apply_async(funcs[kind], args) for kind, args in jobs]
+        pending = [pool.apply_async(_job, (kind, i, args)) for i, (kind, args) in enumerate(jobs)]
+        report = time.monotonic() + PROGRESS_FIRST_S
+        for p in pending:
+            while not p.ready():
+                p.wait(max(0.0, min(0.5, report - time.monotonic())))
+                if progress is not None and time.monotonic() >= report:
+                    progress([1.0 if q.ready() else (None if shares[i] < 0 else shares[i])
+                              for i, q in enumerate(pending)])
+                    report += PROGRESS_EVERY_S
         out = [p.get() for p in pending]
     except BaseException:
         pool.terminate()
@@ -378,10 +417,13 @@ def _run_jobs(jobs: list[tuple[str, tuple]], workers: int | None) -> list:
     return out
 
 
-def _worker_signals() -> None:
-    """A worker leaves SIGINT to the parent (which terminates it) and dies at SIGTERM."""
+def _worker_init(shares) -> None:
+    """A worker leaves SIGINT to the parent (which terminates it), dies at SIGTERM, and
+    writes its jobs' progress into the shared array."""
+    global _done_shares
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _done_shares = shares
 
 
 def fleet_power_mw(result: BacktestResult, policy: str) -> np.ndarray:
@@ -563,7 +605,12 @@ def _run_cli(args: argparse.Namespace) -> int:
         for when in args.plot_window or ():
             utc_datetime(when)           # a bad date fails before the run, not after it
         fleet = load_sites(args.sites)
-        result = run_backtest(fleet, args.start, args.end, policies)
+        t0 = time.monotonic()
+
+        def progress(line: str) -> None:    # stderr: with --json stdout is the JSON alone
+            print(f"[{time.monotonic() - t0:5.1f} s] {line}", file=sys.stderr, flush=True)
+
+        result = run_backtest(fleet, args.start, args.end, policies, progress=progress)
     except (SitesError, BacktestError) as exc:
         print(f"miner backtest: {exc}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -754,7 +754,8 @@ def end_state(init: UnitState, level_row: np.ndarray) -> UnitState:
 
 
 def solve(problem: Problem, *, window: int = 168, overlap: int = 48,
-          time_limit_s: float = DEFAULT_TIME_LIMIT_S, mip_rel_gap: float = DEFAULT_MIP_REL_GAP) -> Schedule:
+          time_limit_s: float = DEFAULT_TIME_LIMIT_S, mip_rel_gap: float = DEFAULT_MIP_REL_GAP,
+          on_progress: Callable[[float], None] | None = None) -> Schedule:
     """The best schedule we can find in reasonable time.
 
     Uncoupled fleets decompose per site: the exact DP for sites without ramp limit or hold
@@ -780,7 +781,9 @@ def solve(problem: Problem, *, window: int = 168, overlap: int = 48,
         groups = [list(range(S))]
     else:
         groups = [[i] for i in range(S)]
-    for rows in groups:
+    for g, rows in enumerate(groups):
+        if on_progress is not None:
+            on_progress(g / len(groups))
         sub = problem.sub(rows, 0, T, coupled=coupled)
         if not coupled and dp_applicable(sub):
             level[rows[0]], _ = solve_site_dp(sub.units[0], sub.init[0], sub.margin[0],
@@ -808,6 +811,8 @@ def solve(problem: Problem, *, window: int = 168, overlap: int = 48,
             init = [end_state(init[j], s.level[j, :keep]) for j in range(len(rows))]
             gaps.append(s.mip_gap)
             notes += s.notes
+            if on_progress is not None:
+                on_progress((g + (a + keep) / T) / len(groups))
         methods.add("milp-windowed")
     profit, starts = profit_of(problem, level)
     short, excess = fleet_slack(problem, level)

@@ -33,7 +33,7 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -424,9 +424,10 @@ class _Base:
         return Plan(at=now, decisions=decisions)
 
     def run(self, book: PriceBook, hashprice: np.ndarray, init: Sequence[UnitState], first: int,
-            last: int) -> RunResult:
+            last: int, on_progress: Callable[[float], None] | None = None) -> RunResult:
         """Decide every slot j in [first, last) at its start, carrying the states; hashprice
-        is per slot (the value in force at each decision)."""
+        is per slot (the value in force at each decision). on_progress gets the share of
+        slots done, once a simulated day."""
         S = len(self.sites)
         n = last - first
         levels = np.zeros((S, n))
@@ -445,6 +446,8 @@ class _Base:
                 reasons[i, k] = REASON_INDEX[rs[i]]
                 seen[i, k] = sn[i]
                 st[i] = advance(st[i], lv[i])
+            if on_progress is not None and k % 24 == 23:
+                on_progress((k + 1) / n)
         return RunResult(levels=levels, reasons=reasons, price_seen=seen, replans=self.replans)
 
     # -- the one decision code path -----------------------------------------

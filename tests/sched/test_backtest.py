@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
@@ -373,25 +374,31 @@ def test_a_signal_stops_the_backtest_and_its_workers_within_5_s(tmp_path, sig):
     proc = subprocess.Popen([sys.executable, "-m", "miner", "backtest", str(path)], cwd=tmp_path,
                             env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
     deadline = time.monotonic() + 120
-    while len(workers := _children(proc.pid)) < 2:   # both policy workers busy
+    # Its progress line says the policies run; both worker processes are busy.
+    while not any("back-test: gridminer" in line for line in lines) or len(workers := _children(proc.pid)) < 2:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"no worker processes appeared: {proc.communicate()[1][-2000:]}")
+            reader.join(5)
+            pytest.fail(f"no progress line or worker processes: {lines[-5:]}")
         time.sleep(0.05)
     sent = time.monotonic()
     proc.send_signal(sig)
     try:
-        out, err = proc.communicate(timeout=30)
+        proc.wait(30)
     except subprocess.TimeoutExpired:
         for pid in [proc.pid] + workers:     # left running, they would hold the pipes open
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        proc.communicate()
         pytest.fail(f"still running 30 s after {signal.Signals(sig).name}")
     took = time.monotonic() - sent
+    reader.join(5)
+    out, err = proc.stdout.read(), "".join(lines)
     assert proc.returncode == 128 + sig, err
     assert took < 5, took
     assert f"stopped by {signal.Signals(sig).name}" in err and "Traceback" not in err
