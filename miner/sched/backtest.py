@@ -402,10 +402,11 @@ def _run_jobs(jobs: list[tuple[str, tuple]], workers: int | None,
         report = time.monotonic() + PROGRESS_FIRST_S
         for p in pending:
             while not p.ready():
-                p.wait(max(0.0, min(0.5, report - time.monotonic())))
-                if progress is not None and time.monotonic() >= report:
-                    progress([1.0 if q.ready() else (None if shares[i] < 0 else shares[i])
-                              for i, q in enumerate(pending)])
+                p.wait(max(0.05, report - time.monotonic()))
+                if time.monotonic() >= report:
+                    if progress is not None:
+                        progress([1.0 if q.ready() else (None if shares[i] < 0 else shares[i])
+                                  for i, q in enumerate(pending)])
                     report += PROGRESS_EVERY_S
         out = [p.get() for p in pending]
     except BaseException:
