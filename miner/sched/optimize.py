@@ -467,7 +467,7 @@ class _Model:
         solution = h.getSolution()
         # a time limit may end a MILP with an incumbent: it is still a schedule
         feasible = solution.value_valid and (status == highspy.HighsModelStatus.kOptimal
-                                             or info.primal_solution_status == 2)
+                                             or info.primal_solution_status == highspy.kSolutionStatusFeasible)
         return _Result(x=np.array(solution.col_value) if feasible else None,
                        fun=info.objective_function_value if feasible else None,
                        time_limit=status == highspy.HighsModelStatus.kTimeLimit,
