@@ -1,7 +1,8 @@
 """The site agent: one site's devices driven by its desired state on the fleet bus.
 
     NATS ──$KV.gridminer_desired.<site> (live puts)──┐
-         ──direct get of that key (start, reconnect)─┤ verify (records) ──► Follower.offer
+         ──direct get of that key (start, reconnect, ┤ verify (records) ──► Follower.offer
+           every report_interval)                    │
                                                      ▼
     control loop: Follower.target(now, own price) ──► actuator (retry, read back)
                       │ after each apply (ack) and every report_interval
@@ -182,6 +183,10 @@ class SiteAgent:
         self._own: OwnPrice | None = None
         self._wake = asyncio.Event()
         self._resync = asyncio.Event()
+        self._full_resync = True          # start or reconnect: read, offer, report (else a check)
+        self._check_key = False
+        self._last_raw: bytes | None = None   # the newest key value offered, by any path
+        self.subscription: Any = None     # the live subscription to our desired key
         self._stopping = asyncio.Event()
         self._reject_logged: dict[str, float] = {}
         self.reports = 0
@@ -241,7 +246,7 @@ class SiteAgent:
         delay = RESYNC_RETRY_FIRST
         while not self._stopping.is_set():
             try:
-                await self.bus.subscribe_desired(self.site, self._on_desired_message)
+                self.subscription = await self.bus.subscribe_desired(self.site, self._on_desired_message)
                 break
             except Exception as e:  # noqa: BLE001 - the link dropped at once: nats-py reconnects
                 log.info("site %s: cannot subscribe yet (%s); retrying in %.1f s", self.site,
@@ -252,8 +257,28 @@ class SiteAgent:
         while not self._stopping.is_set():
             await self._resync.wait()
             self._resync.clear()
-            if not self._stopping.is_set():
+            if self._stopping.is_set():
+                break
+            if self._full_resync:
+                self._full_resync = self._check_key = False
                 await self._resync_once()
+            elif self._check_key:
+                self._check_key = False
+                await self._check_once()
+
+    async def _check_once(self) -> None:
+        """One direct get of our key between resyncs: a value we have not seen is offered
+        (one the subscription missed); the same bytes again, nothing happens (a refused
+        record is not counted again); a bus that does not answer waits for the next check."""
+        from miner.fleet.bus import BusError
+
+        try:
+            found = await self.bus.read_desired_raw(self.site)
+        except BusError as e:
+            log.debug("site %s: key check failed (%s)", self.site, e)
+            return
+        if found is not None and found[1] != self._last_raw:
+            self._offer(found[1], "check")
 
     async def _resync_once(self) -> None:
         """Read our key's newest value (direct get); retried until the bus answers."""
@@ -283,6 +308,7 @@ class SiteAgent:
         self._offer(msg.data, "update")
 
     def _offer(self, data: bytes, via: str) -> None:
+        self._last_raw = bytes(data)
         now = self.clock()
         try:
             record = self._decode(data, now)
@@ -317,6 +343,7 @@ class SiteAgent:
             return
         if connected:
             log.info("site %s: on the bus; resyncing", self.site)
+            self._full_resync = True
             self._resync.set()
         elif self.connected:
             log.warning("site %s: bus connection lost; following the last desired state until it expires",
@@ -375,6 +402,11 @@ class SiteAgent:
         if loop.time() >= self._report_due:
             await self._report(self.clock())
             self._report_due = loop.time() + self.report_interval
+            # And look at our key again: a live put the subscription never delivered (nats-server
+            # 2.9 can miss a publish made just after a subscription is confirmed) is applied
+            # within a report interval, not left until the desired state expires.
+            self._check_key = True
+            self._resync.set()
 
     async def _apply_target(self, target: Target, new_revision: bool) -> None:
         level = float(target.level)
