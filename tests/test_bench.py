@@ -14,6 +14,7 @@ import pytest
 from kernels import paths
 from kernels.asm import hot_loop_stats, lane_loop_asm, sha_instruction_counts, shani_asm
 from miner.bench import cpu_info, parse_minerd
+from tests.processes import child_pids, running
 
 KEYS = {"kernel", "kernel_reason", "kernel_mhs_per_thread", "kernel_mhs_all", "threads", "hashlib_loop_mhs",
         "single_stream_mhs", "compile_s", "cached_load_s", "cpu_features", "paths", "paths_skipped",
@@ -70,7 +71,7 @@ def test_sigterm_stops_bench_and_the_processes_it_started():
             proc.kill()
             pytest.fail(f"never reached the processes phase: {lines[-5:]}")
         if any("single-thread processes" in line for line in lines):
-            children = [int(x) for x in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+            children = child_pids(proc.pid)
         time.sleep(0.05)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -80,8 +81,7 @@ def test_sigterm_stops_bench_and_the_processes_it_started():
         proc.kill()
     took = time.monotonic() - sent
     reader.join(5)
-    still = [pid for pid in children if Path(f"/proc/{pid}").exists()
-             and "zombie" not in Path(f"/proc/{pid}/status").read_text()]
+    still = [pid for pid in children if running(pid)]
     for pid in still:
         os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 128 + signal.SIGTERM and took < 5, (proc.returncode, took)

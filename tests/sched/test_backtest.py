@@ -24,6 +24,7 @@ from miner.sched import optimize
 from miner.sched.optimize import Problem, Unit, UnitState, solve_fleet_dp, solve_milp, violations
 from miner.sched.policy import HOUR_S, LOOKBACK_H, MAX_HORIZON_H, PriceBook, make_policy
 from miner.sched.sites import load_sites
+from tests.processes import child_pids, running
 
 UTC = timezone.utc
 REPO = Path(__file__).resolve().parents[2]
@@ -349,14 +350,6 @@ def test_cli_bad_plot_window(tmp_path):
     assert "Traceback" not in bad.stderr + outside.stderr
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(x) for x in text.split()]
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to see the worker processes")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_backtest_and_its_workers_within_5_s(tmp_path, sig):
@@ -380,7 +373,7 @@ def test_a_signal_stops_the_backtest_and_its_workers_within_5_s(tmp_path, sig):
     reader.start()
     deadline = time.monotonic() + 120
     # Its progress line says the policies run; both worker processes are busy.
-    while not any("back-test: gridminer" in line for line in lines) or len(workers := _children(proc.pid)) < 2:
+    while not any("back-test: gridminer" in line for line in lines) or len(workers := child_pids(proc.pid)) < 2:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             reader.join(5)
@@ -405,7 +398,7 @@ def test_a_signal_stops_the_backtest_and_its_workers_within_5_s(tmp_path, sig):
     assert f"stopped by {signal.Signals(sig).name}" in err and "Traceback" not in err
     assert out == ""
     for pid in workers:
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text(), pid
+        assert not running(pid), pid
 
 
 def test_the_parent_waits_for_its_workers_without_spinning(monkeypatch):
