@@ -41,7 +41,7 @@ def work(units: Sequence) -> int:
     return states << len(units)
 
 
-def _site_moves(min_on: int, min_off: int, forced: bool, curtail: bool
+def site_moves(min_on: int, min_off: int, forced: bool, curtail: bool
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(allowed, next status, start) per status and choice (0 idle, 1 run) of one site in
     one slot. Statuses: on k = 0..min_on, then off k = 0..min_off."""
@@ -133,7 +133,7 @@ def solve_fleet_dp(units: Sequence, init: Sequence, margin: np.ndarray, forced_o
     def moves(i: int, t: int):
         key = (i, bool(forced_off[i, t]), bool(curtail[i, t]))
         if key not in moves_cache:
-            allowed, nxt, start = _site_moves(units[i].min_on, units[i].min_off, *key[1:])
+            allowed, nxt, start = site_moves(units[i].min_on, units[i].min_off, *key[1:])
             d = digit[i]
             moves_cache[key] = (allowed[d], nxt[d] * strides[i], start[d] * costs[i])
         return moves_cache[key]
@@ -141,14 +141,14 @@ def solve_fleet_dp(units: Sequence, init: Sequence, margin: np.ndarray, forced_o
     future = np.zeros(N)
     choice = np.zeros((T, N), np.int64)
     for t in range(T - 1, -1, -1):
-        site_moves = [moves(i, t) for i in range(S)]
+        slot_moves = [moves(i, t) for i in range(S)]
         best = np.full(N, -np.inf)
         arg = np.zeros(N, np.int64)
         for c in range(C):
             ok = np.ones(N, bool)
             nxt = np.zeros(N, np.int64)
             cost = np.zeros(N)
-            for i, (allowed, step, start) in enumerate(site_moves):
+            for i, (allowed, step, start) in enumerate(slot_moves):
                 b = bits[c][i]
                 ok &= allowed[:, b]
                 nxt += step[:, b]

@@ -366,15 +366,57 @@ def solve_fleet_dp(problem: Problem) -> Schedule:
                     method="fleet-dp", seconds=time.perf_counter() - t0)
 
 
+def fleet_bound_applicable(problem: Problem) -> bool:
+    """A fleet under a power budget alone, no ramp limit, no hold slot: fleet_bound's model."""
+    return (problem.budget_mw is not None and problem.target_ths is None
+            and not any(u.ramp_limited for u in problem.units) and not problem.hold.any())
+
+
+def budget_prices(problem: Problem) -> np.ndarray:
+    """USD per MW of each slot's budget row in the LP relaxation's optimum (>= 0)."""
+    model, _, rows = _fleet_model(problem)
+    res = model.solve(relax=True, time_limit_s=DEFAULT_TIME_LIMIT_S, mip_rel_gap=DEFAULT_MIP_REL_GAP)
+    if res.row_dual is None:
+        raise RuntimeError(f"LP relaxation found no row prices: {res.message}")
+    return np.abs(res.row_dual[rows])
+
+
+def solve_fleet_bound(problem: Problem) -> Schedule | None:
+    """A budget fleet's exact optimum by fleet_bound with the LP's budget prices (it must be
+    fleet_bound_applicable); None when its search holds too many statuses."""
+    # imported here, as highspy is: numba takes half a second to import and most `miner`
+    # commands never solve a fleet
+    from miner.sched import fleet_bound  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    if not fleet_bound_applicable(problem):
+        raise ValueError("solve_fleet_bound needs a power budget alone, no ramp limits or hold slots")
+    level = fleet_bound.solve_budget(problem.units, problem.init, problem.margin, problem.forced_off,
+                                     problem.curtail, problem.budget_mw, slack_penalty(problem),
+                                     budget_prices(problem))
+    if level is None:
+        return None
+    level = np.round(level, 9)
+    profit, starts = profit_of(problem, level)
+    short, excess = fleet_slack(problem, level)
+    return Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
+                    method="fleet-bound", seconds=time.perf_counter() - t0)
+
+
 def solve_coupled(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
                   mip_rel_gap: float = DEFAULT_MIP_REL_GAP) -> Schedule:
     """A coupled fleet's optimum by the cheapest exact way: the sites' own optima when
-    they keep the coupling, the fleet DP for a small fleet, else the MILP."""
+    they keep the coupling, the fleet DP for a small fleet, the bounded fleet DP for a
+    larger one under a budget, else the MILP."""
     fits = solve_if_uncoupling_fits(problem)
     if fits is not None:
         return fits
     if fleet_dp_applicable(problem):
         return solve_fleet_dp(problem)
+    if fleet_bound_applicable(problem):
+        bounded = solve_fleet_bound(problem)
+        if bounded is not None:
+            return bounded
     return solve_milp(problem, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
 
 
@@ -472,7 +514,8 @@ class _Model:
                        fun=info.objective_function_value if feasible else None,
                        time_limit=status == highspy.HighsModelStatus.kTimeLimit,
                        mip_gap=0.0 if relax else float(info.mip_gap),
-                       message=h.modelStatusToString(status))
+                       message=h.modelStatusToString(status),
+                       row_dual=np.array(solution.row_dual) if relax and solution.dual_valid else None)
 
 
 class _Result(NamedTuple):
@@ -481,6 +524,7 @@ class _Result(NamedTuple):
     time_limit: bool
     mip_gap: float
     message: str
+    row_dual: np.ndarray | None = None      # the relaxation's row prices (HiGHS' sign)
 
 
 def _filled(x: float | np.ndarray, size: int) -> np.ndarray:
@@ -534,14 +578,44 @@ def _window_terms(idx: np.ndarray, starts: np.ndarray, upto_offset: int, width: 
 
 def solve_milp(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
                mip_rel_gap: float = DEFAULT_MIP_REL_GAP, relax: bool = False) -> Schedule:
-    """The whole problem as one MILP (`relax`: its LP relaxation, an upper bound).
+    """The whole problem as one MILP (`relax`: its LP relaxation, an upper bound); the
+    model is _fleet_model's."""
+    t_begin = time.perf_counter()
+    S, T = problem.margin.shape
+    model, handles, _ = _fleet_model(problem)
+    res = model.solve(relax=relax, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
+    if res.x is None:
+        raise RuntimeError(f"MILP found no solution: {res.message}")
+    x = res.x
+    level = np.zeros((S, T))
+    for i, (u, (on, p)) in enumerate(zip(problem.units, handles)):
+        if relax:
+            level[i] = x[p] / u.capacity_mw if p is not None else x[on]
+            continue
+        running = x[on] > 0.5
+        frac = np.clip(x[p] / u.capacity_mw, u.min_level, 1.0) if p is not None else np.ones(T)
+        level[i] = np.where(running, np.round(frac, 9), 0.0)
+    profit, starts = profit_of(problem, level)
+    short, excess = fleet_slack(problem, level)
+    gap = float(getattr(res, "mip_gap", 0.0) or 0.0)
+    sched = Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
+                     method="lp" if relax else "milp", mip_gap=gap, seconds=time.perf_counter() - t_begin)
+    if relax and res.fun is not None:
+        # the relaxation's own optimum (fractional starts are paid fractionally)
+        sched.profit_usd = -float(res.fun)
+    if res.time_limit:
+        sched.notes.append(f"time limit {time_limit_s:g}s reached; gap {gap:.2e}")
+    return sched
+
+
+def _fleet_model(problem: Problem) -> tuple[_Model, list, np.ndarray]:
+    """(model, (on, power) columns per site, the budget rows) of the problem as a MILP.
 
     Compact form: stop[t] = start[t] - on[t] + on[t-1] is substituted, start is continuous
     with start >= on[t] - on[t-1] (a start cost, a min-on or a min-off row never gains from
     a larger one; where a larger start would relax a row, fail-safe curtail and ramp, start
     is pinned by start <= on[t], start <= 1 - on[t-1]), and a site with min_level 1 and no
     ramp has no power variable (p = cap x on)."""
-    t_begin = time.perf_counter()
     S, T = problem.margin.shape
     model = _Model()
     ts = np.arange(T)
@@ -625,38 +699,17 @@ def solve_milp(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
                        -np.inf, hi)
 
     penalty = slack_penalty(problem)
+    budget_rows = np.zeros(0, np.int64)
     if problem.budget_mw is not None:
         slack = model.var(T, 0.0, np.inf, penalty)
+        budget_rows = model.m + ts
         model.rows([(cols, mw) for cols, mw, _ in power_terms] + [(slack, -1.0)], -np.inf, problem.budget_mw)
     if problem.target_ths is not None:
         ref = max(u.ths_per_mw for u in problem.units)
         slack = model.var(T, 0.0, np.inf, penalty)
         model.rows([(cols, mw * ths / ref) for cols, mw, ths in power_terms] + [(slack, 1.0)],
                    problem.target_ths / ref, np.inf)
-
-    res = model.solve(relax=relax, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
-    if res.x is None:
-        raise RuntimeError(f"MILP found no solution: {res.message}")
-    x = res.x
-    level = np.zeros((S, T))
-    for i, (u, (on, p)) in enumerate(zip(problem.units, handles)):
-        if relax:
-            level[i] = x[p] / u.capacity_mw if p is not None else x[on]
-            continue
-        running = x[on] > 0.5
-        frac = np.clip(x[p] / u.capacity_mw, u.min_level, 1.0) if p is not None else np.ones(T)
-        level[i] = np.where(running, np.round(frac, 9), 0.0)
-    profit, starts = profit_of(problem, level)
-    short, excess = fleet_slack(problem, level)
-    gap = float(getattr(res, "mip_gap", 0.0) or 0.0)
-    sched = Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
-                     method="lp" if relax else "milp", mip_gap=gap, seconds=time.perf_counter() - t_begin)
-    if relax and res.fun is not None:
-        # the relaxation's own optimum (fractional starts are paid fractionally)
-        sched.profit_usd = -float(res.fun)
-    if res.time_limit:
-        sched.notes.append(f"time limit {time_limit_s:g}s reached; gap {gap:.2e}")
-    return sched
+    return model, handles, budget_rows
 
 
 def slack_penalty(problem: Problem) -> float:
@@ -805,8 +858,8 @@ def solve(problem: Problem, *, window: int = 168, overlap: int = 48,
             window_problem = problem.sub(rows, a, b, init=init, coupled=coupled)
             s = solve_coupled(window_problem, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap) if coupled \
                 else solve_milp(window_problem, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
-            if s.method == "fleet-dp":
-                methods.add("fleet-dp")
+            if s.method in ("fleet-dp", "fleet-bound"):
+                methods.add(s.method)
             level[rows, a:a + keep] = s.level[:, :keep]
             init = [end_state(init[j], s.level[j, :keep]) for j in range(len(rows))]
             gaps.append(s.mip_gap)
