@@ -36,6 +36,9 @@ FIRST_GAP = 2.5e-4            # first threshold: bound x (1 - FIRST_GAP), then t
 LAST_GAP = 0.2                # beyond it: no threshold at all
 _HASH = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64 (Fibonacci hashing)
 
+DESCENT_STEPS = 100          # subgradient steps for the budget prices of short problems
+DESCENT_MAX_SLOTS = 24        # longer problems take the LP relaxation's prices
+STEP_GAP = 1e-3               # Polyak steps aim this far below the bound
 OK, NONE_REACHES, TOO_MANY = 0, 1, 2
 
 
@@ -82,6 +85,79 @@ def slot_fill(t, run, margin, cap, lo, order, budget, penalty, power):
             value += margin[i, t] * add
             left -= add
     return value
+
+
+@njit(cache=True, error_model="numpy")
+def descend(allowed, nxt, start_usd, n_status, margin, cap, lo, order, forced_off, budget, penalty, status0,
+            iterations, G):
+    """Budget prices by projected subgradient descent on the Lagrangian bound: (prices,
+    bound). Starts from each slot's merit-order price (the margin of the site whose
+    capacity reaches the budget, best margin first); Polyak steps toward an optimum
+    guessed STEP_GAP below the bound, halved after 5 steps without a lower bound."""
+    S, T = margin.shape
+    lam = np.zeros(T)
+    for t in range(T):
+        left = budget
+        for r in range(S):
+            i = order[r, t]
+            if margin[i, t] <= 0:
+                break
+            if forced_off[i, t]:
+                continue
+            if cap[i] >= left:
+                lam[t] = min(margin[i, t], penalty)
+                break
+            left -= cap[i]
+    on_value = np.empty((S, T))
+    best_lam = lam.copy()
+    best = np.inf
+    use = np.empty(T)
+    theta = 1.0
+    stalled = 0
+    for k in range(iterations):
+        for i in range(S):
+            for t in range(T):
+                a = margin[i, t] - lam[t]
+                on_value[i, t] = max(a * cap[i], a * lo[i])
+        site_values(allowed, nxt, start_usd, n_status, on_value, G)
+        bound = 0.0
+        for t in range(T):
+            bound += lam[t] * budget
+            use[t] = 0.0
+        for i in range(S):                         # each site's own best path: its power per slot
+            s = status0[i]
+            bound += G[i, 0, s]
+            for t in range(T):
+                pick, v_pick = 0, -np.inf
+                for c in range(2):
+                    if allowed[i, t, s, c]:
+                        v = G[i, t + 1, nxt[i, t, s, c]] - start_usd[i, t, s, c] + c * on_value[i, t]
+                        if v > v_pick:
+                            pick, v_pick = c, v
+                if pick == 1:
+                    use[t] += cap[i] if margin[i, t] >= lam[t] else lo[i]
+                s = nxt[i, t, s, pick]
+        if k == 0 or bound < best:
+            best = bound
+            best_lam[:] = lam
+            stalled = 0
+        else:
+            stalled += 1
+            if stalled >= 5:
+                theta *= 0.5
+                stalled = 0
+        norm = 0.0
+        for t in range(T):                         # d bound / d lam[t] = budget - use[t]
+            use[t] = budget - use[t]
+            if (lam[t] <= 0.0 and use[t] > 0.0) or (lam[t] >= penalty and use[t] < 0.0):
+                use[t] = 0.0
+            norm += use[t] * use[t]
+        if norm == 0.0:                            # every slot's row holds with equality or its price is 0
+            break
+        step = theta * STEP_GAP * abs(bound) / norm
+        for t in range(T):
+            lam[t] = min(max(lam[t] - step * use[t], 0.0), penalty)
+    return best_lam, best
 
 
 @njit(cache=True)
@@ -237,41 +313,59 @@ def initial_status(units: Sequence, init: Sequence) -> np.ndarray:
                      for u, s0 in zip(units, init)], np.int64)
 
 
-def solve_budget(units: Sequence, init: Sequence, margin: np.ndarray, forced_off: np.ndarray,
-                 curtail: np.ndarray, budget_mw: float, penalty: float, prices: np.ndarray
-                 ) -> np.ndarray | None:
-    """Levels (S, T) of an optimal schedule under the budget, with `prices` (T,) as the
-    budget rows' prices for the bound (any prices give the optimum; good ones, such as the
-    LP relaxation's duals, give it fast). None when a pass holds too many statuses."""
-    S, T = margin.shape
-    allowed, nxt, start_usd, n_status = _tables(units, forced_off, curtail)
-    strides = np.cumprod(np.r_[1, n_status[:-1]]).astype(np.int64)
-    cap = np.array([u.capacity_mw for u in units], float)
-    lo = np.array([u.min_level for u in units]) * cap
-    lam = np.clip(np.asarray(prices, float), 0.0, penalty)
-    adjusted = margin - lam
-    on_value = np.maximum(adjusted * cap[:, None], adjusted * lo[:, None])
-    G = np.zeros((S, T + 1, int(n_status.max())))
-    site_values(allowed, nxt, start_usd, n_status, on_value, G)
-    budget_tail = np.r_[np.cumsum((lam * budget_mw)[::-1])[::-1], 0.0]
-    status0 = initial_status(units, init)
-    bound = float(sum(G[i, 0, status0[i]] for i in range(S)) + budget_tail[0])
-    order = np.argsort(-margin, axis=0, kind="stable").astype(np.int64)
-    margin = np.ascontiguousarray(margin, float)
-    gap = FIRST_GAP
-    while True:
-        threshold = bound - gap * max(abs(bound), 1.0) if gap < LAST_GAP else -np.inf
-        found, _, masks = search(allowed, nxt, start_usd, n_status, strides, on_value, G, budget_tail, margin,
-                                 cap, lo, order, float(budget_mw), float(penalty), status0, threshold, MAX_STATES)
-        if found == TOO_MANY:
-            return None
-        if found == OK:
-            break
-        gap *= 2
-    level = np.zeros((S, T))
-    power = np.empty(S)
-    for t in range(T):
-        run = ((int(masks[t]) >> np.arange(S)) & 1).astype(bool)
-        slot_fill(t, run, margin, cap, lo, order, float(budget_mw), float(penalty), power)
-        level[:, t] = power / cap
-    return level
+class BudgetFleet:
+    """One problem's tables, built once for its searches (same model as fleet_dp)."""
+
+    def __init__(self, units: Sequence, init: Sequence, margin: np.ndarray, forced_off: np.ndarray,
+                 curtail: np.ndarray, budget_mw: float, penalty: float) -> None:
+        self.allowed, self.nxt, self.start_usd, self.n_status = _tables(units, forced_off, curtail)
+        self.strides = np.cumprod(np.r_[1, self.n_status[:-1]]).astype(np.int64)
+        self.cap = np.array([u.capacity_mw for u in units], float)
+        self.lo = np.array([u.min_level for u in units], float) * self.cap
+        self.margin = np.ascontiguousarray(margin, float)
+        self.order = np.argsort(-self.margin, axis=0, kind="stable").astype(np.int64)
+        self.forced_off = np.ascontiguousarray(forced_off, bool)
+        self.budget_mw, self.penalty = float(budget_mw), float(penalty)
+        self.status0 = initial_status(units, init)
+
+    def _values(self) -> np.ndarray:
+        S, T = self.margin.shape
+        return np.zeros((S, T + 1, int(self.n_status.max())))
+
+    def descent_prices(self, steps: int = DESCENT_STEPS) -> np.ndarray:
+        """Budget prices from `descend` (no LP)."""
+        prices, _ = descend(self.allowed, self.nxt, self.start_usd, self.n_status, self.margin, self.cap, self.lo,
+                            self.order, self.forced_off, self.budget_mw, self.penalty, self.status0, steps,
+                            self._values())
+        return prices
+
+    def solve(self, prices: np.ndarray) -> np.ndarray | None:
+        """Levels (S, T) of an optimal schedule, with `prices` (T,) as the budget rows'
+        prices for the bound (any prices give the optimum; good ones give it fast). None
+        when a pass holds too many statuses."""
+        S, T = self.margin.shape
+        lam = np.clip(np.asarray(prices, float), 0.0, self.penalty)
+        adjusted = self.margin - lam
+        on_value = np.maximum(adjusted * self.cap[:, None], adjusted * self.lo[:, None])
+        G = self._values()
+        site_values(self.allowed, self.nxt, self.start_usd, self.n_status, on_value, G)
+        budget_tail = np.r_[np.cumsum((lam * self.budget_mw)[::-1])[::-1], 0.0]
+        bound = float(sum(G[i, 0, self.status0[i]] for i in range(S)) + budget_tail[0])
+        gap = FIRST_GAP
+        while True:
+            threshold = bound - gap * max(abs(bound), 1.0) if gap < LAST_GAP else -np.inf
+            found, _, masks = search(self.allowed, self.nxt, self.start_usd, self.n_status, self.strides, on_value,
+                                     G, budget_tail, self.margin, self.cap, self.lo, self.order, self.budget_mw,
+                                     self.penalty, self.status0, threshold, MAX_STATES)
+            if found == TOO_MANY:
+                return None
+            if found == OK:
+                break
+            gap *= 2
+        level = np.zeros((S, T))
+        power = np.empty(S)
+        for t in range(T):
+            run = ((int(masks[t]) >> np.arange(S)) & 1).astype(bool)
+            slot_fill(t, run, self.margin, self.cap, self.lo, self.order, self.budget_mw, self.penalty, power)
+            level[:, t] = power / self.cap
+        return level

@@ -382,8 +382,9 @@ def budget_prices(problem: Problem) -> np.ndarray:
 
 
 def solve_fleet_bound(problem: Problem) -> Schedule | None:
-    """A budget fleet's exact optimum by fleet_bound with the LP's budget prices (it must be
-    fleet_bound_applicable); None when its search holds too many statuses."""
+    """A budget fleet's exact optimum by fleet_bound (it must be fleet_bound_applicable):
+    with the subgradient's budget prices for a short problem, else (or when that search
+    holds too many statuses) the LP relaxation's; None when that one does too."""
     # imported here, as highspy is: numba takes half a second to import and most `miner`
     # commands never solve a fleet
     from miner.sched import fleet_bound  # noqa: PLC0415
@@ -391,9 +392,11 @@ def solve_fleet_bound(problem: Problem) -> Schedule | None:
     t0 = time.perf_counter()
     if not fleet_bound_applicable(problem):
         raise ValueError("solve_fleet_bound needs a power budget alone, no ramp limits or hold slots")
-    level = fleet_bound.solve_budget(problem.units, problem.init, problem.margin, problem.forced_off,
-                                     problem.curtail, problem.budget_mw, slack_penalty(problem),
-                                     budget_prices(problem))
+    fleet = fleet_bound.BudgetFleet(problem.units, problem.init, problem.margin, problem.forced_off,
+                                    problem.curtail, problem.budget_mw, slack_penalty(problem))
+    level = fleet.solve(fleet.descent_prices()) if problem.slots <= fleet_bound.DESCENT_MAX_SLOTS else None
+    if level is None:
+        level = fleet.solve(budget_prices(problem))
     if level is None:
         return None
     level = np.round(level, 9)

@@ -46,13 +46,14 @@ def objective(problem: Problem, level: np.ndarray) -> float:
 
 
 @SOME
-@given(budget_fleets(), st.sampled_from(["lp", "zero", "random"]), st.integers(0, 2 ** 32 - 1))
+@given(budget_fleets(), st.sampled_from(["lp", "descent", "zero", "random"]), st.integers(0, 2 ** 32 - 1))
 def test_any_budget_prices_give_the_milp_optimum(problem, prices, seed):
     T = problem.slots
-    lam = {"lp": lambda: budget_prices(problem), "zero": lambda: np.zeros(T),
+    fleet = fleet_bound.BudgetFleet(problem.units, problem.init, problem.margin, problem.forced_off,
+                                    problem.curtail, problem.budget_mw, slack_penalty(problem))
+    lam = {"lp": lambda: budget_prices(problem), "descent": fleet.descent_prices, "zero": lambda: np.zeros(T),
            "random": lambda: np.random.default_rng(seed).uniform(0, 60, T)}[prices]()
-    level = fleet_bound.solve_budget(problem.units, problem.init, problem.margin, problem.forced_off,
-                                     problem.curtail, problem.budget_mw, slack_penalty(problem), lam)
+    level = fleet.solve(lam)
     milp = solve_milp(problem)
     assert level is not None
     assert objective(problem, level) == pytest.approx(objective(problem, milp.level), rel=1e-6, abs=1e-6)
