@@ -56,7 +56,10 @@ def test_any_budget_prices_give_the_milp_optimum(problem, prices, seed):
     level = fleet.solve(lam)
     milp = solve_milp(problem)
     assert level is not None
-    assert objective(problem, level) == pytest.approx(objective(problem, milp.level), rel=1e-6, abs=1e-6)
+    # HiGHS' levels carry its 1e-6 feasibility tolerance (and 9 decimals), times a slack
+    # penalty of ~1e4 USD per MW: equal to 1e-4 USD
+    ours, theirs = objective(problem, level), objective(problem, milp.level)
+    assert ours >= theirs - 1e-4 and ours == pytest.approx(theirs, rel=1e-6, abs=1e-4)
     v = violations(problem, level)
     assert not any(n for k, n in v.items() if k != "budget"), v
     assert v["budget"] == violations(problem, milp.level)["budget"]
