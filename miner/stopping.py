@@ -8,12 +8,15 @@ with its children left running). The run modes stop through their event loop ins
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 import threading
-from typing import Callable
+from typing import Callable, TypeVar
 
-__all__ = ["Stopped", "run_stoppable"]
+T = TypeVar("T")
+
+__all__ = ["Stopped", "in_daemon_thread", "run_stoppable"]
 
 
 class Stopped(Exception):
@@ -44,3 +47,34 @@ def run_stoppable(command: str, body: Callable[[], int]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
+    """fn(*args) in a thread of its own, awaited. Unlike asyncio.to_thread, a stop never
+    waits for it: the default executor's threads are joined when the loop and the
+    interpreter shut down, so a long computation there (a first numba compile, a MILP at
+    its time limit) would hold a stop for its whole length; a daemon thread is left
+    behind instead. Cancelling the await abandons the result."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future = loop.create_future()
+
+    def settle(result: object, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(result)
+        else:
+            done.set_exception(error)
+
+    def work() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as e:          # noqa: BLE001 - handed to the awaiting task
+            result, error = None, e
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:                # the loop closed meanwhile: nobody waits
+            pass
+
+    threading.Thread(target=work, name=f"daemon-{getattr(fn, '__name__', 'call')}", daemon=True).start()
+    return await done

@@ -35,6 +35,7 @@ from miner.sched.economics import HashpriceSeries, hashprice_usd_per_th_day
 from miner.sched.feeds import merge_intervals, price_at
 from miner.sched.model import (FeedError, Plan, Policy, PriceFeed, PriceInterval, SiteDecision, SiteSpec, SiteState,
                                utc_now)
+from miner.stopping import in_daemon_thread
 
 log = logging.getLogger(__name__)
 
@@ -284,10 +285,11 @@ class Scheduler:
         if hashprice is None:
             # No revenue figure, no breakeven: every site follows its fail-safe.
             prices, hashprice = {name: [] for name in self.sites}, 0.0
-        # Off the event loop: a coupled fleet's MILP may take a second or more, and the
-        # loop carries new-tip jobs, stratum and found blocks.
+        # Off the event loop: a coupled fleet's MILP may take a second or more (the first
+        # bounded fleet DP compiles for ~10 s), and the loop carries new-tip jobs, stratum
+        # and found blocks; in a daemon thread, so a stop does not wait for it.
         with phase.labels("decide").time():
-            plan = await asyncio.to_thread(self.policy.decide, dict(self.states), prices, now, hashprice)
+            plan = await in_daemon_thread(self.policy.decide, dict(self.states), prices, now, hashprice)
         self._record_plan(plan)
         sites = [name for name in self.sites if name in plan.decisions]
         with phase.labels("actuate").time():
