@@ -15,13 +15,13 @@ shipped sites alone (30 MW) and needs no PRICE_DIR. For each year it writes the 
 file of the experiment into a temporary folder (the fleet of sites-backtest-10.toml:
 texas, california, virginia (PJM real-time market: its hourly price known from the
 hour's start, or with --pjm-publication settled from its end), new-york, germany,
-france, netherlands, spain, belgium, sweden-se4; 100 MW; 1 h minimum on and off time
+france, netherlands, spain, belgium, sweden-se4; 90 MW; 1 h minimum on and off time
 (--min-hours); 25 USD per MW per start; levels 50-100 %), runs `miner backtest` on the
 calendar year for each coupling, and prints the fleet tables and capture ratios:
 
     none     independent sites
-    budget   a fleet power budget of 60 % of capacity (60 MW; 18 MW for --fleet shipped)
-    target   a fleet hash-rate target of half the fleet (2.5 EH/s; 0.75 EH/s) at least cost
+    budget   a fleet power budget of 60 % of capacity (54 MW; 18 MW for --fleet shipped)
+    target   a fleet hash-rate target of half the fleet (2.25 EH/s; 0.75 EH/s) at least cost
 
 Hashprice: 2023 0.08, 2024 0.06 USD per TH/s per day (yearly averages; breakeven at
 20 J/TH and 2 % fee: 163 and 122.5 USD/MWh). With --bound (default) the LP relaxation of
