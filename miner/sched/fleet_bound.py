@@ -21,10 +21,11 @@ threshold survives, so when any survives, the best one found is the optimum.
 
 Threshold. The bound less 0.025 % of it, then twice that gap each time nothing survives
 (the LP gap of the ten-site back-test's plans is 0.02-0.4 %). A pass that holds more than
-`MAX_STATES` statuses in a slot gives up: the caller solves the MILP instead.
+MAX_STATES statuses in a slot, or a problem whose passes value more than MAX_LEAVES
+choice vectors, gives up: the caller solves the MILP instead.
 
-Compiled with numba (cached beside this file): ~8 s the first time on a 2-core EPYC,
-~0.4 s to load afterwards."""
+Compiled with numba (cached beside this file): ~12 s the first time on a 2-core EPYC,
+~1 s to load in a new process afterwards."""
 
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ from numba import njit
 from miner.sched.fleet_dp import site_moves
 
 MAX_STATES = 100_000          # joint statuses in one slot before a pass gives up
+MAX_LEAVES = 20_000_000       # choice vectors valued over all of a problem's passes (10-20 s; the
+                              # budget year's hardest problem needs 2.8 M)
 FIRST_GAP = 2.5e-4            # first threshold: bound x (1 - FIRST_GAP), then the gap doubles
 LAST_GAP = 0.2                # beyond it: no threshold at all
 _HASH = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64 (Fibonacci hashing)
@@ -173,8 +176,10 @@ def _grown(a, n):
 
 @njit(cache=True, error_model="numpy")
 def search(allowed, nxt, start_usd, n_status, strides, on_value, G, budget_tail, margin, cap, lo, order,
-           budget, penalty, init_status, threshold, max_states):
-    """(OK | NONE_REACHES | TOO_MANY, best value, run mask per slot of the best schedule)."""
+           budget, penalty, init_status, threshold, max_states, max_leaves):
+    """(OK | NONE_REACHES | TOO_MANY, best value, run mask per slot of the best schedule,
+    leaves valued). TOO_MANY: more than max_states statuses in a slot or more than
+    max_leaves choice vectors valued."""
     S, T = margin.shape
     size = 1024
     keys = np.empty(size, np.int64)
@@ -200,6 +205,7 @@ def search(allowed, nxt, start_usd, n_status, strides, on_value, G, budget_tail,
     run = np.empty(S, np.bool_)
     power = np.empty(S)
     none = np.zeros(T, np.int64)
+    leaves = 0
     for t in range(T):
         base = first[t + 1]
         m = 0
@@ -234,6 +240,9 @@ def search(allowed, nxt, start_usd, n_status, strides, on_value, G, budget_tail,
                     pos += 1
                     c[pos] = -1
                     continue
+                leaves += 1
+                if leaves > max_leaves:
+                    return TOO_MANY, 0.0, none, leaves
                 key = 0
                 start_cost = 0.0
                 bound = 0.0
@@ -258,7 +267,7 @@ def search(allowed, nxt, start_usd, n_status, strides, on_value, G, budget_tail,
                         vals[r], parent[r], choice[r] = value, j, mask
                     continue
                 if m >= max_states:
-                    return TOO_MANY, 0.0, none
+                    return TOO_MANY, 0.0, none, leaves
                 r = base + m
                 if r >= size:
                     size *= 2
@@ -278,7 +287,7 @@ def search(allowed, nxt, start_usd, n_status, strides, on_value, G, budget_tail,
                             h = (h + 1) & hmask
                         stamp[h], slot_of[h] = t + 1, q
         if m == 0:
-            return NONE_REACHES, -np.inf, none
+            return NONE_REACHES, -np.inf, none, leaves
         first[t + 2] = base + m
     best = first[T]
     for j in range(first[T], first[T + 1]):
@@ -289,7 +298,7 @@ def search(allowed, nxt, start_usd, n_status, strides, on_value, G, budget_tail,
     for t in range(T - 1, -1, -1):
         masks[t] = choice[j]
         j = parent[j]
-    return OK, vals[best], masks
+    return OK, vals[best], masks, leaves
 
 
 def _tables(units: Sequence, forced_off: np.ndarray, curtail: np.ndarray):
@@ -331,6 +340,7 @@ class BudgetFleet:
         self.forced_off = np.ascontiguousarray(forced_off, bool)
         self.budget_mw, self.penalty = float(budget_mw), float(penalty)
         self.status0 = initial_status(units, init)
+        self.leaves = 0                           # choice vectors valued by this problem's searches
 
     def _values(self) -> np.ndarray:
         S, T = self.margin.shape
@@ -358,9 +368,11 @@ class BudgetFleet:
         gap = FIRST_GAP
         while True:
             threshold = bound - gap * max(abs(bound), 1.0) if gap < LAST_GAP else -np.inf
-            found, _, masks = search(self.allowed, self.nxt, self.start_usd, self.n_status, self.strides, on_value,
-                                     G, budget_tail, self.margin, self.cap, self.lo, self.order, self.budget_mw,
-                                     self.penalty, self.status0, threshold, MAX_STATES)
+            found, _, masks, leaves = search(self.allowed, self.nxt, self.start_usd, self.n_status, self.strides,
+                                             on_value, G, budget_tail, self.margin, self.cap, self.lo, self.order,
+                                             self.budget_mw, self.penalty, self.status0, threshold, MAX_STATES,
+                                             MAX_LEAVES - self.leaves)
+            self.leaves += leaves
             if found == TOO_MANY:
                 return None
             if found == OK:

@@ -367,9 +367,11 @@ def solve_fleet_dp(problem: Problem) -> Schedule:
 
 
 def fleet_bound_applicable(problem: Problem) -> bool:
-    """A fleet under a power budget alone, no ramp limit, no hold slot: fleet_bound's model."""
+    """A fleet under a power budget alone, no ramp limit, no hold slot: fleet_bound's model;
+    its joint statuses and choice vectors numbered in 62 bits."""
     return (problem.budget_mw is not None and problem.target_ths is None
-            and not any(u.ramp_limited for u in problem.units) and not problem.hold.any())
+            and not any(u.ramp_limited for u in problem.units) and not problem.hold.any()
+            and fleet_dp.work(problem.units) < 1 << 62)
 
 
 def budget_prices(problem: Problem) -> np.ndarray:

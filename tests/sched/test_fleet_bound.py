@@ -99,11 +99,20 @@ def test_too_many_statuses_hand_the_problem_to_the_milp(monkeypatch):
                   ths_per_mw=5e4)] * 8
     p = Problem(units, [UnitState()] * 8, rng.normal(5, 30, (8, 24)), budget_mw=40.0)
     assert solve_coupled(p).method == "fleet-bound"
-    monkeypatch.setattr(fleet_bound, "MAX_STATES", 2)
-    assert solve_fleet_bound(p) is None
-    s = solve_coupled(p)
-    assert s.method == "milp"
-    assert s.profit_usd == pytest.approx(solve_milp(p).profit_usd)
+    milp = solve_milp(p)
+    for limit, value in (("MAX_STATES", 2), ("MAX_LEAVES", 50)):
+        with monkeypatch.context() as m:
+            m.setattr(fleet_bound, limit, value)
+            assert solve_fleet_bound(p) is None, limit
+            s = solve_coupled(p)
+            assert s.method == "milp" and s.profit_usd == pytest.approx(milp.profit_usd), limit
+
+
+def test_a_fleet_whose_statuses_need_more_than_62_bits_goes_to_the_milp():
+    units = [Unit(capacity_mw=1.0, min_level=0.5, min_on=2, min_off=2, ramp_mw=None, start_cost_usd=1.0,
+                  ths_per_mw=5e4)]
+    fits = lambda n: fleet_bound_applicable(Problem(units * n, [UnitState()] * n, np.ones((n, 2)), budget_mw=n / 2))
+    assert fits(12) and not fits(30)
 
 
 def test_windowed_year_reports_the_bounded_dp():
