@@ -822,10 +822,10 @@ def solve(problem: Problem, *, window: int = 168, overlap: int = 48,
     `window + overlap` slots, its first `window` slots are kept and the state carried on.
     Windowed results are feasible but not proven optimal (see `Schedule.method`). Measured
     on the 10-site years of benchmarks/backtest_real.py: 48 h windows with 24 h overlap
-    came within 0.03 % (power budget) and 0.001 % (hash-rate target) of the whole-year LP
-    relaxation, an upper bound on the optimum (`solve_milp(..., relax=True)`, ~9 s); the
-    whole-year MILP of the 2023 budget fleet (HiGHS, 122 s, gap 2e-6) beat the windowed
-    schedule by 0.0002 %. On single sites (no coupling) windowed, whole-year MILP and the
+    came within 0.07-0.11 % (power budget) and 0.0004-0.0015 % (hash-rate target) of the
+    whole-year LP relaxation, an upper bound on the optimum (`solve_milp(..., relax=True)`,
+    ~9 s); a whole-year MILP of a 2023 budget fleet (HiGHS, 122 s, gap 2e-6) beat the
+    windowed schedule by 0.0002 %. On single sites (no coupling) windowed, whole-year MILP and the
     exact DP gave the same profit."""
     t0 = time.perf_counter()
     S, T = problem.margin.shape
