@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -42,7 +43,7 @@ from miner.sched.economics import HashpriceError, breakeven_usd_per_mwh
 from miner.sched.model import UTC, PriceInterval, SiteSpec
 from miner.sched.price_files import source_of_file, utc_datetime
 from miner.sched.optimize import (Problem, Schedule, Unit, UnitState, VIOLATION_KINDS, fleet_slack,
-                                  site_violations, solve, solve_milp)
+                                  site_violations, solve, solve_milp, warm_up_fleet_bound)
 from miner.sched.policy import (HOUR_S, LOOKBACK_H, MAX_HORIZON_H, POLICY_NAMES, PriceBook, current_price,
                                 make_policy)
 from miner.sched.sites import FleetSpec, SitesError, load_sites
@@ -294,6 +295,8 @@ def run_backtest(fleet: FleetSpec, start: datetime | date | str | None = None,
             f"{label} {'queued' if x is None else 'done' if x >= 1.0 else 'running' if kind == 'bound' else f'{x:.0%}'}"
             for label, (kind, _), x in zip(labels, jobs, shares)))
 
+    if workers != 1 and ("gridminer" in policies or "hindsight" in policies):
+        _warm_up_in_parent(problem, progress)
     for (kind, _), out in zip(jobs, _run_jobs(jobs, workers, report if progress is not None else None)):
         if kind == "bound":
             lp = out
@@ -364,6 +367,25 @@ def _hindsight_job(problem: Problem, window: int, overlap: int, *,
 
 def _bound_job(problem: Problem, *, on_progress: ProgressFn | None = None) -> Schedule:
     return solve_milp(problem, relax=True, time_limit_s=600.0)   # one HiGHS call: no progress to tell
+
+
+def _warm_up_in_parent(problem: Problem, progress: Callable[[str], None] | None) -> None:
+    """Compile (or load from numba's cache) the bounded fleet DP here, once, before the
+    workers fork and inherit it, instead of in both of them; a line says so if it takes
+    longer than PROGRESS_FIRST_S (the first run after an install: ~12 s)."""
+    timer = None
+    if progress is not None:
+        timer = threading.Timer(PROGRESS_FIRST_S, progress, args=(
+            "back-test: compiling the bounded fleet DP for this budget fleet (numba, ~12 s on the first "
+            "run; later runs load it from numba's cache)",))
+        timer.daemon = True
+        timer.start()
+    try:
+        warm_up_fleet_bound(problem)
+    finally:
+        if timer is not None:
+            timer.cancel()
+            timer.join()        # gone before the fork (it may hold stderr's lock while printing)
 
 
 _JOBS = {"policy": _policy_job, "hindsight": _hindsight_job, "bound": _bound_job}

@@ -408,6 +408,19 @@ def solve_fleet_bound(problem: Problem) -> Schedule | None:
                     method="fleet-bound", seconds=time.perf_counter() - t0)
 
 
+def warm_up_fleet_bound(problem: Problem) -> bool:
+    """When the problem's fleet is one fleet_bound plans (a budget fleet too large for the
+    fleet DP), compile fleet_bound's numba code now, or load it from numba's cache, by
+    solving two idle slots of that fleet; True when it did. The first compile takes ~12 s:
+    a caller that forks workers does it once, before, so they inherit it."""
+    probe = Problem(problem.units, [UnitState()] * len(problem.units), np.zeros((len(problem.units), 2)),
+                    budget_mw=problem.budget_mw, target_ths=problem.target_ths)
+    if not fleet_bound_applicable(probe) or fleet_dp_applicable(probe):
+        return False
+    solve_fleet_bound(probe)
+    return True
+
+
 def solve_coupled(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
                   mip_rel_gap: float = DEFAULT_MIP_REL_GAP) -> Schedule:
     """A coupled fleet's optimum by the cheapest exact way: the sites' own optima when

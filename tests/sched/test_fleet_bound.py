@@ -4,6 +4,8 @@ too many statuses hands the problem to the MILP."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -123,3 +125,30 @@ def test_windowed_year_reports_the_bounded_dp():
     s = solve(p, window=48, overlap=24)
     assert s.method == "fleet-bound+milp-windowed"
     assert not any(violations(p, s.level).values())
+
+
+def test_warm_up_prepares_the_bounded_dp_only_for_fleets_it_plans(monkeypatch):
+    from miner.sched import backtest
+    from miner.sched.optimize import warm_up_fleet_bound
+
+    unit = Unit(capacity_mw=10.0, min_level=0.5, min_on=2, min_off=2, ramp_mw=None, start_cost_usd=250.0,
+                ths_per_mw=5e4)
+    fleet = lambda n, **coupling: Problem([unit] * n, [UnitState()] * n, np.zeros((n, 3)), **coupling)
+    assert not warm_up_fleet_bound(fleet(3, budget_mw=15.0))          # the fleet DP's
+    assert not warm_up_fleet_bound(fleet(6, target_ths=1e6))          # the MILP's
+    assert warm_up_fleet_bound(fleet(6, budget_mw=30.0)) and fleet_bound.search.signatures
+    # the back-test does it in its own process before the workers fork, and says so when it is slow
+    lines: list[str] = []
+    monkeypatch.setattr(backtest, "PROGRESS_FIRST_S", 0.05)
+    said = threading.Event()
+
+    def slow_compile(problem):          # lasts until the line is out (however loaded the machine)
+        assert said.wait(60), "no progress line while compiling"
+
+    monkeypatch.setattr(backtest, "warm_up_fleet_bound", slow_compile)
+    backtest._warm_up_in_parent(fleet(6, budget_mw=30.0), lambda line: (lines.append(line), said.set()))
+    assert len(lines) == 1 and "compiling the bounded fleet DP" in lines[0]
+    monkeypatch.setattr(backtest, "warm_up_fleet_bound", lambda problem: None)
+    lines.clear()
+    backtest._warm_up_in_parent(fleet(6, budget_mw=30.0), lines.append)
+    assert lines == []                  # quick: no line (its timer is cancelled and joined)
