@@ -43,7 +43,7 @@ FIRST_GAP = 2.5e-4            # first threshold: bound x (1 - FIRST_GAP), then t
 LAST_GAP = 0.2                # beyond it: no threshold at all
 _HASH = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64 (Fibonacci hashing)
 
-DESCENT_STEPS = 100          # subgradient steps for the budget prices of short problems
+DESCENT_STEPS = 100           # subgradient steps for the budget prices of short problems
 DESCENT_MAX_SLOTS = 24        # longer problems take the LP relaxation's prices
 STEP_GAP = 1e-3               # Polyak steps aim this far below the bound
 OK, NONE_REACHES, TOO_MANY = 0, 1, 2
@@ -377,6 +377,8 @@ class BudgetFleet:
                 return None
             if found == OK:
                 break
+            if threshold == -np.inf:      # no schedule at all: cannot happen with site_moves' tables
+                return None
             gap *= 2
         level = np.zeros((S, T))
         power = np.empty(S)
