@@ -212,6 +212,14 @@ def fleet_slack(problem: Problem, level: np.ndarray) -> tuple[np.ndarray, np.nda
     return short, excess
 
 
+def scheduled(problem: Problem, level: np.ndarray, method: str, t0: float, **extra) -> Schedule:
+    """A Schedule of `level` under `problem` (its profit, starts and fleet slack), timed from t0."""
+    profit, starts = profit_of(problem, level)
+    short, excess = fleet_slack(problem, level)
+    return Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
+                    method=method, seconds=time.perf_counter() - t0, **extra)
+
+
 def _must_on_slots(unit: Unit, init: UnitState, forced: np.ndarray) -> int:
     """How many leading slots the initial min-on time keeps the site on (cut by a forced slot)."""
     if not init.on or init.slots >= unit.min_on:
@@ -317,10 +325,7 @@ def solve_dp(problem: Problem) -> Schedule:
     for i, unit in enumerate(problem.units):
         level[i], _ = solve_site_dp(unit, problem.init[i], problem.margin[i], problem.forced_off[i],
                                     problem.curtail[i])
-    profit, starts = profit_of(problem, level)
-    short, excess = fleet_slack(problem, level)
-    return Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
-                    method="dp", seconds=time.perf_counter() - t0)
+    return scheduled(problem, level, "dp", t0)
 
 
 def solve_if_uncoupling_fits(problem: Problem) -> Schedule | None:
@@ -338,9 +343,7 @@ def solve_if_uncoupling_fits(problem: Problem) -> Schedule | None:
     short, excess = fleet_slack(problem, level)
     if np.any(excess > TOLERANCE) or np.any(short > TOLERANCE * max(problem.target_ths or 1.0, 1.0)):
         return None
-    profit, starts = profit_of(problem, level)
-    return Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
-                    method="dp", seconds=time.perf_counter() - t0)
+    return scheduled(problem, level, "dp", t0)
 
 
 def fleet_dp_applicable(problem: Problem) -> bool:
@@ -359,11 +362,7 @@ def solve_fleet_dp(problem: Problem) -> Schedule:
     level = fleet_dp.solve_fleet_dp(problem.units, problem.init, problem.margin, problem.forced_off,
                                     problem.curtail, problem.budget_mw, problem.target_ths,
                                     slack_penalty(problem))
-    level = np.round(level, 9)
-    profit, starts = profit_of(problem, level)
-    short, excess = fleet_slack(problem, level)
-    return Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
-                    method="fleet-dp", seconds=time.perf_counter() - t0)
+    return scheduled(problem, np.round(level, 9), "fleet-dp", t0)
 
 
 def fleet_bound_applicable(problem: Problem) -> bool:
@@ -401,11 +400,7 @@ def solve_fleet_bound(problem: Problem) -> Schedule | None:
         level = fleet.solve(budget_prices(problem))
     if level is None:
         return None
-    level = np.round(level, 9)
-    profit, starts = profit_of(problem, level)
-    short, excess = fleet_slack(problem, level)
-    return Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
-                    method="fleet-bound", seconds=time.perf_counter() - t0)
+    return scheduled(problem, np.round(level, 9), "fleet-bound", t0)
 
 
 def warm_up_fleet_bound(problem: Problem) -> bool:
@@ -613,11 +608,8 @@ def solve_milp(problem: Problem, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
         running = x[on] > 0.5
         frac = np.clip(x[p] / u.capacity_mw, u.min_level, 1.0) if p is not None else np.ones(T)
         level[i] = np.where(running, np.round(frac, 9), 0.0)
-    profit, starts = profit_of(problem, level)
-    short, excess = fleet_slack(problem, level)
     gap = float(getattr(res, "mip_gap", 0.0) or 0.0)
-    sched = Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
-                     method="lp" if relax else "milp", mip_gap=gap, seconds=time.perf_counter() - t_begin)
+    sched = scheduled(problem, level, "lp" if relax else "milp", t_begin, mip_gap=gap)
     if relax and res.fun is not None:
         # the relaxation's own optimum (fractional starts are paid fractionally)
         sched.profit_usd = -float(res.fun)
@@ -885,8 +877,4 @@ def solve(problem: Problem, *, window: int = 168, overlap: int = 48,
             if on_progress is not None:
                 on_progress((g + (a + keep) / T) / len(groups))
         methods.add("milp-windowed")
-    profit, starts = profit_of(problem, level)
-    short, excess = fleet_slack(problem, level)
-    return Schedule(level=level, starts=starts, profit_usd=profit, shortfall_ths=short, excess_mw=excess,
-                    method="+".join(sorted(methods)), mip_gap=max(gaps), seconds=time.perf_counter() - t0,
-                    notes=notes)
+    return scheduled(problem, level, "+".join(sorted(methods)), t0, mip_gap=max(gaps), notes=notes)
