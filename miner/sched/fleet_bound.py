@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 from numba import njit
 
-from miner.sched.fleet_dp import site_moves
+from miner.sched.fleet_dp import initial_status, site_moves
 
 MAX_STATES = 100_000          # joint statuses in one slot before a pass gives up
 MAX_LEAVES = 20_000_000       # choice vectors valued over all of a problem's passes (10-20 s; the
@@ -318,12 +318,6 @@ def _tables(units: Sequence, forced_off: np.ndarray, curtail: np.ndarray):
                     a, nx, st = site_moves(u.min_on, u.min_off, f, cur)
                     allowed[i, ts, :n], nxt[i, ts, :n], start_usd[i, ts, :n] = a, nx, st * u.start_cost_usd
     return allowed, nxt, start_usd, n_status
-
-
-def initial_status(units: Sequence, init: Sequence) -> np.ndarray:
-    """Each site's status number before slot 0 (fleet_dp's numbering)."""
-    return np.array([min(s0.slots, u.min_on) if s0.on else u.min_on + 1 + min(s0.slots, u.min_off)
-                     for u, s0 in zip(units, init)], np.int64)
 
 
 class BudgetFleet:

@@ -66,6 +66,12 @@ def site_moves(min_on: int, min_off: int, forced: bool, curtail: bool
     return allowed, nxt, start
 
 
+def initial_status(units: Sequence, init: Sequence) -> np.ndarray:
+    """Each site's status number before slot 0 (site_moves' numbering)."""
+    return np.array([min(s0.slots, u.min_on) if s0.on else u.min_on + 1 + min(s0.slots, u.min_off)
+                     for u, s0 in zip(units, init)], np.int64)
+
+
 def _fill(units: Sequence, margin: np.ndarray, running: np.ndarray, budget_mw: float | None,
           target_ths: float | None, penalty: float) -> tuple[np.ndarray, np.ndarray]:
     """(value USD per slot (T,), levels (S, T)) of the best power levels when the sites
@@ -159,10 +165,7 @@ def solve_fleet_dp(units: Sequence, init: Sequence, margin: np.ndarray, forced_o
             arg = np.where(better, c, arg)
         future = best
         choice[t] = arg
-    state = 0
-    for i, (u, s0) in enumerate(zip(units, init)):
-        k = min(s0.slots, u.min_on if s0.on else u.min_off)
-        state += (k if s0.on else u.min_on + 1 + k) * int(strides[i])
+    state = int(initial_status(units, init) @ strides)
     out = np.zeros((S, T))
     for t in range(T):
         c = int(choice[t, state])
