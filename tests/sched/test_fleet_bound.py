@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from miner.sched import fleet_bound
 from miner.sched.optimize import (Problem, Unit, UnitState, budget_prices, fleet_bound_applicable,
-                                  fleet_dp_applicable, profit_of, slack_penalty, solve, solve_coupled,
-                                  solve_fleet_bound, solve_milp, violations)
+                                  fleet_dp_applicable, fleet_slack, profit_of, slack_penalty, solve,
+                                  solve_coupled, solve_fleet_bound, solve_milp, violations)
 from tests.sched.test_backtest import PRICES
 
 SOME = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -42,8 +42,7 @@ def budget_fleets(draw):
 
 def objective(problem: Problem, level: np.ndarray) -> float:
     """The MILP's objective: profit less the slack penalty on budget excess."""
-    excess = np.maximum((level * np.array([u.capacity_mw for u in problem.units])[:, None]).sum(0)
-                        - problem.budget_mw, 0.0)
+    _, excess = fleet_slack(problem, level)
     return profit_of(problem, level)[0] - slack_penalty(problem) * float(excess.sum())
 
 
